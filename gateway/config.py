@@ -1,0 +1,240 @@
+"""Typed configuration of the gateway: one YAML file, with ``${VAR}`` environment substitution.
+
+The file has three sections, ``server``, ``cache`` and ``layers`` (see ``config/example.yaml``
+for every field with comments). Strings may reference environment variables as ``${NAME}`` or
+``${NAME:-default}``; that is how URLs and secrets are overridden per deployment without
+editing the file (the same convention as MapProxy >= 6.1 and docker-compose).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+TileFormat = Literal["png", "jpg"]
+# ArcGIS accepts these four WKIDs for spherical Web Mercator (arcgis-rest.md section 1.1, S16);
+# older servers only know 102113 or 102100, so the WKID the gateway sends is configurable.
+WebMercatorWkid = Literal[3857, 102100, 102113, 900913]
+Interpolation = Literal[
+    "RSP_BilinearInterpolation", "RSP_CubicConvolution", "RSP_Majority", "RSP_NearestNeighbor"
+]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """How the gateway listens and answers.
+
+    ``upstream_timeout`` is the total time, in seconds, allowed for one exportImage call before
+    the client gets a 504.
+    """
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    cors_allow_origin: str = "*"
+    upstream_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+
+class CacheConfig(_Strict):
+    """Where tiles are cached (aiocache): ``memory`` in this process, or a shared ``redis``.
+
+    ``redis_url`` takes the redis-py URL forms ``redis://[[user]:password@]host[:port][/db]`` and
+    ``rediss://`` for TLS (query options such as ``ssl_ca_certs`` pass through to redis-py).
+    ``backend`` defaults to ``redis`` when a URL is given, else ``memory``. ``timeout`` bounds
+    every cache operation in seconds; ``retry_interval`` is how long, in seconds, an unreachable
+    cache is left alone before it is tried again.
+    """
+
+    backend: Literal["memory", "redis"] | None = None
+    redis_url: str | None = None
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "tg"
+    timeout: Annotated[float, Field(gt=0, le=60)] = 0.5
+    retry_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_needs_url(self) -> CacheConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend 'redis' needs cache.redis_url")
+        return self
+
+    @property
+    def effective_backend(self) -> Literal["memory", "redis"]:
+        """The backend in use: the explicit one, else ``redis`` when a URL is set."""
+        if self.backend is not None:
+            return self.backend
+        return "redis" if self.redis_url else "memory"
+
+
+class ExportParams(_Strict):
+    """Fixed exportImage parameters of a layer, sent on every call as configured.
+
+    Names and value syntax are those of the ArcGIS REST "Export Image" page
+    (arcgis-rest.md section 1.1): ``bandIds`` 0-based, ``renderingRule``/``mosaicRule`` JSON
+    objects (or their JSON text), ``noData`` one number or one per band.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    bandIds: list[Annotated[int, Field(ge=0)]] | None = None
+    renderingRule: dict[str, Any] | str | None = None
+    mosaicRule: dict[str, Any] | str | None = None
+    noData: float | list[float] | None = None
+    noDataInterpretation: Literal["esriNoDataMatchAny", "esriNoDataMatchAll"] | None = None
+    interpolation: Interpolation | None = None
+    compressionQuality: Annotated[int, Field(ge=0, le=100)] | None = None
+    pixelType: str | None = None
+
+
+class LayerConfig(_Strict):
+    """One published tile layer: an upstream ImageServer plus fixed export parameters and policy.
+
+    ``url`` is the ImageServer's root (``.../rest/services/<name>/ImageServer``). ``formats`` are
+    the tile extensions offered, the first being the viewer's default. ``minzoom``/``maxzoom``
+    bound the TileMatrix (zoom) levels served. ``ttl`` is the cache lifetime of a tile in
+    seconds, also sent as ``Cache-Control: max-age``.
+    """
+
+    title: str | None = None
+    url: AnyHttpUrl
+    formats: Annotated[list[TileFormat], Field(min_length=1)] = ["png", "jpg"]
+    export: ExportParams = ExportParams()
+    web_mercator_wkid: WebMercatorWkid = 3857
+    minzoom: Annotated[int, Field(ge=0, le=30)] = 0
+    maxzoom: Annotated[int, Field(ge=0, le=30)] = 22
+    ttl: Annotated[int, Field(ge=1)] = 86400
+    attribution: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _image_server(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        path = (value.path or "").rstrip("/")
+        if not path.endswith("/ImageServer"):
+            raise ValueError("must be an ImageServer URL ending in /ImageServer")
+        if value.query:
+            raise ValueError("must not carry a query string (tokens are configured separately)")
+        return value
+
+    @model_validator(mode="after")
+    def _zoom_order(self) -> LayerConfig:
+        if self.minzoom > self.maxzoom:
+            raise ValueError("minzoom must not be greater than maxzoom")
+        return self
+
+    @property
+    def service_url(self) -> str:
+        """The ImageServer root URL without a trailing slash."""
+        return str(self.url).rstrip("/")
+
+
+class GatewayConfig(_Strict):
+    """The whole configuration: server, cache and the layers keyed by their URL name."""
+
+    server: ServerConfig = ServerConfig()
+    cache: CacheConfig = CacheConfig()
+    layers: Annotated[dict[str, LayerConfig], Field(min_length=1)]
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_names(cls, value: dict[str, LayerConfig]) -> dict[str, LayerConfig]:
+        for name in value:
+            if not LAYER_NAME.match(name):
+                raise ValueError(
+                    f"layer name {name!r} must be letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit"
+                )
+        return value
+
+
+def substitute_env(value: Any, environ: dict[str, str] | None = None) -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree.
+
+    Raises ``ConfigError`` when a referenced variable is unset and has no default.
+    """
+    env = os.environ if environ is None else environ
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is referenced but not set")
+
+    if isinstance(value, str):
+        return _ENV_REF.sub(replace, value)
+    if isinstance(value, list):
+        return [substitute_env(item, env) for item in value]
+    if isinstance(value, dict):
+        return {key: substitute_env(item, env) for key, item in value.items()}
+    return value
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate an already-parsed YAML tree (after environment substitution).
+
+    Raises ``ConfigError`` naming ``source`` and the first bad field, e.g.
+    ``config.yaml: layers.bluemarble.maxzoom: Input should be less than or equal to 30``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with server, cache, layers")
+    try:
+        return GatewayConfig.model_validate(substitute_env(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _field_path(first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        more = exc.error_count() - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{source}: {where}: {message}{suffix}") from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read, substitute and validate a YAML configuration file.
+
+    Raises ``ConfigError`` when the file is missing, is not YAML, or has an invalid field.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return parse_config(data, str(path))

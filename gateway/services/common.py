@@ -1,0 +1,70 @@
+"""What every route shares: JSON errors, CORS, and the app keys services read."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.config import GatewayConfig
+from gateway.tiles import TilePipeline
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", GatewayConfig)
+PIPELINE = web.AppKey("pipeline", TilePipeline)
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    """``{"error": {"code": status, "message": ..., **extra}}`` with ``Cache-Control: no-store``.
+
+    The gateway's own error format for XYZ, TileJSON and admin routes (architecture.md).
+    """
+    return web.json_response(
+        {"error": {"code": status, "message": message, **extra}}, status=status, headers=NO_STORE
+    )
+
+
+def cors_middleware(allow_origin: str) -> web.middleware:
+    """Middleware: CORS headers on every answer (errors too), preflights, and JSON errors.
+
+    Routing misses (404/405) and unexpected exceptions become JSON errors; the latter are logged
+    with their traceback and answered 500 without details.
+    """
+    cors = {
+        "Access-Control-Allow-Origin": allow_origin,
+        "Access-Control-Expose-Headers": "ETag, X-Cache, Content-Length",
+    }
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+                    "Access-Control-Allow-Headers": request.headers.get(
+                        "Access-Control-Request-Headers", ""
+                    ),
+                    "Access-Control-Max-Age": "86400",
+                },
+            )
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    exc.headers.update(cors)
+                    raise
+                response = json_error(exc.status, exc.reason)
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                response = json_error(500, "internal error")
+        response.headers.update(cors)
+        return response
+
+    return middleware

@@ -1,0 +1,208 @@
+"""Client of an upstream ArcGIS ImageServer: ``exportImage`` and the service info.
+
+Knows ArcGIS REST and nothing of tiles or caches. Every answer is validated before it is
+handed on, because ArcGIS reports most errors as HTTP 200 with an ``{"error": ...}`` body, and
+some deployments answer an expired token with an HTML page (arcgis-rest.md sections 3 and 7).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from gateway.imaging import EXPORT_FORMATS, sniff_format
+
+log = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 300
+
+
+class UpstreamError(Exception):
+    """The upstream failed to give a usable answer.
+
+    ``status`` is the HTTP status for the gateway's client (502, or 504 on timeout);
+    ``code`` is the upstream's own code (its ArcGIS error code or HTTP status) when it gave one;
+    ``message`` is safe to show to a client: it never holds the upstream URL or a token.
+    """
+
+    def __init__(self, status: int, code: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message[:_MAX_MESSAGE]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedImage:
+    """Validated exportImage bytes with their Content-Type and the upstream's Last-Modified
+    (epoch seconds; ``None`` when the upstream sent none)."""
+
+    data: bytes
+    content_type: str
+    last_modified: float | None
+
+
+def _arcgis_error(body: bytes) -> tuple[int | None, str] | None:
+    """``(code, message)`` of an ArcGIS error JSON body, else ``None`` (arcgis-rest.md s. 3)."""
+    if not body[:64].lstrip().startswith(b"{"):
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    message = str(error.get("message") or "error without a message")
+    details = error.get("details")
+    if isinstance(details, list) and details:
+        extra = "; ".join(str(item) for item in details if str(item) != message)
+        if extra:
+            message = f"{message} ({extra})"
+    return (code if isinstance(code, int) else None), message
+
+
+def validate_image(status: int, content_type: str, body: bytes, ext: str) -> None:
+    """Raise ``UpstreamError`` (502) unless ``body`` is a real ``ext`` image.
+
+    Checks, in order: an ArcGIS error JSON (under any HTTP status), the HTTP status, an HTML
+    page (e.g. "Invalid Token" under 200, resource-proxy issue #301), ``Content-Type: image/*``,
+    and the magic bytes of the requested format.
+    """
+    error = _arcgis_error(body)
+    if error is not None:
+        code, message = error
+        raise UpstreamError(502, code if code is not None else status, message)
+    if status >= 400:
+        raise UpstreamError(502, status, f"HTTP {status}")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if not media_type.startswith("image/"):
+        if b"invalid token" in body[:4096].lower():
+            raise UpstreamError(502, 498, "Invalid Token")
+        raise UpstreamError(502, status, f"not an image ({media_type or 'no Content-Type'})")
+    if sniff_format(body) != ext:
+        raise UpstreamError(502, status, f"the image is not a valid {ext.upper()} ({media_type})")
+
+
+def _format_param(value: Any) -> str:
+    """One exportImage parameter in ArcGIS REST syntax (lists comma-separated, objects JSON)."""
+    if isinstance(value, list):
+        return ",".join(_format_param(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def export_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """A layer's fixed export parameters as query strings, ``None`` values left out."""
+    return {name: _format_param(value) for name, value in params.items() if value is not None}
+
+
+class ImageServerClient:
+    """exportImage and service info of one ImageServer (``service_url`` ends in ``/ImageServer``).
+
+    ``session`` is shared by every client of the same upstream host for the process lifetime
+    (keep-alive pool); ``timeout`` is the total time in seconds for one call.
+    """
+
+    def __init__(self, service_url: str, session: aiohttp.ClientSession, timeout: float) -> None:
+        self.service_url = service_url.rstrip("/")
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def export_image(
+        self,
+        bbox: tuple[float, float, float, float],
+        wkid: int,
+        size: tuple[int, int],
+        ext: str,
+        fixed: Mapping[str, str],
+    ) -> ExportedImage:
+        """One ``exportImage`` call with ``f=image`` (ArcGIS REST "Export Image").
+
+        ``bbox`` is ``(xmin, ymin, xmax, ymax)`` in CRS ``wkid``, sent as both bboxSR and imageSR;
+        ``size`` is ``(width, height)`` in pixels; ``ext`` (``png``/``jpg``) picks the explicit
+        ``format``; ``fixed`` are the layer's other parameters, already formatted.
+        Raises ``UpstreamError``: 504 on timeout, 502 on any other failure.
+        """
+        export_format, _ = EXPORT_FORMATS[ext]
+        query = {
+            "bbox": ",".join(repr(float(v)) for v in bbox),
+            "bboxSR": str(wkid),
+            "imageSR": str(wkid),
+            "size": f"{size[0]},{size[1]}",
+            "format": export_format,
+            "f": "image",
+            **fixed,
+        }
+        try:
+            async with self._session.get(
+                f"{self.service_url}/exportImage", params=query, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                status = response.status
+                content_type = response.headers.get("Content-Type", "")
+                last_modified = response.headers.get("Last-Modified")
+        except TimeoutError:
+            raise UpstreamError(504, None, f"no answer within {self._timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:
+            # The exception text names the host; the client only learns the kind of failure.
+            log.warning("exportImage on %s failed: %s", self.service_url, exc)
+            raise UpstreamError(502, None, f"unreachable ({type(exc).__name__})") from None
+        validate_image(status, content_type, body, ext)
+        return ExportedImage(body, EXPORT_FORMATS[ext][1], _http_date(last_modified))
+
+    async def service_info(self) -> dict[str, Any]:
+        """The ImageServer root resource (``?f=json``) as a dict (ArcGIS REST "Image Service").
+
+        Raises ``UpstreamError`` (502/504) when it cannot be read or is an error JSON.
+        """
+        try:
+            async with self._session.get(
+                self.service_url, params={"f": "json"}, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except TimeoutError:
+            raise UpstreamError(504, None, f"no answer within {self._timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(502, None, f"unreachable ({type(exc).__name__})") from None
+        error = _arcgis_error(body)
+        if error is not None:
+            raise UpstreamError(502, error[0], error[1])
+        if status >= 400:
+            raise UpstreamError(502, status, f"HTTP {status}")
+        try:
+            info = json.loads(body)
+        except ValueError:
+            raise UpstreamError(502, status, "the service info is not JSON") from None
+        if not isinstance(info, dict):
+            raise UpstreamError(502, status, "the service info is not a JSON object")
+        return info
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+__all__ = [
+    "ExportedImage",
+    "ImageServerClient",
+    "UpstreamError",
+    "export_params",
+    "validate_image",
+]

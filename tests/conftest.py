@@ -1,0 +1,183 @@
+"""Session fixtures: a real Redis, the reference ImageServer on a socket, gateway factories.
+
+Redis comes from ``REDIS_URL`` when set, otherwise from a throwaway ``redis-server`` started
+here; when neither is possible the tests that need it fail with a message saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """Wait until ``port`` accepts connections; fail with the process output if it dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"{process.args!r} exited with {process.returncode}:\n{output}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"{process.args!r} did not listen on port {port} within {timeout} s")
+
+
+class RedisProcess:
+    """A throwaway ``redis-server`` on a loopback port, which a test may stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "these tests need a real Redis: set REDIS_URL=redis://host:port/db, or install "
+                "redis-server (Debian: apt-get install redis-server) so the tests can start one"
+            )
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        wait_for_port(self.port, self.process)
+
+    def stop(self) -> None:
+        """Stop the server (its data is gone: it saves nothing)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the session's Redis: ``REDIS_URL``, or a server started for this session."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of this test's own, started, that the test may stop and restart."""
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous redis-py client on the session's Redis, for looking at what was stored."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {redis_url} does not answer: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A cache key prefix of this test's own, so tests sharing one Redis never see each other."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def imageserver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Root URL (``http://127.0.0.1:<port>/arcgis/rest/services``) of the reference ImageServer,
+    run as a real process with the built-in demo services plus rasters from ``../shared/data``."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared test rasters are missing: {SHARED_DATA}")
+    config = tmp_path_factory.mktemp("imageserver") / "imageserver.yaml"
+    config.write_text(
+        "builtin: true\n"
+        "services:\n"
+        f"  rgb:\n    path: {SHARED_DATA / 'RGB.byte.tif'}\n"
+        f"  naip:\n    path: {SHARED_DATA / 'm_4709963_se_14_1_20100629.tif'}\n"
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imageserver", "--config", str(config),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    wait_for_port(port, process, timeout=60)
+    base = f"http://127.0.0.1:{port}/arcgis/rest/services"
+    with urllib.request.urlopen(f"{base}?f=json", timeout=30) as response:
+        assert response.status == 200
+    try:
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def gateway_config(
+    layers: dict[str, dict[str, Any]], cache: dict[str, Any] | None = None, **server: Any
+) -> GatewayConfig:
+    """A validated config from plain dicts, as a YAML file would give them."""
+    return parse_config({"server": server, "cache": cache or {}, "layers": layers})
+
+
+MakeGateway = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def make_gateway(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
+) -> AsyncIterator[MakeGateway]:
+    """``await make_gateway(layers, cache=None, **server)`` -> a client of a gateway on a socket."""
+
+    async def make(
+        layers: dict[str, dict[str, Any]], cache: dict[str, Any] | None = None, **server: Any
+    ) -> TestClient:
+        return await aiohttp_client(create_app(gateway_config(layers, cache, **server)))
+
+    yield make

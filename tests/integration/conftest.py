@@ -1,0 +1,130 @@
+"""A fixture upstream that records what the gateway asks and misbehaves on request.
+
+It speaks just enough of an ImageServer (service info and exportImage) on a real socket; each
+test sets ``behaviour`` to make exportImage answer the way a broken ArcGIS does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable, Awaitable
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import MultiDict
+from PIL import Image
+
+SERVICE_PATH = "/arcgis/rest/services/fake/ImageServer"
+
+
+def encode_image(fmt: str, size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    """A solid ``colour`` image of ``size`` pixels as PNG (RGBA) or JPEG bytes."""
+    buffer = io.BytesIO()
+    if fmt.startswith("png"):
+        Image.new("RGBA", size, (*colour, 255)).save(buffer, "PNG")
+    else:
+        Image.new("RGB", size, colour).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _image_answer(query: MultiDict[str]) -> web.Response:
+    width, height = (int(v) for v in query["size"].split(","))
+    fmt = query["format"]
+    body = encode_image(fmt, (width, height), (10, 120, 200))
+    return web.Response(body=body, content_type="image/png" if fmt.startswith("png") else "image/jpeg")
+
+
+async def _ok(query: MultiDict[str]) -> web.Response:
+    return _image_answer(query)
+
+
+async def _slow(query: MultiDict[str]) -> web.Response:
+    await asyncio.sleep(3)
+    return _image_answer(query)
+
+
+async def _http500(query: MultiDict[str]) -> web.Response:
+    return web.Response(status=500, text="Internal Server Error", content_type="text/plain")
+
+
+async def _error200(query: MultiDict[str]) -> web.Response:
+    body = {"error": {"code": 400, "message": "Unable to complete operation.",
+                      "details": ["Invalid bbox"]}}
+    return web.Response(text=json.dumps(body), content_type="text/plain")
+
+
+async def _token498(query: MultiDict[str]) -> web.Response:
+    body = {"error": {"code": 498, "message": "Invalid Token", "details": []}}
+    return web.Response(status=498, text=json.dumps(body), content_type="application/json")
+
+
+async def _html_invalid_token(query: MultiDict[str]) -> web.Response:
+    page = "<html><body><h1>Error</h1><p>Invalid Token</p></body></html>"
+    return web.Response(text=page, content_type="text/html")
+
+
+async def _html_page(query: MultiDict[str]) -> web.Response:
+    return web.Response(text="<html><body>Service unavailable</body></html>",
+                        content_type="text/html")
+
+
+async def _wrong_magic(query: MultiDict[str]) -> web.Response:
+    # Claims PNG but sends JPEG bytes: a tile that would not decode as what it says it is.
+    width, height = (int(v) for v in query["size"].split(","))
+    return web.Response(body=encode_image("jpg", (width, height), (1, 2, 3)),
+                        content_type="image/png")
+
+
+async def _truncated(query: MultiDict[str]) -> web.Response:
+    return web.Response(body=b"GIF89a", content_type="image/png")
+
+
+BEHAVIOURS: dict[str, Callable[[MultiDict[str]], Awaitable[web.Response]]] = {
+    "ok": _ok,
+    "slow": _slow,
+    "http500": _http500,
+    "error200": _error200,
+    "token498": _token498,
+    "html_invalid_token": _html_invalid_token,
+    "html_page": _html_page,
+    "wrong_magic": _wrong_magic,
+    "truncated": _truncated,
+}
+
+
+@dataclass
+class FakeUpstream:
+    """The fixture upstream: ``url`` of its ImageServer, the exportImage queries it received,
+    and the ``behaviour`` its exportImage currently has (a key of ``BEHAVIOURS``)."""
+
+    server: TestServer
+    behaviour: str = "ok"
+    queries: list[MultiDict[str]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url(SERVICE_PATH))
+
+
+@pytest.fixture
+async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeUpstream:
+    app = web.Application()
+    state: dict[str, FakeUpstream] = {}
+
+    async def export_image(request: web.Request) -> web.Response:
+        upstream = state["upstream"]
+        upstream.queries.append(request.query.copy())
+        return await BEHAVIOURS[upstream.behaviour](request.query)
+
+    async def service_info(request: web.Request) -> web.Response:
+        return web.json_response({"name": "fake", "type": "ImageServer", "currentVersion": 11.1})
+
+    app.router.add_get(SERVICE_PATH, service_info)
+    app.router.add_get(f"{SERVICE_PATH}/exportImage", export_image)
+    server = await aiohttp_server(app)
+    state["upstream"] = FakeUpstream(server)
+    return state["upstream"]
