@@ -1,0 +1,38 @@
+# The two commands a new user runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+# Each stamp records that the virtualenv holds the extras of one target for this pyproject.
+$(VENV)/.demo-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[imageserver]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+## demo: install, start the reference ImageServer and the gateway, print the viewer URL
+demo: $(VENV)/.demo-installed
+	$(BIN)/tile-gateway demo
+
+## test: install the test extras (and redis-server/chromium/node when missing), run every test
+test: $(VENV)/.test-installed
+	scripts/install-test-deps.sh
+	$(BIN)/python -m pytest
+
+## lint: ruff check and format check
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: wrk against a demo started for the run (needs wrk)
+bench: $(VENV)/.test-installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) tests/browser/node_modules .pytest_cache .ruff_cache

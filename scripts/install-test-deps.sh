@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# System programs the test suite drives for real: redis-server (unless REDIS_URL names a Redis),
+# Chromium and Node.js (browser tests), and the browser tests' npm packages from the lockfile.
+# Installs what is missing with apt-get when it can (root or passwordless sudo); otherwise it
+# says what to install and fails, because the suite must not silently skip what it cannot run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+[ -n "${REDIS_URL:-}" ] || command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); elif sudo -n true 2>/dev/null; then sudo=(sudo -n); else
+    echo "install-test-deps: missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "install-test-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -f tests/browser/package-lock.json ] && [ ! -d tests/browser/node_modules ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi

@@ -1,0 +1,115 @@
+"""Configuration: validation messages name the bad field, environment substitution, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config, substitute_env
+
+REPO = Path(__file__).resolve().parents[2]
+URL = "http://gis.example.org/arcgis/rest/services/a/ImageServer"
+
+
+def test_minimal_config_gets_the_documented_defaults() -> None:
+    config = parse_config({"layers": {"a": {"url": URL}}})
+    assert config.server.port == 8080
+    assert config.cache.effective_backend == "memory"
+    layer = config.layers["a"]
+    assert (layer.formats, layer.minzoom, layer.maxzoom, layer.ttl) == (
+        ["png", "jpg"],
+        0,
+        22,
+        86400,
+    )
+    assert layer.web_mercator_wkid == 3857
+    assert (
+        parse_config(
+            {"cache": {"redis_url": "redis://localhost/1"}, "layers": {"a": {"url": URL}}}
+        ).cache.effective_backend
+        == "redis"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"layers": {"a": {"url": URL, "maxzoom": 40}}}, "layers.a.maxzoom:"),
+        ({"layers": {"a": {"url": URL, "minzoom": 5, "maxzoom": 3}}}, "layers.a: minzoom"),
+        ({"layers": {"a": {"url": "http://x/arcgis/rest/services/a/MapServer"}}}, "layers.a.url:"),
+        ({"layers": {"a": {"url": URL, "formats": ["gif"]}}}, "layers.a.formats.0:"),
+        ({"layers": {"a": {"url": URL, "export": {"bandIDs": [1]}}}}, "layers.a.export.bandIDs:"),
+        ({"layers": {"a b": {"url": URL}}}, "layers: layer name 'a b'"),
+        ({"layers": {}}, "layers:"),
+        ({"cache": {"backend": "redis"}, "layers": {"a": {"url": URL}}}, "cache: backend 'redis'"),
+        ({"cache": {"redis_url": "http://x"}, "layers": {"a": {"url": URL}}}, "cache.redis_url:"),
+        ({"server": {"port": "eighty"}, "layers": {"a": {"url": URL}}}, "server.port:"),
+        ({"layers": {"a": {"url": URL, "web_mercator_wkid": 4326}}}, "layers.a.web_mercator_wkid:"),
+        ([], "the top level must be a mapping"),
+    ],
+)
+def test_invalid_config_names_the_field(data: object, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "gw.yaml")
+    assert str(caught.value).startswith(f"gw.yaml: {message}"), str(caught.value)
+
+
+def test_environment_substitution() -> None:
+    env = {"HOST": "gis.internal", "EMPTY": ""}
+    assert substitute_env({"a": ["${HOST}/x", "${NOPE:-dflt}", "${EMPTY:-e}"]}, env) == {
+        "a": ["gis.internal/x", "dflt", "e"]
+    }
+    with pytest.raises(ConfigError, match="NOPE"):
+        substitute_env("${NOPE}", env)
+
+
+def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMAGESERVER_URL", raising=False)
+    demo = load_config(REPO / "config" / "demo.yaml")
+    assert set(demo.layers) == {"bluemarble", "shadedrelief", "etopo"}
+    monkeypatch.setenv("ARCGIS_URL", "https://gis.example.org/arcgis")
+    monkeypatch.setenv("REDIS_URL", "rediss://gw:secret@redis.example.org:6380/2")
+    example = load_config(REPO / "config" / "example.yaml")
+    assert example.cache.effective_backend == "redis"
+    assert str(example.layers["imagery"].url).startswith("https://gis.example.org/arcgis/")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    good = run_cli("check-config", str(REPO / "config" / "demo.yaml"))
+    assert good.returncode == 0, good.stderr
+    assert "3 layer(s)" in good.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"layers:\n  a:\n    url: {URL}\n    ttl: -5\n")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"tile-gateway: invalid configuration: {bad}: layers.a.ttl: "
+        "Input should be greater than or equal to 1"
+    ]
+    missing = run_cli("serve", "--config", str(tmp_path / "missing.yaml"))
+    assert missing.returncode == 2
+    assert "cannot read the file" in missing.stderr
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("layers: [\n")
+    assert run_cli("check-config", str(not_yaml)).returncode == 2
+
+
+def test_help_explains_each_command() -> None:
+    for command in ("serve", "demo", "check-config"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0
+        assert "usage: tile-gateway" in result.stdout
