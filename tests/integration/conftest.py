@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Callable, Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -35,7 +35,9 @@ def _image_answer(query: MultiDict[str]) -> web.Response:
     width, height = (int(v) for v in query["size"].split(","))
     fmt = query["format"]
     body = encode_image(fmt, (width, height), (10, 120, 200))
-    return web.Response(body=body, content_type="image/png" if fmt.startswith("png") else "image/jpeg")
+    return web.Response(
+        body=body, content_type="image/png" if fmt.startswith("png") else "image/jpeg"
+    )
 
 
 async def _ok(query: MultiDict[str]) -> web.Response:
@@ -52,8 +54,13 @@ async def _http500(query: MultiDict[str]) -> web.Response:
 
 
 async def _error200(query: MultiDict[str]) -> web.Response:
-    body = {"error": {"code": 400, "message": "Unable to complete operation.",
-                      "details": ["Invalid bbox"]}}
+    body = {
+        "error": {
+            "code": 400,
+            "message": "Unable to complete operation.",
+            "details": ["Invalid bbox"],
+        }
+    }
     return web.Response(text=json.dumps(body), content_type="text/plain")
 
 
@@ -68,15 +75,17 @@ async def _html_invalid_token(query: MultiDict[str]) -> web.Response:
 
 
 async def _html_page(query: MultiDict[str]) -> web.Response:
-    return web.Response(text="<html><body>Service unavailable</body></html>",
-                        content_type="text/html")
+    return web.Response(
+        text="<html><body>Service unavailable</body></html>", content_type="text/html"
+    )
 
 
 async def _wrong_magic(query: MultiDict[str]) -> web.Response:
     # Claims PNG but sends JPEG bytes: a tile that would not decode as what it says it is.
     width, height = (int(v) for v in query["size"].split(","))
-    return web.Response(body=encode_image("jpg", (width, height), (1, 2, 3)),
-                        content_type="image/png")
+    return web.Response(
+        body=encode_image("jpg", (width, height), (1, 2, 3)), content_type="image/png"
+    )
 
 
 async def _truncated(query: MultiDict[str]) -> web.Response:

@@ -15,6 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from PIL import Image
 from rasterio.warp import transform, transform_bounds
@@ -48,11 +49,12 @@ async def fetch_tile(client: object, path: str) -> np.ndarray:
 def compare(
     tile: np.ndarray, rows: np.ndarray, cols: np.ndarray, expected: np.ndarray, valid: np.ndarray
 ) -> float:
-    """Median absolute RGB difference at the valid probe points."""
+    """Mean absolute RGB difference (0-255) at the valid probe points."""
     got = tile[rows, cols, :3].astype(float)
-    return float(np.median(np.abs(got[valid] - expected[valid].astype(float))))
+    return float(np.mean(np.abs(got[valid] - expected[valid].astype(float))))
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 async def test_bluemarble_tiles_match_the_source_image(
     make_gateway: MakeGateway, imageserver_url: str
 ) -> None:
@@ -77,8 +79,8 @@ async def test_bluemarble_tiles_match_the_source_image(
         error = compare(tile, rows, cols, expected, valid)
         # The same probes 20 source pixels (about 1.3 degrees) east: other ground.
         shifted = rgb[src_row, np.clip(src_col + 20, 0, width - 1)]
-        assert error < 8, (z, x, y, error)
-        assert compare(tile, rows, cols, shifted, valid) > error + 4, (z, x, y)
+        assert error < 6, (z, x, y, error)
+        assert compare(tile, rows, cols, shifted, valid) > error + 6, (z, x, y)
 
 
 async def test_projected_raster_tile_matches_the_source(
@@ -105,5 +107,5 @@ async def test_projected_raster_tile_matches_the_source(
     assert inside.sum() > len(cols) // 2, "the probed tile should be mostly over data"
     error = compare(tile, rows, cols, expected, inside)
     shifted = data[src_rows, np.clip(src_cols + 8, 0, data.shape[1] - 1)]
-    assert error < 12, error
-    assert compare(tile, rows, cols, shifted, inside) > error + 4
+    assert error < 10, error
+    assert compare(tile, rows, cols, shifted, inside) > error + 15

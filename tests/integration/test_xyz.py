@@ -45,12 +45,20 @@ def layer(url: str, **extra: object) -> dict[str, object]:
     [(0, 0, 0, 1, "png"), (3, 4, 2, 1, "png"), (7, 100, 50, 2, "jpg"), (12, 2047, 1362, 1, "jpg")],
 )
 async def test_one_export_image_call_with_the_tile_bbox(
-    make_gateway: MakeGateway, fake_upstream: FakeUpstream, z: int, x: int, y: int, scale: int,
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    z: int,
+    x: int,
+    y: int,
+    scale: int,
     ext: str,
 ) -> None:
     export = {
         "bandIds": [2, 0, 1],
-        "renderingRule": {"rasterFunction": "Stretch", "rasterFunctionArguments": {"StretchType": 5}},
+        "renderingRule": {
+            "rasterFunction": "Stretch",
+            "rasterFunctionArguments": {"StretchType": 5},
+        },
         "mosaicRule": {"mosaicMethod": "esriMosaicNorthwest"},
         "noData": 0,
         "interpolation": "RSP_CubicConvolution",
@@ -102,8 +110,11 @@ def test_grid_bbox_matches_the_formula() -> None:
 
 
 async def test_miss_then_hit_from_redis_with_the_layer_ttl(
-    make_gateway: MakeGateway, fake_upstream: FakeUpstream, redis_url: str,
-    redis_client: redis.Redis, key_prefix: str,
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
 ) -> None:
     cache = {"redis_url": redis_url, "prefix": key_prefix}
     client = await make_gateway({"fake": layer(fake_upstream.url, ttl=600)}, cache)
@@ -238,8 +249,14 @@ async def test_zoom_limits_and_offered_formats(
     ],
 )
 async def test_upstream_failures_give_errors_and_store_nothing(
-    make_gateway: MakeGateway, fake_upstream: FakeUpstream, redis_url: str,
-    redis_client: redis.Redis, key_prefix: str, behaviour: str, status: int, code: int | None,
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    behaviour: str,
+    status: int,
+    code: int | None,
     message: str,
 ) -> None:
     fake_upstream.behaviour = behaviour
@@ -286,7 +303,9 @@ async def test_unreachable_upstream_is_a_502_without_its_address(
 
 
 async def test_tiles_are_served_through_a_redis_outage_and_cached_again_after(
-    make_gateway: MakeGateway, fake_upstream: FakeUpstream, redis_process: RedisProcess,
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_process: RedisProcess,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = {"redis_url": redis_process.url, "retry_interval": 0.2, "timeout": 0.5}
