@@ -37,12 +37,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
-    """Wait until ``port`` accepts connections; fail with the process output if it dies."""
+def wait_for_port(
+    port: int, process: subprocess.Popen[Any], log: Path, timeout: float = 30.0
+) -> None:
+    """Wait until ``port`` accepts connections; fail with the process's ``log`` if it dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
+            output = log.read_text(errors="replace") if log.exists() else ""
             pytest.fail(f"{process.args!r} exited with {process.returncode}:\n{output}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -67,16 +69,31 @@ class RedisProcess:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[str] | None = None
+        self.log = workdir / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, self.process)
+        wait_for_port(self.port, self.process, self.log)
 
     def stop(self) -> None:
         """Stop the server (its data is gone: it saves nothing)."""
@@ -135,7 +152,8 @@ def imageserver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     run as a real process with the built-in demo services plus rasters from ``../shared/data``."""
     if not SHARED_DATA.is_dir():
         pytest.fail(f"the shared test rasters are missing: {SHARED_DATA}")
-    config = tmp_path_factory.mktemp("imageserver") / "imageserver.yaml"
+    workdir = tmp_path_factory.mktemp("imageserver")
+    config, log = workdir / "imageserver.yaml", workdir / "imageserver.log"
     config.write_text(
         "builtin: true\n"
         "services:\n"
@@ -143,12 +161,11 @@ def imageserver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         f"  naip:\n    path: {SHARED_DATA / 'm_4709963_se_14_1_20100629.tif'}\n"
     )
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imageserver", "--config", str(config),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    wait_for_port(port, process, timeout=60)
+    command = [sys.executable, "-m", "imageserver", "--config", str(config), "--port", str(port)]
+    # Output goes to a file: an unread pipe would fill with access-log lines and stall the server.
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    wait_for_port(port, process, log, timeout=60)
     base = f"http://127.0.0.1:{port}/arcgis/rest/services"
     with urllib.request.urlopen(f"{base}?f=json", timeout=30) as response:
         assert response.status == 200
