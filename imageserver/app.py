@@ -1,0 +1,353 @@
+"""The aiohttp application: ArcGIS REST routes of the reference ImageServer.
+
+Routes (GET and POST, each also with a trailing slash)::
+
+    /arcgis/rest/info                                   server info
+    /arcgis/rest/services                               catalog
+    /arcgis/rest/services/<name>/ImageServer            service root resource
+    /arcgis/rest/services/<name>/ImageServer/exportImage
+    /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
+
+Errors follow ArcGIS: HTTP 200 with ``{"error": {"code": 400|404, ...}}`` for client mistakes
+(ArcGIS REST "Error handling"; ``docs/arcgis-rest.md`` §3). Rendering runs in the app's own
+thread pool so the event loop never blocks on GDAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_bounds
+
+from imageserver.config import ImageServerConfig
+from imageserver.encode import EncodedImage, encode
+from imageserver.metadata import catalog, error_payload, server_info, service_info
+from imageserver.params import (
+    Bounds,
+    ExportParams,
+    ImageFormat,
+    ParameterError,
+    ResponseFormat,
+    normalize_params,
+    parse_callback,
+    parse_export_params,
+    parse_response_format,
+)
+from imageserver.raster import RasterSource, RenderRequest
+from imageserver.spatialref import spatial_reference_json
+
+log = logging.getLogger(__name__)
+
+REST_ROOT = "/arcgis/rest"
+OUTPUT_ROOT = f"{REST_ROOT}/directories/arcgisoutput"
+DEFAULT_RESAMPLING = Resampling.bilinear
+_BAD_REQUEST = "Unable to complete operation."
+
+
+class OutputStore:
+    """Bounded in-memory store for ``exportImage?f=json`` results, oldest evicted first.
+
+    ArcGIS writes these to its output directory and cleans them up later; clients fetch the
+    ``href`` right after the JSON response, so a small LRU is enough.
+    """
+
+    def __init__(self, max_items: int = 256, max_bytes: int = 256 * 2**20) -> None:
+        self._items: OrderedDict[str, EncodedImage] = OrderedDict()
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    def put(self, service: str, image: EncodedImage) -> str:
+        """Store ``image``; return its path below the output root.
+
+        The path is ``<service>_ImageServer/_ags_<hex id>.<ext>``, like ArcGIS output files.
+        """
+        key = f"{service}_ImageServer/_ags_{uuid.uuid4().hex}.{image.extension}"
+        self._items[key] = image
+        self._bytes += len(image.content)
+        while self._items and (len(self._items) > self._max_items or self._bytes > self._max_bytes):
+            _, evicted = self._items.popitem(last=False)
+            self._bytes -= len(evicted.content)
+        return key
+
+    def get(self, key: str) -> EncodedImage | None:
+        """Return the stored image for a path from :meth:`put`, or ``None`` if evicted/unknown."""
+        return self._items.get(key)
+
+
+CONFIG = web.AppKey("imageserver_config", ImageServerConfig)
+SOURCES = web.AppKey("imageserver_sources", dict[str, RasterSource])
+EXECUTOR = web.AppKey("imageserver_executor", ThreadPoolExecutor)
+OUTPUTS = web.AppKey("imageserver_outputs", OutputStore)
+
+
+def create_app(
+    config: ImageServerConfig, *, middlewares: Sequence[Middleware] = ()
+) -> web.Application:
+    """Build the ImageServer application for ``config``.
+
+    Rasters are opened at startup (in the app's thread pool, concurrently) and closed at
+    cleanup. ``middlewares`` run before the handlers; tests use them to record or alter
+    requests.
+
+    Raises (at startup):
+        rasterio.errors.RasterioError: a raster cannot be opened.
+        ValueError: a raster has no CRS.
+    """
+    app = web.Application(middlewares=list(middlewares))
+    app[CONFIG] = config
+    app[OUTPUTS] = OutputStore()
+    app.cleanup_ctx.append(_lifecycle)
+    rest = REST_ROOT
+    service = f"{rest}/services/{{name}}"
+    _add(app, f"{rest}/info", _handle_info)
+    _add(app, f"{rest}/services", _handle_catalog)
+    _add(app, service, _handle_folder)
+    _add(app, f"{service}/{{kind}}", _handle_service)
+    _add(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
+    app.router.add_get(f"{OUTPUT_ROOT}/{{folder}}/{{filename}}", _handle_output)
+    return app
+
+
+def _add(app: web.Application, path: str, handler: Handler) -> None:
+    for route in (path, f"{path}/"):
+        app.router.add_get(route, handler)
+        app.router.add_post(route, handler)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: thread pool and rasters live exactly as long as the app runs."""
+    executor = ThreadPoolExecutor(
+        max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="imageserver"
+    )
+    loop = asyncio.get_running_loop()
+    specs = app[CONFIG].all_services()
+    results = await asyncio.gather(
+        *(loop.run_in_executor(executor, RasterSource.open, s) for s in specs.values()),
+        return_exceptions=True,
+    )
+    sources = [r for r in results if isinstance(r, RasterSource)]
+    failure = next((r for r in results if isinstance(r, BaseException)), None)
+    if failure is not None:
+        for source in sources:
+            source.close()
+        executor.shutdown()
+        raise failure
+    app[SOURCES] = dict(zip(specs, sources, strict=True))
+    app[EXECUTOR] = executor
+    log.info("imageserver: serving %s", ", ".join(specs) or "no services")
+    try:
+        yield
+    finally:
+        executor.shutdown(wait=True)
+        for source in sources:
+            source.close()
+
+
+async def _request_params(request: web.Request) -> dict[str, str]:
+    """Query and form parameters merged, names lower-cased, empty values dropped."""
+    form = await request.post() if request.method == "POST" else {}
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    return normalize_params(request.query, fields)
+
+
+def _json_response(payload: Mapping[str, Any], params: Mapping[str, str]) -> web.Response:
+    """Serialize ``payload`` as ``f=json`` / ``f=pjson``, wrapped in the JSONP ``callback``."""
+    pretty = parse_response_format(params) is ResponseFormat.PJSON
+    text = json.dumps(payload, indent=2 if pretty else None)
+    callback = parse_callback(params)
+    if callback is not None:
+        return web.Response(text=f"{callback}({text});", content_type="application/javascript")
+    return web.json_response(text=text)
+
+
+def _error_response(
+    params: Mapping[str, str], code: int, message: str, details: Sequence[str] = ()
+) -> web.Response:
+    # ArcGIS puts the real status in the body and answers HTTP 200.
+    return _json_response(error_payload(code, message, details), params)
+
+
+def _find_source(app: web.Application, name: str) -> tuple[str, RasterSource] | None:
+    """Look a service up by name; ArcGIS service names are case-insensitive."""
+    sources = app[SOURCES]
+    if name in sources:
+        return name, sources[name]
+    folded = name.casefold()
+    for key, source in sources.items():
+        if key.casefold() == folded:
+            return key, source
+    return None
+
+
+def _service_not_found(params: Mapping[str, str], name: str) -> web.Response:
+    return _error_response(params, 404, f"Service {name}/ImageServer not found")
+
+
+async def _handle_info(request: web.Request) -> web.Response:
+    return _json_response(server_info(), await _request_params(request))
+
+
+async def _handle_catalog(request: web.Request) -> web.Response:
+    return _json_response(catalog(request.app[SOURCES]), await _request_params(request))
+
+
+async def _handle_folder(request: web.Request) -> web.Response:
+    # Services live at the root; any ".../services/<x>" is a folder that does not exist.
+    params = await _request_params(request)
+    return _error_response(params, 404, f"Folder {request.match_info['name']} not found")
+
+
+async def _handle_service(request: web.Request) -> web.Response:
+    params = await _request_params(request)
+    name = request.match_info["name"]
+    found = _find_source(request.app, name)
+    if found is None or request.match_info["kind"].lower() != "imageserver":
+        return _service_not_found(params, name)
+    return _json_response(service_info(*found), params)
+
+
+async def _handle_operation(request: web.Request) -> web.StreamResponse:
+    params = await _request_params(request)
+    name = request.match_info["name"]
+    found = _find_source(request.app, name)
+    if found is None or request.match_info["kind"].lower() != "imageserver":
+        return _service_not_found(params, name)
+    if request.match_info["operation"].lower() != "exportimage":
+        return _error_response(params, 400, "Requested operation is not supported by this service.")
+    return await _export_image(request, params, *found)
+
+
+async def _export_image(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.StreamResponse:
+    try:
+        export = parse_export_params(params, band_count=source.count)
+        render_request = _render_request(source, export)
+    except ParameterError as exc:
+        return _error_response(params, 400, _BAD_REQUEST, exc.details)
+    loop = asyncio.get_running_loop()
+    image = await loop.run_in_executor(
+        request.app[EXECUTOR], _render_and_encode, source, render_request, export
+    )
+    if export.response_format is ResponseFormat.IMAGE:
+        return web.Response(body=image.content, content_type=image.content_type)
+    key = request.app[OUTPUTS].put(name, image)
+    xmin, ymin, xmax, ymax = render_request.bounds
+    payload = {
+        "href": str(request.url.origin().with_path(f"{OUTPUT_ROOT}/{key}")),
+        "width": render_request.width,
+        "height": render_request.height,
+        "extent": {
+            "xmin": xmin,
+            "ymin": ymin,
+            "xmax": xmax,
+            "ymax": ymax,
+            "spatialReference": spatial_reference_json(render_request.crs),
+        },
+        "scale": 0,
+    }
+    return _json_response(payload, params)
+
+
+async def _handle_output(request: web.Request) -> web.Response:
+    key = f"{request.match_info['folder']}/{request.match_info['filename']}"
+    image = request.app[OUTPUTS].get(key)
+    if image is None:
+        raise web.HTTPNotFound()
+    return web.Response(body=image.content, content_type=image.content_type)
+
+
+def _render_request(source: RasterSource, export: ExportParams) -> RenderRequest:
+    """Resolve defaults and turn the bbox into the output extent in ``imageSR``.
+
+    Defaults: bbox = the service extent, bboxSR = imageSR = the service SR, all bands,
+    bilinear resampling (the advertised ``defaultResamplingMethod``).
+
+    Raises:
+        ParameterError: the bbox cannot be expressed in the image SR.
+    """
+    if export.bbox is None:
+        left, bottom, right, top = source.bounds
+        bbox: Bounds = (left, bottom, right, top)
+        bbox_crs = source.crs
+    else:
+        bbox, bbox_crs = export.bbox, export.bbox_crs or source.crs
+    image_crs = export.image_crs or source.crs
+    if bbox_crs != image_crs:
+        bbox = _project_bbox(bbox, bbox_crs, image_crs)
+    if export.adjust_aspect_ratio:
+        bbox = adjust_aspect_ratio(bbox, export.width, export.height)
+    return RenderRequest(
+        bounds=bbox,
+        crs=image_crs,
+        width=export.width,
+        height=export.height,
+        bands=tuple(range(source.count)) if export.band_ids is None else export.band_ids,
+        # Not `or`: Resampling.nearest is 0 and falsy.
+        resampling=DEFAULT_RESAMPLING if export.resampling is None else export.resampling,
+        nodata=export.nodata,
+        expand_palette=export.image_format is not ImageFormat.TIFF,
+    )
+
+
+def _project_bbox(bbox: Bounds, src: CRS, dst: CRS) -> Bounds:
+    try:
+        projected = transform_bounds(src, dst, *bbox, densify_pts=21)
+    except RasterioError as exc:
+        raise ParameterError([f"The bbox cannot be projected to imageSR: {exc}"]) from exc
+    xmin, ymin, xmax, ymax = projected
+    if not all(math.isfinite(v) for v in projected) or xmin >= xmax or ymin >= ymax:
+        raise ParameterError(["The bbox cannot be projected to imageSR"])
+    return xmin, ymin, xmax, ymax
+
+
+def adjust_aspect_ratio(bbox: Bounds, width: int, height: int) -> Bounds:
+    """Grow ``bbox`` around its centre so that its aspect ratio is ``width / height``.
+
+    This is ``adjustAspectRatio=true`` (ArcGIS REST "Export Image", 10.3+): pixels come out
+    square and the image still shows all of the requested bbox.
+    """
+    xmin, ymin, xmax, ymax = bbox
+    bbox_width, bbox_height = xmax - xmin, ymax - ymin
+    target = width / height
+    if bbox_width / bbox_height < target:
+        half = bbox_height * target / 2
+        centre = (xmin + xmax) / 2
+        return centre - half, ymin, centre + half, ymax
+    half = bbox_width / target / 2
+    centre = (ymin + ymax) / 2
+    return xmin, centre - half, xmax, centre + half
+
+
+def _render_and_encode(
+    source: RasterSource, request: RenderRequest, export: ExportParams
+) -> EncodedImage:
+    rendered = source.render(request)
+    candidates: list[float] = []
+    if export.nodata is not None and len(set(export.nodata.values)) == 1:
+        candidates.append(export.nodata.values[0])
+    if source.nodata is not None:
+        candidates.append(source.nodata)
+    return encode(
+        rendered,
+        image_format=export.image_format,
+        pixel_type=export.pixel_type,
+        quality=export.quality,
+        crs=request.crs,
+        nodata_candidates=candidates,
+    )

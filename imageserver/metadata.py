@@ -1,0 +1,120 @@
+"""JSON documents of the REST directory: server info, catalog, ImageServer root, errors.
+
+Field names and shapes follow the ArcGIS REST pages "Server Info", "Catalog", "Image Service"
+(the ImageServer root resource) and the common error response; see ``docs/arcgis-rest.md`` §2-§3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from imageserver.params import DEFAULT_COMPRESSION_QUALITY, MAX_IMAGE_HEIGHT, MAX_IMAGE_WIDTH
+from imageserver.raster import RasterSource
+from imageserver.spatialref import spatial_reference_json
+
+CURRENT_VERSION = 11.1
+FULL_VERSION = "11.1.0"
+
+_PIXEL_TYPE_NAMES = {
+    "uint8": "U8",
+    "int8": "S8",
+    "uint16": "U16",
+    "int16": "S16",
+    "uint32": "U32",
+    "int32": "S32",
+    "float32": "F32",
+    "float64": "F64",
+}
+
+
+def server_info() -> dict[str, Any]:
+    """``/arcgis/rest/info``: version and (absent) token security."""
+    return {
+        "currentVersion": CURRENT_VERSION,
+        "fullVersion": FULL_VERSION,
+        "authInfo": {"isTokenBasedSecurity": False},
+    }
+
+
+def catalog(service_names: Iterable[str]) -> dict[str, Any]:
+    """``/arcgis/rest/services``: every service is an ImageServer at the root folder."""
+    return {
+        "currentVersion": CURRENT_VERSION,
+        "folders": [],
+        "services": [{"name": name, "type": "ImageServer"} for name in sorted(service_names)],
+    }
+
+
+def service_info(name: str, source: RasterSource) -> dict[str, Any]:
+    """The ImageServer root resource of one service.
+
+    Extents are the raster bounds in the raster's CRS; ``pixelSizeX/Y`` are the native cell
+    size in CRS units (metres, degrees); statistics are estimates from overviews.
+    """
+    spatial_reference = spatial_reference_json(source.crs)
+    bounds = source.bounds
+    extent = {
+        "xmin": bounds.left,
+        "ymin": bounds.bottom,
+        "xmax": bounds.right,
+        "ymax": bounds.top,
+        "spatialReference": spatial_reference,
+    }
+    stats = source.statistics
+    band_count = source.count
+    nodata = _json_number(source.nodata)
+    return {
+        "currentVersion": CURRENT_VERSION,
+        "serviceDescription": source.spec.description,
+        "name": name,
+        "description": source.spec.description,
+        "type": "ImageServer",
+        "copyrightText": source.spec.copyright,
+        "capabilities": "Image,Metadata",
+        "serviceDataType": (
+            "esriImageServiceDataTypeThematic"
+            if source.palette is not None
+            else "esriImageServiceDataTypeGeneric"
+        ),
+        "serviceSourceType": "esriImageServiceSourceTypeDataset",
+        "spatialReference": spatial_reference,
+        "extent": extent,
+        "initialExtent": dict(extent),
+        "fullExtent": dict(extent),
+        "pixelSizeX": source.resolution[0],
+        "pixelSizeY": source.resolution[1],
+        "minPixelSize": 0,
+        "maxPixelSize": 0,
+        "bandCount": band_count,
+        "bandNames": [f"Band_{i + 1}" for i in range(band_count)],
+        "pixelType": _PIXEL_TYPE_NAMES.get(source.dtype, "UNKNOWN"),
+        "noDataValue": nodata,
+        "noDataValues": [nodata] * band_count if nodata is not None else [],
+        "minValues": [_json_number(v) for v in stats.minimum],
+        "maxValues": [_json_number(v) for v in stats.maximum],
+        "meanValues": [_json_number(v) for v in stats.mean],
+        "stdvValues": [_json_number(v) for v in stats.std],
+        "hasColormap": source.palette is not None,
+        "hasHistograms": False,
+        "hasRasterAttributeTable": False,
+        "hasMultidimensions": False,
+        "maxImageWidth": MAX_IMAGE_WIDTH,
+        "maxImageHeight": MAX_IMAGE_HEIGHT,
+        "defaultResamplingMethod": "Bilinear",
+        "defaultCompressionQuality": DEFAULT_COMPRESSION_QUALITY,
+        "allowRasterFunction": False,
+        "exportTilesAllowed": False,
+        "singleFusedMapCache": False,
+    }
+
+
+def error_payload(code: int, message: str, details: Sequence[str] = ()) -> dict[str, Any]:
+    """ArcGIS error JSON ``{"error": {"code", "message", "details"}}``."""
+    return {"error": {"code": code, "message": message, "details": list(details)}}
+
+
+def _json_number(value: float | None) -> float | None:
+    # JSON has no NaN/Infinity; a NaN nodata value is reported as null.
+    return value if value is not None and math.isfinite(value) else None
