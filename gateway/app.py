@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -9,9 +11,13 @@ from aiohttp import web
 
 from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig
+from gateway.grids import GridRegistry
 from gateway.services import admin, viewer, xyz
 from gateway.services.common import CONFIG, PIPELINE, cors_middleware
-from gateway.tiles import TilePipeline, build_layers, origin_of
+from gateway.sources.imageserver import UpstreamError
+from gateway.tiles import Layer, TilePipeline, build_layers, origin_of
+
+log = logging.getLogger(__name__)
 
 UPSTREAM_SESSIONS = web.AppKey("upstream_sessions", dict[str, aiohttp.ClientSession])
 
@@ -28,14 +34,31 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         for origin in origins
     }
     cache = TileCache(config.cache)
+    grids = GridRegistry(config.tile_matrix_sets)
+    layers = build_layers(config, sessions, grids)
     app[UPSTREAM_SESSIONS] = sessions
-    app[PIPELINE] = TilePipeline(build_layers(config, sessions), cache, config.cache.prefix)
+    app[PIPELINE] = TilePipeline(layers, cache, config.cache.prefix, grids)
+    await asyncio.gather(
+        *(_load_bounds(layer, config.server.startup_timeout) for layer in layers.values())
+    )
     try:
         yield
     finally:
         await cache.close()
         for session in sessions.values():
             await session.close()
+
+
+async def _load_bounds(layer: Layer, timeout: float) -> None:
+    """The layer's data extent from its upstream; without it the gateway still starts, and
+    serves every tile of the matrix (none is known to be empty)."""
+    try:
+        await asyncio.wait_for(layer.load_bounds(), timeout)
+    except (UpstreamError, TimeoutError) as exc:
+        reason = exc.message if isinstance(exc, UpstreamError) else f"no answer in {timeout:g} s"
+        log.warning(
+            "layer %s: data extent unknown, the upstream did not answer: %s", layer.name, reason
+        )
 
 
 def create_app(config: GatewayConfig) -> web.Application:

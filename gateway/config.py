@@ -23,11 +23,23 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pyproj import CRS
+from pyproj.exceptions import CRSError
 
 LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 TileFormat = Literal["png", "jpg"]
+# Served by default for every layer: the OGC TMS 2.0 sets clients know, each with a 512-pixel
+# variant (same tiles, twice the pixels) for high-density screens (ogc-interop.md section 5).
+BUILTIN_TILE_MATRIX_SETS = (
+    "WebMercatorQuad",
+    "WorldCRS84Quad",
+    "WGS1984Quad",
+    "WebMercatorQuad_2x",
+    "WorldCRS84Quad_2x",
+    "WGS1984Quad_2x",
+)
 # ArcGIS accepts these four WKIDs for spherical Web Mercator (arcgis-rest.md section 1.1, S16);
 # older servers only know 102113 or 102100, so the WKID the gateway sends is configurable.
 WebMercatorWkid = Literal[3857, 102100, 102113, 900913]
@@ -48,13 +60,73 @@ class ServerConfig(_Strict):
     """How the gateway listens and answers.
 
     ``upstream_timeout`` is the total time, in seconds, allowed for one exportImage call before
-    the client gets a 504.
+    the client gets a 504. ``public_url`` is the base URL clients reach the gateway at (used for
+    every absolute URL in capabilities, TileJSON and OGC API documents); without it the request's
+    own scheme and Host are used, and with ``trust_proxy`` the ``X-Forwarded-Proto``,
+    ``X-Forwarded-Host`` and ``X-Forwarded-Prefix`` headers of a reverse proxy are honoured.
     """
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     cors_allow_origin: str = "*"
     upstream_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    public_url: AnyHttpUrl | None = None
+    trust_proxy: bool = False
+    startup_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+
+class ServiceConfig(_Strict):
+    """Who publishes the service: WMTS ServiceIdentification / ServiceProvider (OWS 1.1, 06-121r3
+    section 7.4) and the OGC API landing page."""
+
+    title: str = "tile-gateway"
+    abstract: str = "Tiles of ArcGIS Image Services through exportImage"
+    keywords: list[str] = []
+    provider_name: str = "tile-gateway"
+    provider_site: AnyHttpUrl | None = None
+    contact_name: str | None = None
+    contact_email: str | None = None
+    fees: str = "none"
+    access_constraints: str = "none"
+
+
+class TileMatrixSetConfig(_Strict):
+    """A custom TileMatrixSet (OGC 17-083r4) built with morecantile ``TileMatrixSet.custom``.
+
+    ``crs`` is an EPSG code (``EPSG:25832``): the same code is sent as bboxSR/imageSR.
+    ``extent`` is ``[xmin, ymin, xmax, ymax]`` in the CRS's units, easting/northing order; tiles
+    are ``tile_size`` pixels square; TileMatrix 0 has ``matrix_width`` x ``matrix_height`` tiles
+    and each further level doubles both.
+    """
+
+    crs: str
+    extent: tuple[float, float, float, float]
+    tile_size: Annotated[int, Field(ge=16, le=4096)] = 256
+    matrix_width: Annotated[int, Field(ge=1)] = 1
+    matrix_height: Annotated[int, Field(ge=1)] = 1
+    minzoom: Annotated[int, Field(ge=0, le=30)] = 0
+    maxzoom: Annotated[int, Field(ge=0, le=30)] = 15
+    title: str | None = None
+
+    @field_validator("crs")
+    @classmethod
+    def _epsg_code(cls, value: str) -> str:
+        if not re.fullmatch(r"EPSG:\d+", value):
+            raise ValueError("must be an EPSG code such as EPSG:25832")
+        try:
+            CRS.from_user_input(value)
+        except CRSError:
+            raise ValueError(f"{value} is not a CRS known to PROJ") from None
+        return value
+
+    @model_validator(mode="after")
+    def _extent_order(self) -> TileMatrixSetConfig:
+        xmin, ymin, xmax, ymax = self.extent
+        if xmin >= xmax or ymin >= ymax:
+            raise ValueError("extent must be [xmin, ymin, xmax, ymax], min below max")
+        if self.minzoom > self.maxzoom:
+            raise ValueError("minzoom must not be greater than maxzoom")
+        return self
 
 
 class CacheConfig(_Strict):
@@ -121,8 +193,11 @@ class LayerConfig(_Strict):
 
     ``url`` is the ImageServer's root (``.../rest/services/<name>/ImageServer``). ``formats`` are
     the tile extensions offered, the first being the viewer's default. ``minzoom``/``maxzoom``
-    bound the TileMatrix (zoom) levels served. ``ttl`` is the cache lifetime of a tile in
-    seconds, also sent as ``Cache-Control: max-age``.
+    bound the TileMatrix (zoom) levels served in every TileMatrixSet of ``tile_matrix_sets``.
+    ``ttl`` is the cache lifetime of a tile in seconds, also sent as ``Cache-Control: max-age``.
+    ``bounds`` (``[west, south, east, north]``, degrees, lon/lat) overrides the data extent read
+    from the upstream's service info; tiles wholly outside it are answered without an upstream
+    call, transparent (PNG) or ``background`` (JPEG, ``#rrggbb``).
     """
 
     title: str | None = None
@@ -134,6 +209,9 @@ class LayerConfig(_Strict):
     maxzoom: Annotated[int, Field(ge=0, le=30)] = 22
     ttl: Annotated[int, Field(ge=1)] = 86400
     attribution: str = ""
+    tile_matrix_sets: Annotated[list[str], Field(min_length=1)] = list(BUILTIN_TILE_MATRIX_SETS)
+    bounds: tuple[float, float, float, float] | None = None
+    background: Annotated[str, Field(pattern=r"^#[0-9A-Fa-f]{6}$")] = "#000000"
 
     @field_validator("url")
     @classmethod
@@ -149,6 +227,10 @@ class LayerConfig(_Strict):
     def _zoom_order(self) -> LayerConfig:
         if self.minzoom > self.maxzoom:
             raise ValueError("minzoom must not be greater than maxzoom")
+        if self.bounds is not None:
+            west, south, east, north = self.bounds
+            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+                raise ValueError("bounds must be [west, south, east, north] in degrees")
         return self
 
     @property
@@ -158,11 +240,29 @@ class LayerConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
-    """The whole configuration: server, cache and the layers keyed by their URL name."""
+    """The whole configuration: server, service metadata, cache, custom TileMatrixSets and the
+    layers keyed by their URL name."""
 
     server: ServerConfig = ServerConfig()
+    service: ServiceConfig = ServiceConfig()
     cache: CacheConfig = CacheConfig()
+    tile_matrix_sets: dict[str, TileMatrixSetConfig] = {}
     layers: Annotated[dict[str, LayerConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _known_tile_matrix_sets(self) -> GatewayConfig:
+        for name in self.tile_matrix_sets:
+            if name in BUILTIN_TILE_MATRIX_SETS or not LAYER_NAME.match(name):
+                raise ValueError(f"tile_matrix_sets: {name!r} is a built-in or not a valid name")
+        custom = set(self.tile_matrix_sets)
+        known = set(BUILTIN_TILE_MATRIX_SETS) | custom | {f"{name}_2x" for name in custom}
+        for layer_name, layer in self.layers.items():
+            for tms in layer.tile_matrix_sets:
+                if tms not in known:
+                    raise ValueError(
+                        f"layers.{layer_name}.tile_matrix_sets: unknown TileMatrixSet {tms!r}"
+                    )
+        return self
 
     @field_validator("layers")
     @classmethod

@@ -1,69 +1,201 @@
-"""TileMatrixSets (OGC 17-083r4) the gateway serves, through morecantile.
+"""TileMatrixSets (OGC 17-083r4, "TMS 2.0") the gateway serves, through morecantile.
 
 A tile is addressed by TileMatrix (zoom), TileCol and TileRow, counted from the top-left
 corner of the matrix; XYZ ``z/x/y`` is WebMercatorQuad ``TileMatrix/TileCol/TileRow``.
+
+Every set ``<id>`` also exists as ``<id>_2x``: the same matrices with 512-pixel tiles and
+halved scale denominators, because a WMTS GetTile image must be TileWidth wide
+(ogc-interop.md section 5). Both share one cache entry per tile: the ``_2x`` tile is the base
+tile at ``scale`` 2.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cache
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import morecantile
 from morecantile import TileMatrixSet
+from pyproj import CRS, Transformer
+
+from gateway.config import TileMatrixSetConfig
+
+RETINA = "_2x"
+WEB_MERCATOR_QUAD = "WebMercatorQuad"
+_BUILTIN_BASES = ("WebMercatorQuad", "WorldCRS84Quad", "WGS1984Quad")
+# A limit computed from an extent that touches a tile edge must not take the neighbour tile.
+_EDGE = 1e-9
 
 
 class TileOutOfRange(LookupError):
-    """A TileMatrix, TileRow or TileCol outside the TileMatrixSet (or the layer's zoom range)."""
+    """A TileMatrix, TileRow or TileCol outside the TileMatrixSet (or the layer's zoom range).
+
+    ``locator`` names the offending WMTS parameter (``TileMatrix``, ``TileRow``, ``TileCol``).
+    """
+
+    def __init__(self, message: str, locator: str) -> None:
+        super().__init__(message)
+        self.locator = locator
+
+
+TileLimits = tuple[int, int, int, int]
+"""``(min_col, max_col, min_row, max_row)``, inclusive, of one TileMatrix."""
 
 
 @dataclass(frozen=True)
 class Grid:
-    """One TileMatrixSet: tile -> bounding box in the set's CRS.
+    """One advertised TileMatrixSet.
 
-    ``tms`` is the morecantile definition, ``epsg`` the EPSG code of its CRS, ``tile_size`` the
-    nominal tile width and height in pixels.
+    ``tms`` is its morecantile definition (with 512-pixel tiles for a ``_2x`` set), ``base``
+    the identifier of the set whose tiles it shares, ``scale`` 1 or 2, ``epsg`` the EPSG code
+    sent as bboxSR/imageSR (CRS84 is sent as 4326, whose exportImage bbox is lon/lat too), and
+    ``tile_size`` the tile width and height in pixels.
     """
 
     identifier: str
     tms: TileMatrixSet
+    base: str
+    scale: int
     epsg: int
     tile_size: int
+    _origins: dict[int, tuple[float, float, float, float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @property
+    def minzoom(self) -> int:
+        """The first TileMatrix identifier (an integer here)."""
+        return self.tms.minzoom
+
+    @property
+    def maxzoom(self) -> int:
+        """The last TileMatrix identifier."""
+        return self.tms.maxzoom
+
+    @cached_property
+    def crs(self) -> CRS:
+        """The CRS of the set (pyproj), in its authority's axis order."""
+        return self.tms.crs._pyproj_crs
 
     def check(self, z: int, x: int, y: int) -> None:
         """Raise ``TileOutOfRange`` unless TileMatrix ``z`` holds TileCol ``x``, TileRow ``y``."""
         if not self.tms.minzoom <= z <= self.tms.maxzoom:
-            raise TileOutOfRange(f"TileMatrix {z} is not in {self.identifier}")
+            raise TileOutOfRange(f"TileMatrix {z} is not in {self.identifier}", "TileMatrix")
         matrix = self.tms.matrix(z)
         if not 0 <= x < matrix.matrixWidth:
-            raise TileOutOfRange(f"TileCol {x} is outside 0..{matrix.matrixWidth - 1} at zoom {z}")
+            raise TileOutOfRange(
+                f"TileCol {x} is outside 0..{matrix.matrixWidth - 1} at TileMatrix {z}", "TileCol"
+            )
         if not 0 <= y < matrix.matrixHeight:
-            raise TileOutOfRange(f"TileRow {y} is outside 0..{matrix.matrixHeight - 1} at zoom {z}")
+            raise TileOutOfRange(
+                f"TileRow {y} is outside 0..{matrix.matrixHeight - 1} at TileMatrix {z}", "TileRow"
+            )
 
     def bbox(self, z: int, x: int, y: int) -> tuple[float, float, float, float]:
-        """The tile's ``(xmin, ymin, xmax, ymax)`` in CRS units, easting/northing order.
+        """The tile's ``(xmin, ymin, xmax, ymax)`` in CRS units, easting/northing (lon/lat) order.
 
-        For WebMercatorQuad these are metres of EPSG:3857 (arcgis-rest.md section 2.2). The
-        tile is assumed valid (see ``check``).
+        That is the order of an exportImage ``bbox`` whatever the CRS's axis order
+        (arcgis-rest.md section 2.2); the tile is assumed valid (see ``check``).
         """
         bounds = self.tms.xy_bounds(morecantile.Tile(x, y, z))
         return (bounds.left, bounds.bottom, bounds.right, bounds.top)
 
+    def _origin(self, z: int) -> tuple[float, float, float, float]:
+        """``(left, top, tile span x, tile span y)`` of TileMatrix ``z`` in x/y order."""
+        origin = self._origins.get(z)
+        if origin is None:
+            left, bottom, right, top = self.bbox(z, 0, 0)
+            origin = self._origins[z] = (left, top, right - left, top - bottom)
+        return origin
 
-@cache
-def get_grid(identifier: str) -> Grid:
-    """The built-in TileMatrixSet named ``identifier`` (e.g. ``WebMercatorQuad``).
+    def limits(self, extent: tuple[float, float, float, float], z: int) -> TileLimits | None:
+        """The tiles of TileMatrix ``z`` that intersect ``extent`` (x/y order, CRS units), as
+        WMTS TileMatrixLimits (07-057r7 section 7.2.4.6.3); ``None`` when none does."""
+        left, top, span_x, span_y = self._origin(z)
+        matrix = self.tms.matrix(z)
+        xmin, ymin, xmax, ymax = extent
+        min_col = max(0, math.floor((xmin - left) / span_x + _EDGE))
+        max_col = min(matrix.matrixWidth - 1, math.ceil((xmax - left) / span_x - _EDGE) - 1)
+        min_row = max(0, math.floor((top - ymax) / span_y + _EDGE))
+        max_row = min(matrix.matrixHeight - 1, math.ceil((top - ymin) / span_y - _EDGE) - 1)
+        if min_col > max_col or min_row > max_row:
+            return None
+        return (min_col, max_col, min_row, max_row)
 
-    Raises ``KeyError`` for an unknown identifier.
-    """
-    try:
-        tms = morecantile.tms.get(identifier)
-    except morecantile.errors.InvalidIdentifier:
-        raise KeyError(identifier) from None
-    epsg = tms.crs.to_epsg()
-    if epsg is None:
-        raise KeyError(f"{identifier} has no EPSG code")
-    return Grid(identifier, tms, epsg, tms.matrix(tms.minzoom).tileWidth)
+    def extent_from_wgs84(
+        self, bounds: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float] | None:
+        """``bounds`` (west, south, east, north in degrees) in this set's CRS, x/y order,
+        clipped to the set's own geographic area; ``None`` when they do not meet."""
+        area = self.tms.bbox  # lon/lat of the whole matrix set
+        west, south = max(bounds[0], area.left), max(bounds[1], area.bottom)
+        east, north = min(bounds[2], area.right), min(bounds[3], area.top)
+        if west >= east or south >= north:
+            return None
+        to_crs = Transformer.from_crs(CRS.from_epsg(4326), self.crs, always_xy=True)
+        return to_crs.transform_bounds(west, south, east, north, densify_pts=21)
 
 
-WEB_MERCATOR_QUAD = "WebMercatorQuad"
+def _retina(tms: TileMatrixSet) -> TileMatrixSet:
+    """``tms`` with 512-pixel tiles over the same matrices: each scale denominator and cell size
+    halved, the matrix sizes and origins kept."""
+    model = tms.model_dump(exclude_none=True)
+    model["id"] = f"{tms.id}{RETINA}"
+    model["title"] = f"{tms.title or tms.id}, 512-pixel tiles"
+    model.pop("uri", None)
+    model.pop("wellKnownScaleSet", None)
+    for matrix in model["tileMatrices"]:
+        matrix["tileWidth"] *= 2
+        matrix["tileHeight"] *= 2
+        matrix["scaleDenominator"] /= 2
+        matrix["cellSize"] /= 2
+    return TileMatrixSet.model_validate(model)
+
+
+def _custom(identifier: str, config: TileMatrixSetConfig) -> TileMatrixSet:
+    return TileMatrixSet.custom(
+        list(config.extent),
+        CRS.from_user_input(config.crs),
+        tile_width=config.tile_size,
+        tile_height=config.tile_size,
+        matrix_scale=[config.matrix_width, config.matrix_height],
+        minzoom=config.minzoom,
+        maxzoom=config.maxzoom,
+        id=identifier,
+        title=config.title or identifier,
+    )
+
+
+def _epsg(tms: TileMatrixSet) -> int:
+    crs: CRS = tms.crs._pyproj_crs
+    if crs.equals(CRS.from_user_input("OGC:CRS84")):
+        return 4326
+    code = crs.to_epsg()
+    if code is None:
+        raise ValueError(f"{tms.id}: its CRS has no EPSG code to send as bboxSR/imageSR")
+    return code
+
+
+class GridRegistry:
+    """Every TileMatrixSet the gateway knows: the built-ins and the config's custom ones, each
+    with its ``_2x`` variant. Look one up with ``registry[identifier]`` (``KeyError`` if
+    unknown)."""
+
+    def __init__(self, custom: dict[str, TileMatrixSetConfig] | None = None) -> None:
+        bases = {name: morecantile.tms.get(name) for name in _BUILTIN_BASES}
+        bases.update({name: _custom(name, config) for name, config in (custom or {}).items()})
+        self._grids: dict[str, Grid] = {}
+        for name, tms in bases.items():
+            epsg = _epsg(tms)
+            size = tms.matrix(tms.minzoom).tileWidth
+            self._grids[name] = Grid(name, tms, name, 1, epsg, size)
+            self._grids[f"{name}{RETINA}"] = Grid(
+                f"{name}{RETINA}", _retina(tms), name, 2, epsg, size * 2
+            )
+
+    def __getitem__(self, identifier: str) -> Grid:
+        return self._grids[identifier]
+
+    def __contains__(self, identifier: object) -> bool:
+        return identifier in self._grids

@@ -1,8 +1,9 @@
-"""XYZ tiles: ``GET /tiles/<layer>/<z>/<x>/<y>[@2x].<png|jpg>`` (WebMercatorQuad).
+"""XYZ tiles: ``GET /tiles/<layer>/<z>/<x>/<y>[@2x].<png|jpg>`` (WebMercatorQuad) and
+``GET /tiles/<layer>/<TileMatrixSet>/<z>/<x>/<y>[@2x].<png|jpg>`` (any set of the layer).
 
-``z/x/y`` is TileMatrix/TileCol/TileRow with the row counted from the north (the Google/OSM
-scheme that Leaflet, OpenLayers and MapLibre use). ``@2x`` gives 512 x 512 pixels over the same
-bbox for high-density screens.
+``z/x/y`` is TileMatrix/TileCol/TileRow with the row counted from the top (the Google/OSM
+scheme that Leaflet, OpenLayers and MapLibre use). ``@2x`` gives twice the pixels over the
+same bbox for high-density screens.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from email.utils import formatdate
 
 from aiohttp import web
 
-from gateway.grids import TileOutOfRange
+from gateway.grids import RETINA, WEB_MERCATOR_QUAD, TileOutOfRange
 from gateway.services.common import PIPELINE, json_error
 from gateway.sources.imageserver import UpstreamError
-from gateway.tiles import TileResult, UnknownLayer, UnsupportedFormat
+from gateway.tiles import TileResult, UnknownLayer, UnknownTileMatrixSet, UnsupportedFormat
 
 _TILE_NAME = re.compile(r"(?P<y>\d+)(?P<retina>@2x)?\.(?P<ext>[A-Za-z0-9]+)")
 _EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
@@ -44,26 +45,39 @@ def tile_response(request: web.Request, result: TileResult, cache_control: str) 
 
 
 async def get_tile(request: web.Request) -> web.Response:
-    """Answer one XYZ tile; errors are JSON (404 unknown layer or tile, 400 bad extension or
-    coordinates, 502/504 upstream failure)."""
+    """Answer one XYZ tile; errors are JSON (404 unknown layer, TileMatrixSet or tile, 400 bad
+    extension or coordinates, 502/504 upstream failure)."""
     pipeline = request.app[PIPELINE]
     layer = request.match_info["layer"]
+    tms = request.match_info.get("tms", WEB_MERCATOR_QUAD)
     if layer not in pipeline.layers:
         return json_error(404, f"unknown layer {layer!r}")
+    if tms not in pipeline.layers[layer].grids:
+        return json_error(404, f"layer {layer!r} is not served in TileMatrixSet {tms!r}")
     match = _TILE_NAME.fullmatch(request.match_info["name"])
     z_text, x_text = request.match_info["z"], request.match_info["x"]
     if match is None or not z_text.isdigit() or not x_text.isdigit():
-        return json_error(400, "a tile address is /tiles/<layer>/<z>/<x>/<y>[@2x].<png|jpg>")
+        return json_error(
+            400, "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].<png|jpg>"
+        )
     ext = _EXTENSIONS.get(match["ext"].lower())
     if ext is None:
         return json_error(400, f"unknown tile extension {match['ext']!r}; use png or jpg")
+    if match["retina"] and tms.endswith(RETINA):
+        return json_error(400, f"{tms} already has 512-pixel tiles: ask without @2x")
     try:
         tile = pipeline.resolve(
-            layer, int(z_text), int(x_text), int(match["y"]), ext, 2 if match["retina"] else 1
+            layer,
+            tms,
+            int(z_text),
+            int(x_text),
+            int(match["y"]),
+            ext,
+            2 if match["retina"] else 1,
         )
     except UnsupportedFormat as exc:
         return json_error(400, str(exc))
-    except (TileOutOfRange, UnknownLayer) as exc:
+    except (TileOutOfRange, UnknownLayer, UnknownTileMatrixSet) as exc:
         return json_error(404, str(exc))
     try:
         result = await pipeline.get_tile(tile)
@@ -79,4 +93,7 @@ async def get_tile(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     """The XYZ route table."""
-    return [web.get("/tiles/{layer}/{z}/{x}/{name}", get_tile)]
+    return [
+        web.get("/tiles/{layer}/{z}/{x}/{name}", get_tile),
+        web.get("/tiles/{layer}/{tms}/{z}/{x}/{name}", get_tile),
+    ]

@@ -15,6 +15,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
 
 from gateway.imaging import EXPORT_FORMATS, sniff_format
 
@@ -190,6 +192,42 @@ class ImageServerClient:
         return info
 
 
+def _service_crs(spatial_reference: Mapping[str, Any]) -> CRS:
+    """The pyproj CRS of an ArcGIS spatialReference JSON: ``latestWkid``, ``wkid`` (EPSG, then
+    ESRI authority, e.g. 102100) or ``wkt`` (ArcGIS REST "Spatial reference" objects)."""
+    for key in ("latestWkid", "wkid"):
+        code = spatial_reference.get(key)
+        if isinstance(code, int):
+            for authority in ("EPSG", "ESRI"):
+                try:
+                    return CRS.from_authority(authority, code)
+                except CRSError:
+                    continue
+    if isinstance(spatial_reference.get("wkt"), str):
+        return CRS.from_wkt(spatial_reference["wkt"])
+    raise CRSError(f"unsupported spatialReference {dict(spatial_reference)!r}")
+
+
+def extent_wgs84(info: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """The service info's ``extent`` as ``(west, south, east, north)`` in degrees (EPSG:4326,
+    lon/lat), or ``None`` when the info has no usable extent or spatial reference."""
+    extent = info.get("extent")
+    if not isinstance(extent, Mapping):
+        return None
+    try:
+        box = [float(extent[key]) for key in ("xmin", "ymin", "xmax", "ymax")]
+        crs = _service_crs(extent.get("spatialReference") or info.get("spatialReference") or {})
+        to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+        west, south, east, north = to_wgs84.transform_bounds(*box, densify_pts=21)
+    except (KeyError, TypeError, ValueError, CRSError):
+        return None
+    west, south = max(west, -180.0), max(south, -90.0)
+    east, north = min(east, 180.0), min(north, 90.0)
+    if not (west < east and south < north):
+        return None
+    return (west, south, east, north)
+
+
 def _http_date(value: str | None) -> float | None:
     if not value:
         return None
@@ -204,5 +242,6 @@ __all__ = [
     "ImageServerClient",
     "UpstreamError",
     "export_params",
+    "extent_wgs84",
     "validate_image",
 ]

@@ -20,7 +20,7 @@ import rasterio
 from PIL import Image
 from rasterio.warp import transform, transform_bounds
 
-from gateway.grids import get_grid
+from gateway.grids import GridRegistry
 from tests.conftest import SHARED_DATA, MakeGateway
 
 R_EARTH = 6378137.0
@@ -31,7 +31,7 @@ def probe_points(
     z: int, x: int, y: int, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Tile pixel columns/rows of a regular probe grid and their EPSG:3857 centres (metres)."""
-    xmin, _, xmax, ymax = get_grid("WebMercatorQuad").bbox(z, x, y)
+    xmin, _, xmax, ymax = GridRegistry()["WebMercatorQuad"].bbox(z, x, y)
     resolution = (xmax - xmin) / size
     cols, rows = np.meshgrid(
         np.linspace(8, size - 9, SAMPLES).astype(int), np.linspace(8, size - 9, SAMPLES).astype(int)
@@ -93,7 +93,7 @@ async def test_projected_raster_tile_matches_the_source(
     with rasterio.open(path) as source:
         data = source.read().transpose(1, 2, 0)
         west, south, east, north = transform_bounds(source.crs, "EPSG:4326", *source.bounds)
-        tms = get_grid("WebMercatorQuad").tms
+        tms = GridRegistry()["WebMercatorQuad"].tms
         centre = tms.tile((west + east) / 2, (south + north) / 2, 9)
         z, x, y = centre.z, centre.x, centre.y
         tile = await fetch_tile(client, f"/tiles/rgb/{z}/{x}/{y}.png")

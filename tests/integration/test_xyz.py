@@ -10,7 +10,7 @@ import pytest
 import redis
 from PIL import Image
 
-from gateway.grids import get_grid
+from gateway.grids import GridRegistry
 from tests.conftest import MakeGateway, RedisProcess
 from tests.integration.conftest import FakeUpstream
 
@@ -100,7 +100,7 @@ async def test_web_mercator_wkid_is_configurable(
 
 
 def test_grid_bbox_matches_the_formula() -> None:
-    grid = get_grid("WebMercatorQuad")
+    grid = GridRegistry()["WebMercatorQuad"]
     for z, x, y in [(0, 0, 0), (1, 1, 0), (5, 17, 11), (18, 131071, 87381), (22, 0, 4194303)]:
         for got, want in zip(grid.bbox(z, x, y), tile_bbox(z, x, y), strict=True):
             assert close(got, want, z, 1e-12), (z, x, y)
