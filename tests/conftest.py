@@ -176,6 +176,65 @@ def imageserver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(10)
 
 
+@pytest.fixture(scope="session")
+def start_gateway(
+    imageserver_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[dict[str, Any]], str]]:
+    """``start_gateway(config) -> base URL``: ``tile-gateway serve`` as a real process.
+
+    ``config`` is the YAML tree (``server.port`` is set here); ``${IMAGESERVER}`` in a string
+    stands for the reference ImageServer's services root. For clients that block (GDAL,
+    OWSLib, browsers driven from a subprocess) and would stall an in-test event loop.
+    """
+    import yaml
+
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(config: dict[str, Any]) -> str:
+        workdir = tmp_path_factory.mktemp("gateway")
+        port = free_port()
+        config = {**config, "server": {**config.get("server", {}), "port": port}}
+        text = yaml.safe_dump(config).replace("${IMAGESERVER}", imageserver_url)
+        (workdir / "gateway.yaml").write_text(text)
+        log = workdir / "gateway.log"
+        command = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(workdir / "gateway.yaml"),
+        ]
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        processes.append(process)
+        wait_for_port(port, process, log, timeout=60)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(start_gateway: Callable[[dict[str, Any]], str]) -> str:
+    """A gateway process (memory cache) with layers ``bluemarble`` (jpg, png; the built-in
+    Blue Marble) and ``rgb`` (png; RGB.byte.tif, Landsat over the Bahamas, EPSG:32618)."""
+    return start_gateway(
+        {
+            "layers": {
+                "bluemarble": {
+                    "url": "${IMAGESERVER}/bluemarble/ImageServer",
+                    "formats": ["jpg", "png"],
+                    "maxzoom": 9,
+                },
+                "rgb": {"url": "${IMAGESERVER}/rgb/ImageServer", "formats": ["png"], "maxzoom": 12},
+            }
+        }
+    )
+
+
 def gateway_config(
     layers: dict[str, dict[str, Any]], cache: dict[str, Any] | None = None, **server: Any
 ) -> GatewayConfig:

@@ -19,6 +19,27 @@ PIPELINE = web.AppKey("pipeline", TilePipeline)
 NO_STORE = {"Cache-Control": "no-store"}
 
 
+def public_base(request: web.Request) -> str:
+    """The gateway's public base URL, without a trailing slash, for absolute URLs in documents.
+
+    ``server.public_url`` when configured; else, with ``server.trust_proxy``, the
+    ``X-Forwarded-Proto``/``X-Forwarded-Host``/``X-Forwarded-Prefix`` headers (first value of
+    each); else the request's own scheme and Host.
+    """
+    server = request.app[CONFIG].server
+    if server.public_url is not None:
+        return str(server.public_url).rstrip("/")
+    scheme, host, prefix = request.scheme, request.host, ""
+    if server.trust_proxy:
+        headers = request.headers
+        scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
+        host = headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+        prefix = headers.get("X-Forwarded-Prefix", "").split(",")[0].strip().rstrip("/")
+        if prefix and not prefix.startswith("/"):
+            prefix = "/" + prefix
+    return f"{scheme}://{host}{prefix}"
+
+
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
     """``{"error": {"code": status, "message": ..., **extra}}`` with ``Cache-Control: no-store``.
 
