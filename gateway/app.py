@@ -12,7 +12,7 @@ from aiohttp import web
 from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig
 from gateway.grids import GridRegistry
-from gateway.services import admin, viewer, xyz
+from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.common import CONFIG, PIPELINE, cors_middleware
 from gateway.sources.imageserver import UpstreamError
 from gateway.tiles import Layer, TilePipeline, build_layers, origin_of
@@ -66,5 +66,6 @@ def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[cors_middleware(config.server.cors_allow_origin)])
     app[CONFIG] = config
     app.cleanup_ctx.append(_resources)
-    app.add_routes(xyz.routes() + admin.routes() + viewer.routes())
+    for service in (xyz, tilejson, wmts, ogcapi, admin, viewer):
+        app.add_routes(service.routes())
     return app
