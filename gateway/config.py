@@ -316,11 +316,13 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
         return GatewayConfig.model_validate(substitute_env(data))
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = _field_path(first["loc"]) or "(top level)"
+        where = _field_path(first["loc"])
         message = first["msg"].removeprefix("Value error, ")
         more = exc.error_count() - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise ConfigError(f"{source}: {where}: {message}{suffix}") from None
+        # Whole-config checks name their field in the message itself.
+        located = f"{where}: {message}" if where else message
+        raise ConfigError(f"{source}: {located}{suffix}") from None
 
 
 def load_config(path: str | Path) -> GatewayConfig:
