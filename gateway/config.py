@@ -313,7 +313,11 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with server, cache, layers")
     try:
-        return GatewayConfig.model_validate(substitute_env(data))
+        substituted = substitute_env(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return GatewayConfig.model_validate(substituted)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _field_path(first["loc"])
