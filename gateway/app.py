@@ -37,23 +37,24 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     grids = GridRegistry(config.tile_matrix_sets)
     layers = build_layers(config, sessions, grids)
     app[UPSTREAM_SESSIONS] = sessions
-    app[PIPELINE] = TilePipeline(layers, cache, config.cache.prefix, grids)
+    app[PIPELINE] = TilePipeline(layers, cache, config.cache.prefix, grids, config.cache.lock_lease)
     await asyncio.gather(
-        *(_load_bounds(layer, config.server.startup_timeout) for layer in layers.values())
+        *(_load_service_info(layer, config.server.startup_timeout) for layer in layers.values())
     )
     try:
         yield
     finally:
+        await app[PIPELINE].close()
         await cache.close()
         for session in sessions.values():
             await session.close()
 
 
-async def _load_bounds(layer: Layer, timeout: float) -> None:
+async def _load_service_info(layer: Layer, timeout: float) -> None:
     """The layer's data extent from its upstream; without it the gateway still starts, and
     serves every tile of the matrix (none is known to be empty)."""
     try:
-        await asyncio.wait_for(layer.load_bounds(), timeout)
+        await asyncio.wait_for(layer.load_service_info(), timeout)
     except (UpstreamError, TimeoutError) as exc:
         reason = exc.message if isinstance(exc, UpstreamError) else f"no answer in {timeout:g} s"
         log.warning(

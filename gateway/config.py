@@ -134,9 +134,13 @@ class CacheConfig(_Strict):
 
     ``redis_url`` takes the redis-py URL forms ``redis://[[user]:password@]host[:port][/db]`` and
     ``rediss://`` for TLS (query options such as ``ssl_ca_certs`` pass through to redis-py).
-    ``backend`` defaults to ``redis`` when a URL is given, else ``memory``. ``timeout`` bounds
-    every cache operation in seconds; ``retry_interval`` is how long, in seconds, an unreachable
-    cache is left alone before it is tried again.
+    Sentinel is ``redis+sentinel://[[user]:password@]host:port[,host:port...]/<service>[/db]``
+    and Cluster ``redis+cluster://[[user]:password@]host:port[,host:port...]`` (``rediss+`` for
+    TLS). ``backend`` defaults to ``redis`` when a URL is given, else ``memory``. ``timeout``
+    bounds every cache operation in seconds; ``retry_interval`` is how long, in seconds, an
+    unreachable cache is left alone before it is tried again. ``l1_max_bytes`` bounds the
+    in-process LRU in front of the backend (0 turns it off); ``lock_lease`` is how long, in
+    seconds, a replica may hold the lock of a metatile it is fetching before others take over.
     """
 
     backend: Literal["memory", "redis"] | None = None
@@ -144,14 +148,23 @@ class CacheConfig(_Strict):
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "tg"
     timeout: Annotated[float, Field(gt=0, le=60)] = 0.5
     retry_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    l1_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    lock_lease: Annotated[float, Field(gt=0, le=600)] = 30.0
 
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        if not value.startswith(("redis://", "rediss://")):
-            raise ValueError("must start with redis:// or rediss://")
+        schemes = tuple(
+            f"{scheme}{kind}://"
+            for scheme in ("redis", "rediss")
+            for kind in ("", "+sentinel", "+cluster")
+        )
+        if not value.startswith(schemes):
+            raise ValueError(
+                "must start with redis://, rediss://, redis+sentinel:// or redis+cluster://"
+            )
         return value
 
     @model_validator(mode="after")
@@ -198,6 +211,13 @@ class LayerConfig(_Strict):
     ``bounds`` (``[west, south, east, north]``, degrees, lon/lat) overrides the data extent read
     from the upstream's service info; tiles wholly outside it are answered without an upstream
     call, transparent (PNG) or ``background`` (JPEG, ``#rrggbb``).
+
+    Metatiles: ``meta_size`` ``[columns, rows]`` of tiles fetched in one exportImage call (never
+    larger than the upstream's maxImageWidth/maxImageHeight) with ``meta_buffer`` extra pixels
+    around it, cut and encoded per tile: PNG (``png8`` quantises to 256 colours) or JPEG at
+    ``jpeg_quality``. Stale serving: for ``stale_while_revalidate`` seconds past its ``ttl`` a
+    tile is still served while one background refresh runs; for ``stale_if_error`` seconds
+    past it, it is served when the upstream fails (RFC 5861 semantics).
     """
 
     title: str | None = None
@@ -212,6 +232,15 @@ class LayerConfig(_Strict):
     tile_matrix_sets: Annotated[list[str], Field(min_length=1)] = list(BUILTIN_TILE_MATRIX_SETS)
     bounds: tuple[float, float, float, float] | None = None
     background: Annotated[str, Field(pattern=r"^#[0-9A-Fa-f]{6}$")] = "#000000"
+    meta_size: tuple[Annotated[int, Field(ge=1, le=32)], Annotated[int, Field(ge=1, le=32)]] = (
+        4,
+        4,
+    )
+    meta_buffer: Annotated[int, Field(ge=0, le=512)] = 0
+    png8: bool = False
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+    stale_while_revalidate: Annotated[int, Field(ge=0)] = 0
+    stale_if_error: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("url")
     @classmethod
@@ -237,6 +266,11 @@ class LayerConfig(_Strict):
     def service_url(self) -> str:
         """The ImageServer root URL without a trailing slash."""
         return str(self.url).rstrip("/")
+
+    @property
+    def storage_ttl(self) -> int:
+        """Seconds a tile is kept: its freshness plus the longer stale window."""
+        return self.ttl + max(self.stale_while_revalidate, self.stale_if_error)
 
 
 class GatewayConfig(_Strict):

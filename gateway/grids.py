@@ -199,3 +199,80 @@ class GridRegistry:
 
     def __contains__(self, identifier: object) -> bool:
         return identifier in self._grids
+
+
+@dataclass(frozen=True, slots=True)
+class MetaTile:
+    """A block of ``cols`` x ``rows`` tiles of TileMatrix ``z`` starting at TileCol ``col0``,
+    TileRow ``row0``, fetched as one image of ``width`` x ``height`` pixels covering ``bbox``
+    (x/y order, CRS units, buffer included). Tile ``(col0, row0)`` starts ``offset_x``,
+    ``offset_y`` pixels into the image; each tile is ``tile_px`` pixels square."""
+
+    z: int
+    col0: int
+    row0: int
+    cols: int
+    rows: int
+    bbox: tuple[float, float, float, float]
+    width: int
+    height: int
+    offset_x: int
+    offset_y: int
+    tile_px: int
+
+    def crops(self) -> list[tuple[int, int, tuple[int, int, int, int]]]:
+        """``(TileCol, TileRow, (left, top, right, bottom))`` pixel boxes of every tile."""
+        return [
+            (
+                self.col0 + i,
+                self.row0 + j,
+                (
+                    self.offset_x + i * self.tile_px,
+                    self.offset_y + j * self.tile_px,
+                    self.offset_x + (i + 1) * self.tile_px,
+                    self.offset_y + (j + 1) * self.tile_px,
+                ),
+            )
+            for j in range(self.rows)
+            for i in range(self.cols)
+        ]
+
+
+def metatile(
+    grid: Grid, z: int, x: int, y: int, size: tuple[int, int], buffer: int, scale: int
+) -> MetaTile:
+    """The metatile of ``grid`` holding tile ``z/x/y``: ``size`` (columns, rows) tiles aligned
+    on multiples of ``size``, clipped at the matrix edges, with ``buffer`` pixels added on every
+    side that is not a matrix edge (MapProxy's meta_size/meta_buffer). ``scale`` multiplies the
+    tile's pixels."""
+    matrix = grid.tms.matrix(z)
+    col0, row0 = x - x % size[0], y - y % size[1]
+    cols = min(size[0], matrix.matrixWidth - col0)
+    rows = min(size[1], matrix.matrixHeight - row0)
+    left, _, _, top = grid.bbox(z, col0, row0)
+    _, bottom, right, _ = grid.bbox(z, col0 + cols - 1, row0 + rows - 1)
+    tile_px = grid.tile_size * scale
+    resolution_x = (right - left) / (cols * tile_px)
+    resolution_y = (top - bottom) / (rows * tile_px)
+    pad_left = buffer if col0 > 0 else 0
+    pad_right = buffer if col0 + cols < matrix.matrixWidth else 0
+    pad_top = buffer if row0 > 0 else 0
+    pad_bottom = buffer if row0 + rows < matrix.matrixHeight else 0
+    return MetaTile(
+        z=z,
+        col0=col0,
+        row0=row0,
+        cols=cols,
+        rows=rows,
+        bbox=(
+            left - pad_left * resolution_x,
+            bottom - pad_bottom * resolution_y,
+            right + pad_right * resolution_x,
+            top + pad_top * resolution_y,
+        ),
+        width=cols * tile_px + pad_left + pad_right,
+        height=rows * tile_px + pad_top + pad_bottom,
+        offset_x=pad_left,
+        offset_y=pad_top,
+        tile_px=tile_px,
+    )

@@ -44,3 +44,39 @@ def empty_tile(ext: str, size: int, background: str) -> bytes:
     else:
         Image.new("RGB", (size, size), ImageColor.getrgb(background)).save(buffer, "JPEG")
     return buffer.getvalue()
+
+
+def cut_metatile(
+    image: bytes,
+    crops: list[tuple[int, int, int, int]],
+    ext: str,
+    *,
+    png8: bool,
+    jpeg_quality: int,
+    background: str,
+) -> list[bytes]:
+    """Cut a decoded metatile into tiles and encode each in ``ext``.
+
+    ``crops`` are ``(left, top, right, bottom)`` pixel boxes. PNG keeps the alpha band
+    (``png8`` quantises to a 256-colour palette, alpha included); JPEG, which has no alpha, is
+    composited on ``background`` (``#rrggbb``) and saved at ``jpeg_quality`` (1-100).
+    Raises ``OSError`` (Pillow) when ``image`` does not decode.
+    """
+    with Image.open(io.BytesIO(image)) as opened:
+        source = opened.convert("RGBA")
+    if ext == "jpg":
+        flat = Image.new("RGBA", source.size, (*ImageColor.getrgb(background), 255))
+        flat.alpha_composite(source)
+        source = flat.convert("RGB")
+    tiles = []
+    for box in crops:
+        tile = source.crop(box)
+        buffer = io.BytesIO()
+        if ext == "jpg":
+            tile.save(buffer, "JPEG", quality=jpeg_quality)
+        elif png8:
+            tile.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, "PNG")
+        else:
+            tile.save(buffer, "PNG", compress_level=6)
+        tiles.append(buffer.getvalue())
+    return tiles

@@ -7,25 +7,38 @@ cache entry serves every protocol asking for the same tile.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import aiohttp
 from yarl import URL
 
+from gateway.cache.coalesce import SingleFlight
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.cache.store import TileCache, tile_key
 from gateway.config import GatewayConfig, LayerConfig
-from gateway.grids import Grid, GridRegistry, TileLimits, TileOutOfRange
-from gateway.imaging import EXPORT_FORMATS, empty_tile
-from gateway.sources.imageserver import ImageServerClient, export_params, extent_wgs84
+from gateway.grids import Grid, GridRegistry, MetaTile, TileLimits, TileOutOfRange, metatile
+from gateway.imaging import EXPORT_FORMATS, cut_metatile, empty_tile
+from gateway.sources.imageserver import (
+    ImageServerClient,
+    UpstreamError,
+    export_params,
+    extent_wgs84,
+)
+
+log = logging.getLogger(__name__)
 
 # Part of every layer fingerprint: bump it when the gateway changes how it renders a tile, so
 # caches shared with older replicas are not read back as if they were the same bytes.
 PIPELINE_VERSION = 1
+# ArcGIS Server's own default limits, assumed until the service info says otherwise.
+DEFAULT_MAX_IMAGE = (15000, 4100)
 # Last-Modified of empty tiles: they never change while the process runs.
 _STARTED = time.time()
 
@@ -57,12 +70,16 @@ class TileRequest:
     scale: int = 1
 
 
+CacheStatus = Literal["HIT", "MISS", "STALE"]
+
+
 @dataclass(frozen=True, slots=True)
 class TileResult:
-    """A tile answer: the entry, and ``HIT`` (no upstream call) or ``MISS`` (from the upstream)."""
+    """A tile answer: the entry, and ``HIT`` (no upstream call made for this request),
+    ``MISS`` (this request called the upstream) or ``STALE`` (served past its freshness)."""
 
     entry: TileEntry
-    cache_status: Literal["HIT", "MISS"]
+    cache_status: CacheStatus
 
 
 class Layer:
@@ -70,7 +87,9 @@ class Layer:
     TileMatrixSets it is served in, and its data extent.
 
     ``bounds`` is ``(west, south, east, north)`` in degrees: from the config, else from the
-    upstream's service info (``load_bounds``), else ``None`` (unknown: every tile is asked for).
+    upstream's service info (``load_service_info``), else ``None`` (unknown: every tile is
+    asked for). ``max_image`` is the upstream's maxImageWidth x maxImageHeight in pixels.
+    ``purges`` counts whole-layer purges; it is part of ``generation``.
     """
 
     def __init__(
@@ -81,9 +100,19 @@ class Layer:
         self.client = client
         self.grids = {identifier: grids[identifier] for identifier in config.tile_matrix_sets}
         self.fixed_params = export_params(config.export.model_dump(exclude_none=True))
-        self.generation = self.fingerprint(config)
-        self.cache_control = f"public, max-age={config.ttl}"
+        self.fingerprint_hash = self.fingerprint(config)
+        self.purges = 0
+        self.generation = f"{self.fingerprint_hash}.0"
+        self.cache_control = f"public, max-age={config.ttl}" + "".join(
+            f", {name}={seconds}"
+            for name, seconds in (
+                ("stale-while-revalidate", config.stale_while_revalidate),
+                ("stale-if-error", config.stale_if_error),
+            )
+            if seconds
+        )
         self.bounds: tuple[float, float, float, float] | None = config.bounds
+        self.max_image = DEFAULT_MAX_IMAGE
         self._limits: dict[tuple[str, int], TileLimits | None] = {}
         self._empty: dict[tuple[str, int], TileEntry] = {}
 
@@ -100,15 +129,33 @@ class Layer:
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
 
-    async def load_bounds(self) -> None:
-        """Read the data extent from the upstream's service info, unless configured.
+    def set_purges(self, purges: int) -> None:
+        """Adopt a purge count (from this or another replica): new keys, old ones age out."""
+        self.purges = purges
+        self.generation = f"{self.fingerprint_hash}.{purges}"
 
-        Raises ``UpstreamError`` when the upstream cannot be read; ``bounds`` stays as it was.
+    async def load_service_info(self) -> None:
+        """Read the data extent (unless configured) and maxImageWidth/maxImageHeight from the
+        upstream's service info (ArcGIS REST "Image Service" resource).
+
+        Raises ``UpstreamError`` when the upstream cannot be read; nothing changes then.
         """
-        if self.config.bounds is not None:
-            return
-        self.bounds = extent_wgs84(await self.client.service_info())
-        self._limits.clear()
+        info = await self.client.service_info()
+        width, height = info.get("maxImageWidth"), info.get("maxImageHeight")
+        if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+            self.max_image = (width, height)
+        if self.config.bounds is None:
+            self.bounds = extent_wgs84(info)
+            self._limits.clear()
+
+    def meta_size(self, grid: Grid, scale: int) -> tuple[int, int]:
+        """Columns and rows of this layer's metatiles in ``grid`` at ``scale``: the configured
+        ``meta_size``, made smaller where the image would exceed the upstream's maximum."""
+        tile_px = grid.tile_size * scale
+        buffer = 2 * self.config.meta_buffer
+        columns = max(1, min(self.config.meta_size[0], (self.max_image[0] - buffer) // tile_px))
+        rows = max(1, min(self.config.meta_size[1], (self.max_image[1] - buffer) // tile_px))
+        return columns, rows
 
     def wkid_for(self, grid: Grid) -> int:
         """The WKID sent as bboxSR/imageSR for ``grid`` (Web Mercator's is configurable)."""
@@ -146,19 +193,26 @@ class Layer:
 
 
 class TilePipeline:
-    """Finds tiles in the cache or makes them with one exportImage call each.
+    """Finds tiles in the cache or makes them, a metatile per exportImage call.
 
     ``layers`` maps layer names to ready layers; ``cache`` is the shared tile store; ``grids``
-    every TileMatrixSet known.
+    every TileMatrixSet known; ``lock_lease`` the seconds a replica may hold a metatile's lock.
     """
 
     def __init__(
-        self, layers: dict[str, Layer], cache: TileCache, prefix: str, grids: GridRegistry
+        self,
+        layers: dict[str, Layer],
+        cache: TileCache,
+        prefix: str,
+        grids: GridRegistry,
+        lock_lease: float = 30.0,
     ) -> None:
         self.layers = layers
         self.cache = cache
         self.prefix = prefix
         self.grids = grids
+        self.flight = SingleFlight(cache, lock_lease)
+        self._refreshes: set[asyncio.Task[None]] = set()
 
     def resolve(
         self, layer: str, tms: str, z: int, x: int, y: int, ext: str, scale: int = 1
@@ -208,36 +262,134 @@ class TilePipeline:
 
     async def get_tile(self, request: TileRequest) -> TileResult:
         """The tile for a request from ``resolve``: an empty tile outside the data extent
-        (no I/O), else from the cache, else from the upstream.
+        (no I/O), else a fresh cached one, else a stale one inside ``stale_while_revalidate``
+        (refreshed in the background), else from the upstream through coalescing; when the
+        upstream fails, a stale one inside ``stale_if_error``.
 
         Only validated images are stored. Raises ``UpstreamError`` (502/504) when the upstream
-        fails; nothing is cached then.
+        fails and no stale copy may stand in; nothing is cached then.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
-        size = grid.tile_size * request.scale
         if not layer.has_data(grid, request.z, request.x, request.y):
-            return TileResult(layer.empty_entry(request.ext, size), "HIT")
+            return TileResult(layer.empty_entry(request.ext, grid.tile_size * request.scale), "HIT")
         key = self.key(request)
-        entry = await self.cache.get(key)
+        config = layer.config
+        entry = await self.cache.get(key, config.storage_ttl)
+        age = 0.0
         if entry is not None:
-            return TileResult(entry, "HIT")
+            age = time.time() - entry.created
+            if age < config.ttl:
+                return TileResult(entry, "HIT")
+            if age < config.ttl + config.stale_while_revalidate:
+                self._refresh_later(request, key)
+                return TileResult(entry, "STALE")
+        try:
+            fresh, produced = await self._fetch(request, key)
+        except UpstreamError:
+            if entry is not None and age < config.ttl + config.stale_if_error:
+                return TileResult(entry, "STALE")
+            raise
+        return TileResult(fresh, "MISS" if produced else "HIT")
+
+    def lock_key(self, request: TileRequest, meta: MetaTile) -> str:
+        """The coalescing lock of the metatile ``meta`` of ``request``."""
+        layer = self.layers[request.layer]
+        return (
+            f"{self.prefix}:lock:{request.layer}:{layer.generation}:{request.tms}:"
+            f"{meta.z}:{meta.col0}:{meta.row0}:{request.scale}.{request.ext}"
+        )
+
+    def metatile_of(self, request: TileRequest) -> MetaTile:
+        """The metatile that holds the requested tile (see ``grids.metatile``)."""
+        layer = self.layers[request.layer]
+        grid = self.grids[request.tms]
+        return metatile(
+            grid,
+            request.z,
+            request.x,
+            request.y,
+            layer.meta_size(grid, request.scale),
+            layer.config.meta_buffer,
+            request.scale,
+        )
+
+    async def _fetch(self, request: TileRequest, key: str) -> tuple[TileEntry, bool]:
+        layer = self.layers[request.layer]
+        meta = self.metatile_of(request)
+
+        async def ready(wanted: str) -> TileEntry | None:
+            entry = await self.cache.get(wanted, layer.config.storage_ttl)
+            fresh = entry is not None and time.time() - entry.created < layer.config.ttl
+            return entry if fresh else None
+
+        return await self.flight.fetch(
+            self.lock_key(request, meta), key, ready, lambda: self.produce(request, meta)
+        )
+
+    async def produce(self, request: TileRequest, meta: MetaTile) -> dict[str, TileEntry]:
+        """One exportImage call for ``meta``; every tile of it stored in one round trip.
+
+        A 1 x 1 metatile without buffer keeps the upstream's bytes as they are; a larger one is
+        asked as PNG (lossless, with alpha) and cut and encoded per tile in a worker thread.
+        Raises ``UpstreamError`` (nothing stored then).
+        """
+        layer = self.layers[request.layer]
+        grid = self.grids[request.tms]
+        single = meta.cols == meta.rows == 1 and meta.width == meta.tile_px == meta.height
         image = await layer.client.export_image(
-            grid.bbox(request.z, request.x, request.y),
+            meta.bbox,
             layer.wkid_for(grid),
-            (size, size),
-            request.ext,
+            (meta.width, meta.height),
+            request.ext if single else "png",
             layer.fixed_params,
         )
-        entry = TileEntry(
-            data=image.data,
-            content_type=EXPORT_FORMATS[request.ext][1],
-            etag=strong_etag(image.data),
-            created=time.time(),
-            upstream_time=image.last_modified,
-        )
-        await self.cache.set(key, entry, layer.config.ttl)
-        return TileResult(entry, "MISS")
+        crops = meta.crops()
+        if single:
+            tiles = [image.data]
+        else:
+            tiles = await asyncio.get_running_loop().run_in_executor(
+                None,
+                partial(
+                    cut_metatile,
+                    image.data,
+                    [box for _, _, box in crops],
+                    request.ext,
+                    png8=layer.config.png8,
+                    jpeg_quality=layer.config.jpeg_quality,
+                    background=layer.config.background,
+                ),
+            )
+        now = time.time()
+        content_type = EXPORT_FORMATS[request.ext][1]
+        items = [
+            (
+                self.key(replace(request, x=col, y=row)),
+                TileEntry(data, content_type, strong_etag(data), now, image.last_modified),
+            )
+            for (col, row, _), data in zip(crops, tiles, strict=True)
+        ]
+        await self.cache.set_many(items, layer.config.storage_ttl)
+        return dict(items)
+
+    def _refresh_later(self, request: TileRequest, key: str) -> None:
+        """Start one background refresh of the request's metatile unless one is running."""
+        if self.flight.running(self.lock_key(request, self.metatile_of(request))):
+            return
+        task = asyncio.create_task(self._refresh(request, key))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(self, request: TileRequest, key: str) -> None:
+        try:
+            await self._fetch(request, key)
+        except UpstreamError as exc:
+            log.info("background refresh of %s failed: %s", key, exc.message)
+
+    async def close(self) -> None:
+        """Wait for background refreshes to end (at shutdown)."""
+        if self._refreshes:
+            await asyncio.gather(*self._refreshes, return_exceptions=True)
 
 
 def build_layers(

@@ -1,6 +1,7 @@
-"""The tile store: an aiocache backend (in-process memory or Redis) that never fails a request.
+"""The tile store: an in-process LRU (L1) in front of an aiocache backend (L2: this process's
+memory, or Redis shared by every replica), which never fails a request.
 
-A cache that cannot be reached is a miss: reads return ``None`` and writes are dropped, the
+A backend that cannot be reached is a miss: reads return ``None`` and writes are dropped, the
 outage is logged once when it starts and once when it ends, and while it lasts the backend is
 left alone for ``retry_interval`` seconds between probes so that requests do not each wait for
 a timeout (architecture.md: "A Redis failure is a cache miss, never a 5xx").
@@ -11,19 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, TypeVar
 
 from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.base import BaseCache
-from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
-from gateway.cache.codec import TileEntry, TileEntrySerializer
+from gateway.cache.codec import TileEntry, TileEntrySerializer, decode_entry, encode_entry
+from gateway.cache.l1 import MemoryTier
+from gateway.cache.redis_client import make_client
 from gateway.config import CacheConfig
 
 log = logging.getLogger(__name__)
 
 _FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+_BATCH = 500
+# Delete a lock only while it still holds our token: an expired lease may belong to another.
+_UNLOCK = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
+T = TypeVar("T")
 
 
 def tile_key(
@@ -39,8 +48,9 @@ def tile_key(
 ) -> str:
     """``<prefix>:<layer>:<generation>:<tms>:<z>:<x>:<y>:<scale>.<ext>`` (architecture.md).
 
-    ``generation`` is the layer's fingerprint, so a change of what the upstream is asked for
-    never serves the old bytes; the key holds no token and no client identity.
+    ``generation`` is the layer's fingerprint and purge count, so a change of what the upstream
+    is asked for, or a purge, never serves the old bytes; the key holds no token and no client
+    identity.
     """
     return f"{prefix}:{layer}:{generation}:{tms}:{z}:{x}:{y}:{scale}.{ext}"
 
@@ -55,35 +65,12 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
 
 
-def _make_backend(config: CacheConfig) -> BaseCache:
-    serializer = TileEntrySerializer()
-    if config.effective_backend == "memory":
-        return SimpleMemoryCache(serializer=serializer, timeout=config.timeout)
-    assert config.redis_url is not None  # guaranteed by CacheConfig validation
-    options = parse_url(config.redis_url)
-    host = options.pop("host", "127.0.0.1")
-    port = options.pop("port", 6379)
-    db = options.pop("db", 0)
-    password = options.pop("password", None)
-    # Reads must not hang on a half-dead server; redis-py otherwise waits forever.
-    options.setdefault("socket_timeout", config.timeout)
-    return RedisCache(
-        serializer=serializer,
-        endpoint=host,
-        port=port,
-        db=db,
-        password=password,
-        create_connection_timeout=config.timeout,
-        connection_pool_kwargs=options,
-        timeout=config.timeout,
-    )
-
-
 class TileCache:
-    """Tile entries by key, in the configured aiocache backend, with fail-open error handling.
+    """Tile entries by key in L1 (bounded in bytes) and L2 (the configured aiocache backend),
+    plus the few Redis primitives coalescing and purging need (locks, counters).
 
     ``backend`` is ``"memory"`` or ``"redis"``; ``available`` is ``False`` while the backend is
-    known to be unreachable.
+    known to be unreachable. With ``memory`` there is one process, so its locks always succeed.
     """
 
     def __init__(self, config: CacheConfig) -> None:
@@ -91,7 +78,19 @@ class TileCache:
         self.description = (
             "memory" if config.redis_url is None else f"redis {redact_url(config.redis_url)}"
         )
-        self._store = _make_backend(config)
+        self.l1 = MemoryTier(config.l1_max_bytes) if config.l1_max_bytes else None
+        self._store: BaseCache
+        if self.backend == "memory":
+            self._store = SimpleMemoryCache(serializer=TileEntrySerializer(), timeout=None)
+            self.redis: Any = None
+        else:
+            assert config.redis_url is not None  # guaranteed by CacheConfig validation
+            self._store = RedisCache(serializer=TileEntrySerializer(), timeout=None)
+            # aiocache builds single-node clients only; Sentinel and Cluster clients speak the
+            # same commands, so the backend gets the client that fits the URL.
+            self._store.client = make_client(config.redis_url, config.timeout)
+            self.redis = self._store.client
+        self._timeout = config.timeout
         self._retry_interval = config.retry_interval
         self._down_since: float | None = None
         self._next_probe = 0.0
@@ -126,38 +125,149 @@ class TileCache:
             )
             self._down_since = None
 
-    async def get(self, key: str) -> TileEntry | None:
-        """The entry under ``key``; ``None`` when absent, unreadable or the cache is down."""
-        if self._skip():
-            return None
-        try:
-            entry = await self._store.get(key)
-        except _FAILURES as exc:
-            self._failed("get", exc)
-            return None
-        self._succeeded()
-        return entry
+    async def _guard(self, operation: str, call: Callable[[], Any], default: T) -> T:
+        """Run a backend call; a failure is logged once per outage and gives ``default``.
 
-    async def set(self, key: str, entry: TileEntry, ttl: int) -> None:
-        """Store ``entry`` under ``key`` for ``ttl`` seconds (value and expiry in one SETEX).
-
-        Failures are logged (once per outage) and swallowed.
+        Hangs are bounded by the client's socket timeout (``cache.timeout``), not by a
+        ``wait_for`` per call, which would cost a task on every cache read.
         """
         if self._skip():
-            return
+            return default
         try:
-            await self._store.set(key, entry, ttl=ttl)
+            result = await call()
         except _FAILURES as exc:
-            self._failed("set", exc)
-            return
+            self._failed(operation, exc)
+            return default
         self._succeeded()
+        return result  # type: ignore[no-any-return]
+
+    async def get(self, key: str, keep: int) -> TileEntry | None:
+        """The entry under ``key`` from L1, else from L2 (then kept in L1 until its creation
+        time plus ``keep`` seconds); ``None`` when absent, unreadable or the cache is down."""
+        if self.l1 is not None:
+            entry = self.l1.get(key)
+            if entry is not None:
+                return entry
+        entry = await self._guard("get", lambda: self._store.get(key), None)
+        if entry is not None and self.l1 is not None:
+            self.l1.put(key, entry, entry.created + keep)
+        return entry
+
+    async def get_many(self, keys: Sequence[str]) -> list[TileEntry | None]:
+        """Entries under ``keys`` (L2 only, one MGET per batch); ``None`` where missing."""
+        if not keys:
+            return []
+        if self.backend == "memory":
+            return list(
+                await self._guard(
+                    "get", lambda: self._store.multi_get(list(keys)), [None] * len(keys)
+                )
+            )
+
+        async def fetch() -> list[TileEntry | None]:
+            found: list[TileEntry | None] = []
+            for start in range(0, len(keys), _BATCH):
+                batch = keys[start : start + _BATCH]
+                pipe = self.redis.pipeline(transaction=False)
+                for key in batch:
+                    pipe.get(key)
+                values = await pipe.execute()
+                found.extend(None if value is None else decode_entry(value) for value in values)
+            return found
+
+        return await self._guard("get", fetch, [None] * len(keys))
+
+    async def set_many(self, items: Sequence[tuple[str, TileEntry]], ttl: int) -> None:
+        """Store entries for ``ttl`` seconds: value and expiry of each in one SET EX, all in one
+        round trip (a pipeline; per node on a Cluster). Failures are logged and swallowed."""
+        if self.l1 is not None:
+            for key, entry in items:
+                self.l1.put(key, entry, entry.created + ttl)
+        if self.backend == "memory":
+            await self._guard("set", lambda: self._store.multi_set(list(items), ttl=ttl), None)
+            return
+
+        async def store() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, entry in items:
+                pipe.set(key, encode_entry(entry), ex=ttl)
+            await pipe.execute()
+
+        await self._guard("set", store, None)
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete keys from L1 and L2 in batches of pipelined DELs; returns how many L2 had."""
+        keys = list(keys)
+        if self.l1 is not None:
+            self.l1.discard(keys)
+        if self.backend == "memory":
+            deleted = 0
+            for key in keys:
+                deleted += int(await self._guard("delete", lambda k=key: self._store.delete(k), 0))
+            return deleted
+
+        async def delete() -> int:
+            deleted = 0
+            for start in range(0, len(keys), _BATCH):
+                pipe = self.redis.pipeline(transaction=False)
+                for key in keys[start : start + _BATCH]:
+                    pipe.delete(key)
+                deleted += sum(await pipe.execute())
+            return deleted
+
+        return await self._guard("delete", delete, 0)
+
+    async def try_lock(self, key: str, token: str, lease: float) -> bool:
+        """Take the lock ``key`` for ``lease`` seconds if nobody holds it (SET NX PX).
+
+        True when taken, and also when the backend is this process's memory or unreachable:
+        then there is nobody to share the work with, and no request may wait on a dead Redis.
+        """
+        if self.redis is None:
+            return True
+        taken = await self._guard(
+            "lock", lambda: self.redis.set(key, token, nx=True, px=int(lease * 1000)), True
+        )
+        return bool(taken)
+
+    async def locked(self, key: str) -> bool:
+        """Whether someone holds the lock ``key`` now (False when unknown)."""
+        if self.redis is None:
+            return False
+        return bool(await self._guard("lock", lambda: self.redis.exists(key), False))
+
+    async def unlock(self, key: str, token: str) -> None:
+        """Release the lock ``key`` if ``token`` still owns it (compare-and-delete, atomic)."""
+        if self.redis is None:
+            return
+        await self._guard("unlock", lambda: self.redis.eval(_UNLOCK, 1, key, token), 0)
+
+    async def increment(self, key: str) -> int | None:
+        """INCR a counter (purge generations); ``None`` when the backend cannot be reached."""
+        if self.redis is None:
+            return None
+        value = await self._guard("incr", lambda: self.redis.incr(key), None)
+        return None if value is None else int(value)
+
+    async def counters(self, keys: Sequence[str]) -> list[int] | None:
+        """Values of counters (0 when unset); ``None`` when the backend cannot be reached."""
+        if self.redis is None or not keys:
+            return [0] * len(keys) if self.redis is None else []
+
+        async def read() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.get(key)
+            return [int(value or 0) for value in await pipe.execute()]
+
+        return await self._guard("get", read, None)
 
     async def ping(self) -> bool:
         """Whether the backend answers now (always ``True`` for memory)."""
-        if self.backend == "memory":
+        if self.redis is None:
             return True
         try:
-            await self._store.raw("ping")
+            await asyncio.wait_for(self.redis.ping(), self._timeout)
         except _FAILURES as exc:
             self._failed("ping", exc)
             return False
@@ -166,4 +276,7 @@ class TileCache:
 
     async def close(self) -> None:
         """Release the backend's connections."""
-        await self._store.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        else:
+            await self._store.close()

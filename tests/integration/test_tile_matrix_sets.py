@@ -23,7 +23,8 @@ UTM32 = {
 
 
 def layer(url: str, **extra: object) -> dict[str, object]:
-    return {"url": url, "formats": ["png", "jpg"], **extra}
+    """A layer with metatiles off: one tile, one exportImage call (test_metatiles.py has more)."""
+    return {"url": url, "formats": ["png", "jpg"], "meta_size": [1, 1], **extra}
 
 
 def sent_bbox(upstream: FakeUpstream, index: int = -1) -> list[float]:

@@ -34,7 +34,8 @@ def keys_under(client: redis.Redis, prefix: str) -> list[bytes]:
 
 
 def layer(url: str, **extra: object) -> dict[str, object]:
-    return {"url": url, "formats": ["png", "jpg"], "ttl": 600, **extra}
+    """A layer with metatiles off: one tile, one exportImage call (test_metatiles.py has more)."""
+    return {"url": url, "formats": ["png", "jpg"], "ttl": 600, "meta_size": [1, 1], **extra}
 
 
 # -- what the upstream is asked -------------------------------------------------------------
@@ -308,7 +309,13 @@ async def test_tiles_are_served_through_a_redis_outage_and_cached_again_after(
     redis_process: RedisProcess,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    cache = {"redis_url": redis_process.url, "retry_interval": 0.2, "timeout": 0.5}
+    # L1 off: what is tested here is the Redis tier going away and coming back.
+    cache = {
+        "redis_url": redis_process.url,
+        "retry_interval": 0.2,
+        "timeout": 0.5,
+        "l1_max_bytes": 0,
+    }
     client = await make_gateway({"fake": layer(fake_upstream.url)}, cache)
     assert (await client.get("/tiles/fake/2/0/0.png")).headers["X-Cache"] == "MISS"
     assert (await client.get("/tiles/fake/2/0/0.png")).headers["X-Cache"] == "HIT"
