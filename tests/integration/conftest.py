@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -38,6 +39,31 @@ def _image_answer(query: MultiDict[str]) -> web.Response:
     return web.Response(
         body=body, content_type="image/png" if fmt.startswith("png") else "image/jpeg"
     )
+
+
+def gradient_png(width: int, height: int) -> bytes:
+    """An RGBA PNG whose pixel (x, y) is (x % 256, y % 256, (x // 256) * 16 + y // 256, 255):
+    every pixel of a metatile says where it is."""
+    xs, ys = np.meshgrid(np.arange(width), np.arange(height))
+    rgba = np.stack([xs % 256, ys % 256, (xs // 256) * 16 + ys // 256, np.full_like(xs, 255)], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba.astype(np.uint8), "RGBA").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def _gradient(query: MultiDict[str]) -> web.Response:
+    width, height = (int(v) for v in query["size"].split(","))
+    return web.Response(body=gradient_png(width, height), content_type="image/png")
+
+
+async def _slow_ok(query: MultiDict[str]) -> web.Response:
+    await asyncio.sleep(0.3)
+    return _image_answer(query)
+
+
+async def _slow500(query: MultiDict[str]) -> web.Response:
+    await asyncio.sleep(0.3)
+    return web.Response(status=500, text="Internal Server Error", content_type="text/plain")
 
 
 async def _ok(query: MultiDict[str]) -> web.Response:
@@ -102,6 +128,9 @@ BEHAVIOURS: dict[str, Callable[[MultiDict[str]], Awaitable[web.Response]]] = {
     "html_page": _html_page,
     "wrong_magic": _wrong_magic,
     "truncated": _truncated,
+    "gradient": _gradient,
+    "slow_ok": _slow_ok,
+    "slow500": _slow500,
 }
 
 
@@ -113,6 +142,9 @@ class FakeUpstream:
     server: TestServer
     behaviour: str = "ok"
     queries: list[MultiDict[str]] = field(default_factory=list)
+    info: dict[str, object] = field(
+        default_factory=lambda: {"name": "fake", "type": "ImageServer", "currentVersion": 11.1}
+    )
 
     @property
     def url(self) -> str:
@@ -130,7 +162,7 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
         return await BEHAVIOURS[upstream.behaviour](request.query)
 
     async def service_info(request: web.Request) -> web.Response:
-        return web.json_response({"name": "fake", "type": "ImageServer", "currentVersion": 11.1})
+        return web.json_response(state["upstream"].info)
 
     app.router.add_get(SERVICE_PATH, service_info)
     app.router.add_get(f"{SERVICE_PATH}/exportImage", export_image)

@@ -1,0 +1,253 @@
+"""The cache engine against real Redis and a recording upstream: L1, coalescing, metatiles,
+stale serving. Upstream calls are counted from what the fixture upstream received."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from gateway.cache.codec import TileEntry
+from gateway.cache.l1 import MemoryTier
+from tests.conftest import MakeGateway, RedisProcess
+from tests.integration.conftest import FakeUpstream
+
+
+def layer(url: str, **extra: object) -> dict[str, object]:
+    return {"url": url, "formats": ["png", "jpg"], "ttl": 600, **extra}
+
+
+def decode(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGBA")).astype(int)
+
+
+# -- L1 ------------------------------------------------------------------------------------------
+
+
+def test_l1_is_bounded_in_bytes_and_honours_expiry() -> None:
+    now = [1000.0]
+    tier = MemoryTier(10_000, clock=lambda: now[0])
+    entry = TileEntry(b"x" * 3000, "image/png", '"a"', 1000.0)
+    for name in "abc":
+        tier.put(name, entry, expires=1010.0)
+    assert tier.get("a") is not None  # a is now the most recently used
+    tier.put("d", entry, expires=1010.0)  # over 10 000 bytes: the least recently used goes
+    assert tier.get("b") is None and tier.get("a") is not None and tier.get("d") is not None
+    assert tier.size <= 10_000
+    now[0] = 1011.0
+    assert tier.get("a") is None  # expired with its tile
+    tier.put("huge", TileEntry(b"x" * 20_000, "image/png", '"h"', 1000.0), expires=2000.0)
+    assert tier.get("huge") is None
+
+
+async def test_l1_hits_need_no_redis(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, redis_process: RedisProcess
+) -> None:
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url, meta_size=[1, 1])}, {"redis_url": redis_process.url}
+    )
+    assert (await client.get("/tiles/fake/2/1/1.png")).headers["X-Cache"] == "MISS"
+    redis_process.stop()
+    response = await client.get("/tiles/fake/2/1/1.png")
+    assert response.status == 200 and response.headers["X-Cache"] == "HIT"
+    assert len(fake_upstream.queries) == 1
+
+
+# -- coalescing ---------------------------------------------------------------------------------
+
+
+async def test_concurrent_misses_in_one_process_make_one_upstream_call(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, redis_url: str, key_prefix: str
+) -> None:
+    fake_upstream.behaviour = "slow_ok"
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url)}, {"redis_url": redis_url, "prefix": key_prefix}
+    )
+    responses = await asyncio.gather(*(client.get("/tiles/fake/5/3/7.png") for _ in range(60)))
+    assert {r.status for r in responses} == {200}
+    assert Counter(r.headers["X-Cache"] for r in responses) == {"MISS": 1, "HIT": 59}
+    assert len({await r.read() for r in responses}) == 1
+    assert len(fake_upstream.queries) == 1
+
+
+async def test_concurrent_misses_on_two_replicas_make_one_upstream_call(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, redis_url: str, key_prefix: str
+) -> None:
+    fake_upstream.behaviour = "slow_ok"
+    cache = {"redis_url": redis_url, "prefix": key_prefix}
+    replicas = [await make_gateway({"fake": layer(fake_upstream.url)}, cache) for _ in range(2)]
+    # Tiles of one metatile, asked on both replicas at once.
+    paths = [f"/tiles/fake/6/{x}/{y}.png" for x in (8, 9) for y in (12, 13)]
+    responses = await asyncio.gather(
+        *(replica.get(path) for replica in replicas for path in paths for _ in range(10))
+    )
+    assert {r.status for r in responses} == {200}
+    assert Counter(r.headers["X-Cache"] for r in responses)["MISS"] == 1
+    assert len(fake_upstream.queries) == 1
+
+
+async def test_a_lock_left_by_a_dead_replica_expires_and_a_waiter_fetches(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url, meta_size=[1, 1])},
+        {"redis_url": redis_url, "prefix": key_prefix},
+    )
+    first = await client.get("/tiles/fake/1/0/0.png")  # learn the lock key's shape
+    assert first.headers["X-Cache"] == "MISS"
+    lock = f"{key_prefix}:lock:fake:"
+    generation = next(redis_client.scan_iter(match=f"{key_prefix}:fake:*")).decode().split(":")[2]
+    # Another replica took the lock of tile 1/1/0 and died: it expires in 0.4 s.
+    redis_client.set(f"{lock}{generation}:WebMercatorQuad:1:1:0:1.png", "dead", px=400)
+    started = asyncio.get_running_loop().time()
+    response = await client.get("/tiles/fake/1/1/0.png")
+    waited = asyncio.get_running_loop().time() - started
+    assert response.status == 200 and response.headers["X-Cache"] == "MISS"
+    assert 0.3 <= waited < 3
+    assert len(fake_upstream.queries) == 2
+
+
+async def test_one_upstream_error_reaches_every_waiter_once_and_is_not_cached(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    fake_upstream.behaviour = "slow500"
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url)}, {"redis_url": redis_url, "prefix": key_prefix}
+    )
+    responses = await asyncio.gather(*(client.get("/tiles/fake/4/2/2.png") for _ in range(20)))
+    assert {r.status for r in responses} == {502}
+    assert len(fake_upstream.queries) == 1
+    assert list(redis_client.scan_iter(match=f"{key_prefix}:fake:*")) == []
+    fake_upstream.behaviour = "ok"
+    assert (await client.get("/tiles/fake/4/2/2.png")).headers["X-Cache"] == "MISS"
+    assert len(fake_upstream.queries) == 2
+
+
+# -- metatiles ----------------------------------------------------------------------------------
+
+
+async def test_a_metatile_is_one_call_cut_into_its_tiles(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    fake_upstream.behaviour = "gradient"
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url, meta_size=[4, 4], meta_buffer=16)},
+        {"redis_url": redis_url, "prefix": key_prefix},
+    )
+    # z=3: the metatile of tile (5, 2) is columns 4-7, rows 0-3: a buffer only left and below.
+    first = await client.get("/tiles/fake/3/5/2.png")
+    assert first.headers["X-Cache"] == "MISS"
+    query = fake_upstream.queries[0]
+    assert query["size"] == "1040,1040" and query["format"] == "png32"
+    span = 2 * 20037508.342789244 / 8
+    xmin, ymin, xmax, ymax = (float(v) for v in query["bbox"].split(","))
+    pixel = span / 256
+    assert xmin == pytest.approx(-20037508.342789244 + 4 * span - 16 * pixel)
+    assert xmax == pytest.approx(20037508.342789244)
+    assert ymax == pytest.approx(20037508.342789244)
+    assert ymin == pytest.approx(20037508.342789244 - 4 * span - 16 * pixel)
+    for col in range(4, 8):
+        for row in range(4):
+            response = await client.get(f"/tiles/fake/3/{col}/{row}.png")
+            assert response.headers["X-Cache"] == "HIT"
+            pixels = decode(await response.read())
+            # Pixel (0, 0) of the tile is pixel (16 + 256 i, 256 j) of the metatile.
+            left, top = 16 + 256 * (col - 4), 256 * row
+            assert tuple(pixels[0, 0]) == (
+                left % 256,
+                top % 256,
+                (left // 256) * 16 + top // 256,
+                255,
+            )
+            assert tuple(pixels[255, 255][:2]) == ((left + 255) % 256, (top + 255) % 256)
+    assert len(fake_upstream.queries) == 1
+    assert len(list(redis_client.scan_iter(match=f"{key_prefix}:fake:*"))) == 16
+
+
+async def test_metatiles_shrink_to_the_upstreams_maximum_image_size(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.info = {**fake_upstream.info, "maxImageWidth": 600, "maxImageHeight": 300}
+    client = await make_gateway({"fake": layer(fake_upstream.url, meta_size=[4, 4])})
+    await client.get("/tiles/fake/4/5/5.png")
+    assert fake_upstream.queries[0]["size"] == "512,256"  # 2 x 1 tiles fit in 600 x 300
+
+
+async def test_metatile_tiles_are_encoded_in_the_layers_format(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.behaviour = "gradient"
+    client = await make_gateway(
+        {
+            "p8": layer(fake_upstream.url, png8=True, meta_size=[2, 2]),
+            "jq": layer(fake_upstream.url, jpeg_quality=40, meta_size=[2, 2]),
+        }
+    )
+    png8 = Image.open(io.BytesIO(await (await client.get("/tiles/p8/2/1/1.png")).read()))
+    assert png8.format == "PNG" and png8.mode == "P" and png8.size == (256, 256)
+    jpeg = await client.get("/tiles/jq/2/1/1.jpg")
+    assert jpeg.headers["Content-Type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(await jpeg.read()))
+    assert image.format == "JPEG" and image.size == (256, 256)
+    assert fake_upstream.queries[-1]["format"] == "png32"  # lossless source for the cut
+
+
+# -- stale serving --------------------------------------------------------------------------------
+
+
+async def test_stale_while_revalidate_serves_at_once_and_refreshes_once(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url, ttl=1, stale_while_revalidate=60, meta_size=[1, 1])}
+    )
+    first = await client.get("/tiles/fake/3/3/3.png")
+    assert first.headers["Cache-Control"] == "public, max-age=1, stale-while-revalidate=60"
+    await asyncio.sleep(1.1)
+    stale = await asyncio.gather(*(client.get("/tiles/fake/3/3/3.png") for _ in range(5)))
+    assert [r.headers["X-Cache"] for r in stale] == ["STALE"] * 5
+    for _ in range(100):  # the one background refresh lands
+        if len(fake_upstream.queries) == 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert len(fake_upstream.queries) == 2
+    assert (await client.get("/tiles/fake/3/3/3.png")).headers["X-Cache"] == "HIT"
+
+
+async def test_stale_if_error_stands_in_for_a_failing_upstream(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway(
+        {
+            "kept": layer(fake_upstream.url, ttl=1, stale_if_error=60, meta_size=[1, 1]),
+            "bare": layer(fake_upstream.url, ttl=1, meta_size=[1, 1]),
+        }
+    )
+    bodies = {}
+    for name in ("kept", "bare"):
+        response = await client.get(f"/tiles/{name}/3/3/3.png")
+        bodies[name] = await response.read()
+    await asyncio.sleep(1.1)
+    fake_upstream.behaviour = "http500"
+    kept = await client.get("/tiles/kept/3/3/3.png")
+    assert kept.status == 200 and kept.headers["X-Cache"] == "STALE"
+    assert await kept.read() == bodies["kept"]
+    assert (await client.get("/tiles/bare/3/3/3.png")).status == 502
