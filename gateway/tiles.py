@@ -315,8 +315,17 @@ class TilePipeline:
         )
 
     async def _fetch(self, request: TileRequest, key: str) -> tuple[TileEntry, bool]:
+        return await self.fetch_metatile(request, self.metatile_of(request), key)
+
+    async def fetch_metatile(
+        self, request: TileRequest, meta: MetaTile, key: str
+    ) -> tuple[TileEntry, bool]:
+        """The fresh entry under ``key`` (a tile of ``meta``), from the cache or by fetching the
+        metatile through coalescing; ``True`` when this call made the upstream call.
+
+        Raises ``UpstreamError``.
+        """
         layer = self.layers[request.layer]
-        meta = self.metatile_of(request)
 
         async def ready(wanted: str) -> TileEntry | None:
             entry = await self.cache.get(wanted, layer.config.storage_ttl)
