@@ -12,8 +12,9 @@ from aiohttp import web
 from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig
 from gateway.grids import GridRegistry
+from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
-from gateway.services.common import CONFIG, PIPELINE, cors_middleware
+from gateway.services.common import CONFIG, PIPELINE, PURGER, cors_middleware
 from gateway.sources.imageserver import UpstreamError
 from gateway.tiles import Layer, TilePipeline, build_layers, origin_of
 
@@ -41,9 +42,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(
         *(_load_service_info(layer, config.server.startup_timeout) for layer in layers.values())
     )
+    purger = app[PURGER] = Purger(app[PIPELINE])
+    await purger.start()
+    watcher = asyncio.create_task(purger.watch(config.cache.purge_poll))
     try:
         yield
     finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         await app[PIPELINE].close()
         await cache.close()
         for session in sessions.values():

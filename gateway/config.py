@@ -140,7 +140,8 @@ class CacheConfig(_Strict):
     bounds every cache operation in seconds; ``retry_interval`` is how long, in seconds, an
     unreachable cache is left alone before it is tried again. ``l1_max_bytes`` bounds the
     in-process LRU in front of the backend (0 turns it off); ``lock_lease`` is how long, in
-    seconds, a replica may hold the lock of a metatile it is fetching before others take over.
+    seconds, a replica may hold the lock of a metatile it is fetching before others take over;
+    ``purge_poll`` how often, in seconds, a replica looks for purges made by the others.
     """
 
     backend: Literal["memory", "redis"] | None = None
@@ -150,6 +151,7 @@ class CacheConfig(_Strict):
     retry_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
     l1_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
     lock_lease: Annotated[float, Field(gt=0, le=600)] = 30.0
+    purge_poll: Annotated[float, Field(gt=0, le=3600)] = 1.0
 
     @field_validator("redis_url")
     @classmethod

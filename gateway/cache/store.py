@@ -125,7 +125,7 @@ class TileCache:
             )
             self._down_since = None
 
-    async def _guard(self, operation: str, call: Callable[[], Any], default: T) -> T:
+    async def call(self, operation: str, call: Callable[[], Any], default: T) -> T:
         """Run a backend call; a failure is logged once per outage and gives ``default``.
 
         Hangs are bounded by the client's socket timeout (``cache.timeout``), not by a
@@ -148,7 +148,7 @@ class TileCache:
             entry = self.l1.get(key)
             if entry is not None:
                 return entry
-        entry = await self._guard("get", lambda: self._store.get(key), None)
+        entry = await self.call("get", lambda: self._store.get(key), None)
         if entry is not None and self.l1 is not None:
             self.l1.put(key, entry, entry.created + keep)
         return entry
@@ -159,7 +159,7 @@ class TileCache:
             return []
         if self.backend == "memory":
             return list(
-                await self._guard(
+                await self.call(
                     "get", lambda: self._store.multi_get(list(keys)), [None] * len(keys)
                 )
             )
@@ -175,7 +175,7 @@ class TileCache:
                 found.extend(None if value is None else decode_entry(value) for value in values)
             return found
 
-        return await self._guard("get", fetch, [None] * len(keys))
+        return await self.call("get", fetch, [None] * len(keys))
 
     async def set_many(self, items: Sequence[tuple[str, TileEntry]], ttl: int) -> None:
         """Store entries for ``ttl`` seconds: value and expiry of each in one SET EX, all in one
@@ -184,7 +184,7 @@ class TileCache:
             for key, entry in items:
                 self.l1.put(key, entry, entry.created + ttl)
         if self.backend == "memory":
-            await self._guard("set", lambda: self._store.multi_set(list(items), ttl=ttl), None)
+            await self.call("set", lambda: self._store.multi_set(list(items), ttl=ttl), None)
             return
 
         async def store() -> None:
@@ -193,7 +193,7 @@ class TileCache:
                 pipe.set(key, encode_entry(entry), ex=ttl)
             await pipe.execute()
 
-        await self._guard("set", store, None)
+        await self.call("set", store, None)
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Delete keys from L1 and L2 in batches of pipelined DELs; returns how many L2 had."""
@@ -203,7 +203,7 @@ class TileCache:
         if self.backend == "memory":
             deleted = 0
             for key in keys:
-                deleted += int(await self._guard("delete", lambda k=key: self._store.delete(k), 0))
+                deleted += int(await self.call("delete", lambda k=key: self._store.delete(k), 0))
             return deleted
 
         async def delete() -> int:
@@ -215,7 +215,7 @@ class TileCache:
                 deleted += sum(await pipe.execute())
             return deleted
 
-        return await self._guard("delete", delete, 0)
+        return await self.call("delete", delete, 0)
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         """Take the lock ``key`` for ``lease`` seconds if nobody holds it (SET NX PX).
@@ -225,7 +225,7 @@ class TileCache:
         """
         if self.redis is None:
             return True
-        taken = await self._guard(
+        taken = await self.call(
             "lock", lambda: self.redis.set(key, token, nx=True, px=int(lease * 1000)), True
         )
         return bool(taken)
@@ -234,19 +234,19 @@ class TileCache:
         """Whether someone holds the lock ``key`` now (False when unknown)."""
         if self.redis is None:
             return False
-        return bool(await self._guard("lock", lambda: self.redis.exists(key), False))
+        return bool(await self.call("lock", lambda: self.redis.exists(key), False))
 
     async def unlock(self, key: str, token: str) -> None:
         """Release the lock ``key`` if ``token`` still owns it (compare-and-delete, atomic)."""
         if self.redis is None:
             return
-        await self._guard("unlock", lambda: self.redis.eval(_UNLOCK, 1, key, token), 0)
+        await self.call("unlock", lambda: self.redis.eval(_UNLOCK, 1, key, token), 0)
 
     async def increment(self, key: str) -> int | None:
         """INCR a counter (purge generations); ``None`` when the backend cannot be reached."""
         if self.redis is None:
             return None
-        value = await self._guard("incr", lambda: self.redis.incr(key), None)
+        value = await self.call("incr", lambda: self.redis.incr(key), None)
         return None if value is None else int(value)
 
     async def counters(self, keys: Sequence[str]) -> list[int] | None:
@@ -260,7 +260,7 @@ class TileCache:
                 pipe.get(key)
             return [int(value or 0) for value in await pipe.execute()]
 
-        return await self._guard("get", read, None)
+        return await self.call("get", read, None)
 
     async def ping(self) -> bool:
         """Whether the backend answers now (always ``True`` for memory)."""

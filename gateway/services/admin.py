@@ -1,14 +1,19 @@
-"""Operational endpoints: ``/healthz`` (liveness) and ``/readyz`` (readiness)."""
+"""Operational endpoints: ``/healthz`` (liveness), ``/readyz`` (readiness) and the admin API
+``POST /admin/purge`` (bearer token from ``TILE_GATEWAY_ADMIN_TOKEN``)."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
+from typing import Any
 
 from aiohttp import web
 
-from gateway.services.common import NO_STORE, PIPELINE
+from gateway.purge import PurgeSpec, PurgeTooLarge
+from gateway.services.common import ADMIN_TOKEN_ENV, NO_STORE, PIPELINE, PURGER, json_error
 from gateway.sources.imageserver import UpstreamError
-from gateway.tiles import Layer
+from gateway.tiles import Layer, UnknownLayer, UnknownTileMatrixSet
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -48,6 +53,74 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503, headers=NO_STORE)
 
 
+def _authorised(request: web.Request) -> web.Response | None:
+    """``None`` when the request carries the admin token, else the error to answer."""
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not token:
+        return json_error(403, f"the admin API is disabled: set {ADMIN_TOKEN_ENV}")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        response = json_error(401, "admin token missing or wrong")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tile-gateway admin"'
+        return response
+    return None
+
+
+def _text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return (
+            ",".join(str(item) for item in value)
+            if name == "bbox"
+            else "-".join(str(item) for item in value)
+        )
+    return str(value)
+
+
+async def purge(request: web.Request) -> web.Response:
+    """Purge a layer, or part of it: JSON body ``{"layer": L, "tms"?: T, "zoom"?: "a-b" or
+    [a, b], "bbox"?: "W,S,E,N" or [W, S, E, N]}`` (degrees).
+
+    200 with what was done; 400 bad body; 401/403 without the token; 404 unknown layer/TMS;
+    413 for a partial purge too large to compute.
+    """
+    refused = _authorised(request)
+    if refused is not None:
+        return refused
+    try:
+        body = await request.json()
+    except ValueError:
+        return json_error(400, 'the body must be JSON: {"layer": ..., ...}')
+    if not isinstance(body, dict) or not isinstance(body.get("layer"), str):
+        return json_error(400, 'the body must name a "layer"')
+    try:
+        spec = PurgeSpec.parse(
+            body["layer"], _text(body, "tms"), _text(body, "zoom"), _text(body, "bbox")
+        )
+        result = await request.app[PURGER].purge(spec)
+    except (UnknownLayer, UnknownTileMatrixSet) as exc:
+        return json_error(404, str(exc).strip("'"))
+    except PurgeTooLarge as exc:
+        return json_error(413, str(exc))
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    return web.json_response(
+        {
+            "layer": result.layer,
+            "generation": result.generation,
+            "keys": result.keys,
+            "deleted": result.deleted,
+        },
+        headers=NO_STORE,
+    )
+
+
 def routes() -> list[web.RouteDef]:
     """The admin route table."""
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.post("/admin/purge", purge),
+    ]

@@ -9,12 +9,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.config import GatewayConfig
+from gateway.purge import Purger
 from gateway.tiles import TilePipeline
 
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", GatewayConfig)
 PIPELINE = web.AppKey("pipeline", TilePipeline)
+PURGER = web.AppKey("purger", Purger)
+# The admin API's bearer token, from the environment (never from the config file).
+ADMIN_TOKEN_ENV = "TILE_GATEWAY_ADMIN_TOKEN"
 
 NO_STORE = {"Cache-Control": "no-store"}
 

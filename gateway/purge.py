@@ -1,0 +1,283 @@
+"""Purging cached tiles, on this replica and every other one sharing the cache.
+
+A whole layer is purged by one generation increment: the layer's keys carry the generation,
+so new requests use new keys and the old entries age out by their TTL. A purge limited by
+TileMatrixSet, zoom range or bbox deletes exactly the keys computed from the grid, in batches
+of pipelined DELs (never KEYS or FLUSHDB). Every replica polls two small counters and drops
+purged entries from its in-process L1.
+
+Redis keys: ``<prefix>:purge:generation:<layer>`` (whole-layer purges), ``<prefix>:purge:seq``
+(every purge) and ``<prefix>:purge:log`` (the last 1000 partial purges, JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+
+from gateway.cache.store import tile_key
+from gateway.grids import Grid
+from gateway.tiles import TilePipeline, UnknownLayer, UnknownTileMatrixSet
+
+log = logging.getLogger(__name__)
+
+LOG_LENGTH = 1000
+# A partial purge larger than this is refused: a whole-layer purge does it in one increment.
+MAX_KEYS = 2_000_000
+_BATCH = 10_000
+
+
+class PurgeTooLarge(ValueError):
+    """The purge would delete more keys than ``MAX_KEYS``."""
+
+
+@dataclass(frozen=True)
+class PurgeSpec:
+    """What to purge: a ``layer``, optionally only TileMatrixSet ``tms``, TileMatrix levels
+    ``zoom`` (inclusive range) and the tiles meeting ``bbox`` (west, south, east, north,
+    degrees). A spec with none of the three options is a whole-layer purge."""
+
+    layer: str
+    tms: str | None = None
+    zoom: tuple[int, int] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+
+    @classmethod
+    def parse(
+        cls, layer: str, tms: str | None = None, zoom: str | None = None, bbox: str | None = None
+    ) -> PurgeSpec:
+        """A spec from command-line style text: ``zoom`` ``a-b`` (or one level ``a``), ``bbox``
+        ``W,S,E,N`` in degrees. Raises ``ValueError`` naming the bad part."""
+        levels = None
+        if zoom:
+            low, _, high = zoom.partition("-")
+            if not low.strip().isdigit() or (high and not high.strip().isdigit()):
+                raise ValueError(f"zoom {zoom!r} is not a range like 3-8")
+            levels = (int(low), int(high or low))
+        box = None
+        if bbox:
+            try:
+                west, south, east, north = (float(part) for part in bbox.split(","))
+            except ValueError:
+                raise ValueError(f"bbox {bbox!r} is not W,S,E,N in degrees") from None
+            box = (west, south, east, north)
+        return cls(layer, tms or None, levels, box)
+
+    @property
+    def whole_layer(self) -> bool:
+        """Whether this purges every tile of the layer."""
+        return self.tms is None and self.zoom is None and self.bbox is None
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What a purge did: the layer's new ``generation`` (whole-layer purges), or how many keys
+    were computed and how many of them existed (``deleted``)."""
+
+    layer: str
+    generation: str | None = None
+    keys: int = 0
+    deleted: int = 0
+
+
+class Purger:
+    """Runs purges for ``pipeline`` and keeps this replica in step with the others' purges."""
+
+    def __init__(self, pipeline: TilePipeline) -> None:
+        self.pipeline = pipeline
+        self.prefix = pipeline.prefix
+        self._seq = 0
+
+    def _generation_key(self, layer: str) -> str:
+        return f"{self.prefix}:purge:generation:{layer}"
+
+    def check(self, spec: PurgeSpec) -> None:
+        """Raise ``UnknownLayer``, ``UnknownTileMatrixSet`` or ``ValueError`` for a bad spec."""
+        layer = self.pipeline.layers.get(spec.layer)
+        if layer is None:
+            raise UnknownLayer(spec.layer)
+        if spec.tms is not None and spec.tms not in layer.grids:
+            raise UnknownTileMatrixSet(f"layer {spec.layer!r} is not served in {spec.tms!r}")
+        if spec.zoom is not None and spec.zoom[0] > spec.zoom[1]:
+            raise ValueError("the zoom range must be low-high")
+        if spec.bbox is not None:
+            west, south, east, north = spec.bbox
+            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+                raise ValueError("bbox must be west,south,east,north in degrees")
+
+    def keys(self, spec: PurgeSpec) -> Iterator[str]:
+        """Every cache key of the tiles ``spec`` covers: each base TileMatrixSet of the layer
+        (or of ``tms``), each TileMatrix in range, each tile meeting ``bbox``, at scales 1 and
+        2, in every format of the layer."""
+        layer = self.pipeline.layers[spec.layer]
+        names = [spec.tms] if spec.tms is not None else list(layer.grids)
+        bases: dict[str, Grid] = {}
+        for name in names:
+            base = self.pipeline.grids[layer.grids[name].base]
+            bases[base.identifier] = base
+        for grid in bases.values():
+            low, high = layer.zoom_range(grid)
+            if spec.zoom is not None:
+                low, high = max(low, spec.zoom[0]), min(high, spec.zoom[1])
+            extent = None if spec.bbox is None else grid.extent_from_wgs84(spec.bbox)
+            if spec.bbox is not None and extent is None:
+                continue
+            for z in range(low, high + 1):
+                if extent is None:
+                    matrix = grid.tms.matrix(z)
+                    limits = (0, matrix.matrixWidth - 1, 0, matrix.matrixHeight - 1)
+                else:
+                    found = grid.limits(extent, z)
+                    if found is None:
+                        continue
+                    limits = found
+                for y in range(limits[2], limits[3] + 1):
+                    for x in range(limits[0], limits[1] + 1):
+                        for scale in (1, 2):
+                            for ext in layer.config.formats:
+                                yield tile_key(
+                                    self.prefix,
+                                    spec.layer,
+                                    layer.generation,
+                                    grid.identifier,
+                                    z,
+                                    x,
+                                    y,
+                                    scale,
+                                    ext,
+                                )
+
+    def count(self, spec: PurgeSpec, limit: int = MAX_KEYS) -> int:
+        """How many keys ``keys(spec)`` gives, counting no further than ``limit`` + 1."""
+        return sum(1 for _ in islice(self.keys(spec), limit + 1))
+
+    async def purge(self, spec: PurgeSpec) -> PurgeResult:
+        """Purge what ``spec`` names, here and (through the cache) on every replica.
+
+        Raises what ``check`` raises, and ``PurgeTooLarge`` for a partial purge of more than
+        ``MAX_KEYS`` keys.
+        """
+        self.check(spec)
+        layer = self.pipeline.layers[spec.layer]
+        cache = self.pipeline.cache
+        if spec.whole_layer:
+            counter = await cache.increment(self._generation_key(spec.layer))
+            self._adopt_generation(spec.layer, layer.purges + 1 if counter is None else counter)
+            await self._announce(None)
+            return PurgeResult(spec.layer, generation=layer.generation)
+        if self.count(spec) > MAX_KEYS:
+            raise PurgeTooLarge(
+                f"more than {MAX_KEYS} tiles: narrow the zoom range or bbox, or purge the layer"
+            )
+        computed = deleted = 0
+        for batch in _batched(self.keys(spec), _BATCH):
+            computed += len(batch)
+            deleted += await cache.delete_many(batch)
+        await self._announce(spec)
+        return PurgeResult(spec.layer, keys=computed, deleted=deleted)
+
+    def _adopt_generation(self, name: str, purges: int) -> None:
+        layer = self.pipeline.layers[name]
+        if purges == layer.purges:
+            return
+        layer.set_purges(purges)
+        l1 = self.pipeline.cache.l1
+        if l1 is not None:
+            start = f"{self.prefix}:{name}:"
+            l1.discard_where(lambda key: key.startswith(start))
+
+    async def _announce(self, spec: PurgeSpec | None) -> None:
+        """Count the purge (and log a partial one) so other replicas apply it to their L1."""
+        redis = self.pipeline.cache.redis
+        if redis is None:
+            return
+        seq_key, log_key = f"{self.prefix}:purge:seq", f"{self.prefix}:purge:log"
+
+        async def write() -> None:
+            # The event goes in the log before the count moves, so a replica that sees the new
+            # count finds the event. This replica applies its own purge again in ``sync``:
+            # harmless, and it keeps purges made concurrently elsewhere from being skipped.
+            if spec is not None:
+                pipe = redis.pipeline(transaction=False)
+                pipe.lpush(log_key, json.dumps(asdict(spec)))
+                pipe.ltrim(log_key, 0, LOG_LENGTH - 1)
+                await pipe.execute()
+            await redis.incr(seq_key)
+
+        await self.pipeline.cache.call("purge", write, None)
+
+    async def sync(self) -> None:
+        """Adopt the replicas' purges: new generations, and partial purges dropped from this
+        replica's L1. A gap longer than the log drops the whole L1.
+
+        Whole-layer purges count in ``seq`` without a log event, so the newest ``missed``
+        events may include older ones already applied: dropping keys twice is harmless.
+        """
+        cache = self.pipeline.cache
+        if cache.redis is None:
+            return
+        names = list(self.pipeline.layers)
+        counters = await cache.counters(
+            [self._generation_key(name) for name in names] + [f"{self.prefix}:purge:seq"]
+        )
+        if counters is None:
+            return
+        for name, purges in zip(names, counters[:-1], strict=True):
+            self._adopt_generation(name, purges)
+        seq = counters[-1]
+        if seq <= self._seq:
+            return
+        missed = seq - self._seq
+        self._seq = seq
+        if cache.l1 is None:
+            return
+        if missed > LOG_LENGTH:
+            cache.l1.discard_where(lambda _key: True)
+            return
+        events = await cache.call(
+            "purge", lambda: cache.redis.lrange(f"{self.prefix}:purge:log", 0, missed - 1), []
+        )
+        for raw in events:
+            event = json.loads(raw)
+            spec = PurgeSpec(
+                event["layer"],
+                event.get("tms"),
+                tuple(event["zoom"]) if event.get("zoom") else None,
+                tuple(event["bbox"]) if event.get("bbox") else None,
+            )
+            if spec.layer in self.pipeline.layers:
+                cache.l1.discard(self.keys(spec))
+
+    async def start(self) -> None:
+        """Read the current generations and purge count (at start-up)."""
+        cache = self.pipeline.cache
+        if cache.redis is None:
+            return
+        counters = await cache.counters([f"{self.prefix}:purge:seq"])
+        if counters is not None:
+            self._seq = counters[0]
+        await self.sync()
+
+    async def watch(self, interval: float) -> None:
+        """``sync`` every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync()
+            except (ValueError, KeyError) as exc:  # a foreign value in our key space
+                log.warning("purge sync skipped a malformed entry: %s", exc)
+
+
+def _batched(keys: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
