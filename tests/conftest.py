@@ -7,6 +7,7 @@ here; when neither is possible the tests that need it fail with a message saying
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -126,6 +127,122 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+def _start_redis(
+    binary: str, workdir: Path, port: int, config: Path | None = None, *options: str
+) -> subprocess.Popen[bytes]:
+    """A redis-server (or, with ``--sentinel`` among ``options``, a Sentinel) on ``port``."""
+    log = workdir / f"redis-{port}.log"
+    command = [
+        binary,
+        *([str(config)] if config else []),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--logfile",
+        str(log),
+        *options,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process, log)
+    return process
+
+
+def _free_cluster_port() -> int:
+    """A free port below 55536 whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    pytest.fail("no free port pair for a Redis Cluster node")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis+cluster://`` URL of a real 3-master Redis Cluster on loopback ports, started and
+    stopped by the test session (redis-server with cluster-enabled, joined by redis-cli)."""
+    server = RedisProcess(tmp_path_factory.mktemp("cluster"))  # checks the binary is there
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.fail("the Redis Cluster tests need redis-cli (Debian: apt-get install redis-tools)")
+    ports = [_free_cluster_port() for _ in range(3)]
+    processes = []
+    for port in ports:
+        node_dir = server.workdir / str(port)
+        node_dir.mkdir()
+        processes.append(
+            _start_redis(
+                server.binary,
+                node_dir,
+                port,
+                None,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(node_dir / "nodes.conf"),
+            )
+        )
+    try:
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        client = redis.Redis(port=ports[0])
+        deadline = time.monotonic() + 30
+        while client.cluster("info").get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                pytest.fail("the test Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        client.close()
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis+sentinel://`` URL of a Sentinel watching a Redis master named ``testmaster``,
+    both real processes on loopback ports started by the test session."""
+    server = RedisProcess(tmp_path_factory.mktemp("sentinel"))
+    master_port, sentinel_port = free_port(), free_port()
+    master = _start_redis(server.binary, server.workdir, master_port)
+    config = server.workdir / "sentinel.conf"
+    config.write_text(
+        f"sentinel monitor testmaster 127.0.0.1 {master_port} 1\n"
+        "sentinel down-after-milliseconds testmaster 5000\n"
+    )
+    sentinel = _start_redis(server.binary, server.workdir, sentinel_port, config, "--sentinel")
+    try:
+        yield f"redis+sentinel://127.0.0.1:{sentinel_port}/testmaster/0"
+    finally:
+        for process in (sentinel, master):
+            process.terminate()
+            process.wait(10)
 
 
 @pytest.fixture
