@@ -1,0 +1,133 @@
+"""Running the gateway: one process, or several worker processes sharing one port.
+
+Workers bind the same address with SO_REUSEPORT, so the kernel spreads connections among them
+(Linux 3.9+); each worker has its own event loop and L1, and they coalesce upstream calls and
+share tiles through Redis. uvloop drives the event loop when it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig
+
+log = logging.getLogger("gateway")
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``host``:``port`` (0 = any free port); returns the runner and the port.
+
+    Access lines go to the ``gateway.access`` logger (shown at INFO level).
+    """
+    runner = web.AppRunner(app, access_log=logging.getLogger("gateway.access"))
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    return runner, runner.addresses[0][1]
+
+
+async def serve_forever(runners: list[web.AppRunner]) -> None:
+    """Wait until cancelled, then clean the runners up in reverse order."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL a user can open (a wildcard address becomes 127.0.0.1)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else (f"[{host}]" if ":" in host else host)
+
+
+async def _serve(config: GatewayConfig, reuse_port: bool, announce: bool) -> None:
+    runner, port = await start_site(
+        create_app(config), config.server.host, config.server.port, reuse_port=reuse_port
+    )
+    if announce:
+        print(
+            f"tile-gateway listening on http://{url_host(config.server.host)}:{port}/", flush=True
+        )
+    await serve_forever([runner])
+
+
+def _worker(config: GatewayConfig, log_level: str) -> None:
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    )
+    # The parent stops the workers with SIGTERM; end like Ctrl-C so cleanup runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
+        run(_serve(config, reuse_port=True, announce=False))
+
+
+def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> int:
+    """Serve ``config`` in this process (``workers`` 1) or in ``workers`` processes sharing
+    the port through SO_REUSEPORT; returns the exit status.
+
+    With several workers the port must be fixed (not 0), and a ``memory`` cache is one per
+    worker: a warning says so. A worker that dies ends the others (a supervisor such as
+    Kubernetes restarts the whole).
+    """
+    if workers <= 1:
+        with contextlib.suppress(KeyboardInterrupt):
+            run(_serve(config, reuse_port=False, announce=True))
+        return 0
+    if config.server.port == 0:
+        print("tile-gateway: --workers needs a fixed port", file=sys.stderr)
+        return 2
+    if config.cache.effective_backend == "memory":
+        log.warning(
+            "%d workers with the memory cache: each worker caches on its own; "
+            "configure cache.redis_url to share tiles and coalesce misses",
+            workers,
+        )
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(config, log_level), name=f"worker-{n}")
+        for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    print(
+        f"tile-gateway listening on http://{url_host(config.server.host)}:"
+        f"{config.server.port}/ with {workers} workers",
+        flush=True,
+    )
+    status = 0
+    try:
+        sentinel = multiprocessing.connection.wait([p.sentinel for p in processes])
+        ended = next(p for p in processes if p.sentinel in sentinel)
+        status = ended.exitcode or 0
+        log.error("worker %s ended with status %s; stopping the others", ended.name, status)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(10)
+    return status
