@@ -1,4 +1,5 @@
-"""Command line: ``tile-gateway serve | demo | check-config`` (also ``python -m gateway``)."""
+"""Command line: ``tile-gateway serve | demo | seed | check-config``
+(also ``python -m gateway``)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.seed import SeedOptions, parse_bbox, parse_zoom, run_seed
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
 
 # The demo config ships in the repository's config/ folder, beside the package.
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
@@ -83,6 +89,54 @@ async def _demo(args: argparse.Namespace) -> None:
     await _serve_forever([gateway, upstream])
 
 
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse ``type``: its ``ValueError`` message becomes the usage error."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number not below ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return _argument(parse)
+
+
+def _seed(args: argparse.Namespace) -> None:
+    config = _load_or_exit(args.config)
+    options = SeedOptions(
+        layer=args.layer,
+        zoom=args.zoom,
+        tms=args.tms,
+        bbox=args.bbox,
+        format=args.format,
+        concurrency=args.concurrency,
+        retries=args.retries,
+        state=args.state,
+        resume=args.resume,
+        progress=args.progress,
+    )
+    try:
+        status = asyncio.run(run_seed(config, options, handle_signals=True))
+    except KeyboardInterrupt:  # before the seed's own handler was installed
+        status = 128 + signal.SIGINT
+    raise SystemExit(status)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tile-gateway",
@@ -125,6 +179,86 @@ def _parser() -> argparse.ArgumentParser:
         help="reference ImageServer port (default: %(default)s)",
     )
 
+    seed = commands.add_parser(
+        "seed",
+        help="fill the cache with a layer's tiles for a zoom range and area",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Walk the metatiles of a layer (TileMatrix, then metatile row, then column), skip\n"
+            "those whose tiles are all cached and fresh, and fetch the others through the same\n"
+            "coalescing as the serving replicas (one exportImage call per metatile). Ctrl-C\n"
+            "stops taking work, lets the running metatiles finish (twice: cancels them), saves\n"
+            "the progress and exits 130; --resume continues from it. Meant for a Redis cache:\n"
+            "with the memory backend the tiles are gone when the command ends."
+        ),
+        epilog=(
+            "exit status: 0 every metatile seeded; 1 some failed after their retries (--resume\n"
+            "retries them) or the cache cannot be reached; 2 bad arguments; 130 SIGINT, 143\n"
+            "SIGTERM (progress saved). The summary goes to stdout, the progress bar to stderr."
+        ),
+    )
+    seed.add_argument("--config", required=True, help="path of the YAML configuration")
+    seed.add_argument("--layer", required=True, help="the layer to seed")
+    seed.add_argument(
+        "--tms",
+        default="WebMercatorQuad",
+        help=(
+            "TileMatrixSet of the layer; a _2x set seeds its base at scale 2 (default %(default)s)"
+        ),
+    )
+    seed.add_argument(
+        "--zoom",
+        required=True,
+        type=_argument(parse_zoom),
+        metavar="A-B",
+        help="TileMatrix levels, inclusive (e.g. 0-8, or 5); within the layer's range",
+    )
+    seed.add_argument(
+        "--bbox",
+        type=_argument(parse_bbox),
+        metavar="W,S,E,N",
+        help="area in degrees lon/lat (default: the layer's data extent, else the whole matrix)",
+    )
+    seed.add_argument(
+        "--format", choices=("png", "jpg"), help="tile format (default: the layer's first)"
+    )
+    seed.add_argument(
+        "--concurrency",
+        type=_at_least(1),
+        default=4,
+        metavar="N",
+        help="metatiles fetched at once (default %(default)s)",
+    )
+    seed.add_argument(
+        "--retries",
+        type=_at_least(0),
+        default=3,
+        metavar="N",
+        help=(
+            "retries of a failed metatile, waiting 1 s, 2 s, 4 s... up to 60 s "
+            "(default %(default)s)"
+        ),
+    )
+    seed.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "progress file for --resume (default: $XDG_STATE_HOME or ~/.local/state, "
+            "tile-gateway/seed/<layer>-<tms>-z<a>-<b>-<format>-<hash>.json)"
+        ),
+    )
+    seed.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the state file (refused if it was made for other arguments)",
+    )
+    seed.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar even when stderr is not a terminal",
+    )
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file and exit",
@@ -138,7 +272,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``tile-gateway``; exit status 2 for an invalid configuration."""
+    """Entry point of ``tile-gateway``; exit status 2 for an invalid configuration (``seed``
+    has its own statuses, see its ``--help``)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -150,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
             f"cache {config.cache.effective_backend}"
         )
         return
+    if args.command == "seed":
+        _seed(args)
     try:
         if args.command == "serve":
             config = _load_or_exit(args.config)
