@@ -1,4 +1,4 @@
-"""Command line: ``tile-gateway serve | demo | seed | check-config``
+"""Command line: ``tile-gateway serve | demo | seed | purge | check-config``
 (also ``python -m gateway``)."""
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from aiohttp import web
-
 from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.seed import SeedOptions, parse_bbox, parse_zoom, run_seed
+from gateway.grids import parse_bbox, parse_zoom
+from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
+from gateway.resources import open_pipeline
+from gateway.seed import SeedOptions, run_seed
+from gateway.tiles import UnknownLayer, UnknownTileMatrixSet
+from gateway.workers import run, serve, serve_forever, start_site, url_host
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -34,33 +37,6 @@ def _load_or_exit(path: str | Path) -> GatewayConfig:
         raise SystemExit(2) from None
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=logging.getLogger("gateway.access"))
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    return runner, bound
-
-
-async def _serve_forever(runners: list[web.AppRunner]) -> None:
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
-
-
-def _url_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
-
-
-async def _serve(config: GatewayConfig) -> None:
-    runner, port = await _start(create_app(config), config.server.host, config.server.port)
-    print(f"tile-gateway listening on http://{_url_host(config.server.host)}:{port}/", flush=True)
-    await _serve_forever([runner])
-
-
 async def _demo(args: argparse.Namespace) -> None:
     try:
         from imageserver.app import create_app as create_imageserver
@@ -72,21 +48,21 @@ async def _demo(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
-    upstream, upstream_port = await _start(
+    upstream, upstream_port = await start_site(
         create_imageserver(load_imageserver_config(None)), args.host, args.imageserver_port
     )
     # The demo config points its layers at ${IMAGESERVER_URL}: this process's own ImageServer.
-    os.environ["IMAGESERVER_URL"] = f"http://{_url_host(args.host)}:{upstream_port}"
+    os.environ["IMAGESERVER_URL"] = f"http://{url_host(args.host)}:{upstream_port}"
     config = _load_or_exit(args.config)
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"host": args.host, "port": args.port})}
     )
-    gateway, port = await _start(create_app(config), args.host, args.port)
-    base = f"http://{_url_host(args.host)}:{port}"
+    gateway, port = await start_site(create_app(config), args.host, args.port)
+    base = f"http://{url_host(args.host)}:{port}"
     print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
     print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
     print(f"Viewer: {base}/", flush=True)
-    await _serve_forever([gateway, upstream])
+    await serve_forever([gateway, upstream])
 
 
 def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -114,6 +90,46 @@ def _at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return _argument(parse)
+
+
+async def _purge(config: GatewayConfig, spec: PurgeSpec) -> int:
+    async with open_pipeline(config, l1=False, agent="tile-gateway/0.1 (purge)") as pipeline:
+        purger = Purger(pipeline)
+        try:
+            purger.check(spec)
+        except (UnknownLayer, UnknownTileMatrixSet, ValueError) as exc:
+            print(f"tile-gateway purge: {str(exc).strip(chr(39))}", file=sys.stderr)
+            return 2
+        if not await pipeline.cache.ping():
+            print(f"tile-gateway purge: cannot reach {pipeline.cache.description}", file=sys.stderr)
+            return 1
+        await purger.start()
+        try:
+            result = await purger.purge(spec)
+        except PurgeTooLarge as exc:
+            print(f"tile-gateway purge: {exc}", file=sys.stderr)
+            return 2
+    if result.generation is not None:
+        print(f"purged layer {result.layer}: new generation {result.generation}")
+    else:
+        print(
+            f"purged {result.deleted} cached tiles of {result.keys} keys computed "
+            f"for layer {result.layer}"
+        )
+    return 0
+
+
+def _purge_command(args: argparse.Namespace) -> None:
+    config = _load_or_exit(args.config)
+    if config.cache.effective_backend == "memory":
+        print(
+            "tile-gateway purge: the memory cache lives in the serving process; "
+            "use its admin API (POST /admin/purge) or configure cache.redis_url",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    spec = PurgeSpec(args.layer, args.tms, args.zoom, args.bbox)
+    raise SystemExit(asyncio.run(_purge(config, spec)))
 
 
 def _seed(args: argparse.Namespace) -> None:
@@ -157,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="path of the YAML configuration")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--workers",
+        type=_at_least(1),
+        default=1,
+        help="worker processes sharing the port through SO_REUSEPORT (default 1); "
+        "give them a Redis cache so they share tiles and coalesce misses",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -217,7 +240,8 @@ def _parser() -> argparse.ArgumentParser:
         "--bbox",
         type=_argument(parse_bbox),
         metavar="W,S,E,N",
-        help="area in degrees lon/lat (default: the layer's data extent, else the whole matrix)",
+        help="area in degrees lon/lat (default: the layer's data extent, else the whole "
+        "matrix); write --bbox=-10,... when W is negative",
     )
     seed.add_argument(
         "--format", choices=("png", "jpg"), help="tile format (default: the layer's first)"
@@ -259,6 +283,28 @@ def _parser() -> argparse.ArgumentParser:
         help="show the progress bar even when stderr is not a terminal",
     )
 
+    purge = commands.add_parser(
+        "purge",
+        help="purge cached tiles of a layer (Redis cache)",
+        description=(
+            "Purge a whole layer (one generation step: old tiles age out by their TTL), or only "
+            "the tiles of a TileMatrixSet, zoom range and/or bbox (their keys are computed from "
+            "the grid and deleted in batches). Every replica drops them from its in-process "
+            "cache within cache.purge_poll seconds. Needs cache.redis_url; a memory cache is "
+            "purged through the serving process's POST /admin/purge."
+        ),
+    )
+    purge.add_argument("--config", required=True, help="path of the YAML configuration")
+    purge.add_argument("--layer", required=True, help="the layer to purge")
+    purge.add_argument("--tms", help="only this TileMatrixSet (and its _2x variant)")
+    purge.add_argument("--zoom", type=_argument(parse_zoom), help="only TileMatrix levels a-b")
+    purge.add_argument(
+        "--bbox",
+        type=_argument(parse_bbox),
+        metavar="W,S,E,N",
+        help="only tiles meeting this area in degrees; write --bbox=-10,... when W is negative",
+    )
+
     check = commands.add_parser(
         "check-config",
         help="validate a config file and exit",
@@ -287,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == "seed":
         _seed(args)
+    if args.command == "purge":
+        _purge_command(args)
     try:
         if args.command == "serve":
             config = _load_or_exit(args.config)
@@ -297,9 +345,8 @@ def main(argv: list[str] | None = None) -> None:
                 config = config.model_copy(
                     update={"server": config.server.model_copy(update=overrides)}
                 )
-            asyncio.run(_serve(config))
-        else:
-            asyncio.run(_demo(args))
+            raise SystemExit(serve(config, args.workers, args.log_level.upper()))
+        run(_demo(args))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -137,6 +137,28 @@ class Grid:
         return to_crs.transform_bounds(west, south, east, north, densify_pts=21)
 
 
+def parse_zoom(text: str) -> tuple[int, int]:
+    """``"a-b"`` (or one level ``"a"``) as ``(a, b)``. Raises ``ValueError`` saying why."""
+    low, _, high = text.partition("-")
+    if not low.strip().isdigit() or (high and not high.strip().isdigit()):
+        raise ValueError(f"zoom {text!r} is not a range like 3-8")
+    levels = (int(low), int(high or low))
+    if levels[0] > levels[1]:
+        raise ValueError(f"zoom {text!r}: the first level must not be above the second")
+    return levels
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """``"W,S,E,N"`` in degrees (lon/lat) as a tuple. Raises ``ValueError`` saying why."""
+    try:
+        west, south, east, north = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"bbox {text!r} is not W,S,E,N in degrees") from None
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        raise ValueError(f"bbox {text!r}: need -180 <= W < E <= 180 and -90 <= S < N <= 90")
+    return west, south, east, north
+
+
 def _retina(tms: TileMatrixSet) -> TileMatrixSet:
     """``tms`` with 512-pixel tiles over the same matrices: each scale denominator and cell size
     halved, the matrix sizes and origins kept."""

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from itertools import islice
 
 from gateway.cache.store import tile_key
-from gateway.grids import Grid
+from gateway.grids import Grid, parse_bbox, parse_zoom
 from gateway.tiles import TilePipeline, UnknownLayer, UnknownTileMatrixSet
 
 log = logging.getLogger(__name__)
@@ -50,22 +50,16 @@ class PurgeSpec:
     def parse(
         cls, layer: str, tms: str | None = None, zoom: str | None = None, bbox: str | None = None
     ) -> PurgeSpec:
-        """A spec from command-line style text: ``zoom`` ``a-b`` (or one level ``a``), ``bbox``
-        ``W,S,E,N`` in degrees. Raises ``ValueError`` naming the bad part."""
-        levels = None
-        if zoom:
-            low, _, high = zoom.partition("-")
-            if not low.strip().isdigit() or (high and not high.strip().isdigit()):
-                raise ValueError(f"zoom {zoom!r} is not a range like 3-8")
-            levels = (int(low), int(high or low))
-        box = None
-        if bbox:
-            try:
-                west, south, east, north = (float(part) for part in bbox.split(","))
-            except ValueError:
-                raise ValueError(f"bbox {bbox!r} is not W,S,E,N in degrees") from None
-            box = (west, south, east, north)
-        return cls(layer, tms or None, levels, box)
+        """A spec from command-line style text (see ``grids.parse_zoom``, ``grids.parse_bbox``).
+
+        Raises ``ValueError`` naming the bad part.
+        """
+        return cls(
+            layer,
+            tms or None,
+            parse_zoom(zoom) if zoom else None,
+            parse_bbox(bbox) if bbox else None,
+        )
 
     @property
     def whole_layer(self) -> bool:

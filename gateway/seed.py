@@ -22,29 +22,25 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gateway.cache.codec import TileEntry
-from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig
-from gateway.grids import WEB_MERCATOR_QUAD, GridRegistry, MetaTile, TileLimits
+from gateway.grids import WEB_MERCATOR_QUAD, MetaTile, TileLimits
 from gateway.purge import Purger
+from gateway.resources import load_service_info, open_pipeline
 from gateway.sources.imageserver import UpstreamError
 from gateway.tiles import (
-    Layer,
     TilePipeline,
     TileRequest,
     UnsupportedFormat,
-    build_layers,
-    origin_of,
 )
 
 log = logging.getLogger(__name__)
@@ -68,28 +64,6 @@ class SeedError(ValueError):
 class _CacheFailure(Exception):
     """The cache could not be read, or did not keep the tiles just written: retried like an
     upstream failure, and never counted as seeded."""
-
-
-def parse_zoom(text: str) -> tuple[int, int]:
-    """``"a-b"`` (or one level ``"a"``) as ``(a, b)``. Raises ``ValueError`` saying why."""
-    low, _, high = text.partition("-")
-    if not low.strip().isdigit() or (high and not high.strip().isdigit()):
-        raise ValueError(f"zoom {text!r} is not a range like 3-8")
-    levels = (int(low), int(high or low))
-    if levels[0] > levels[1]:
-        raise ValueError(f"zoom {text!r}: the first level must not be above the second")
-    return levels
-
-
-def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """``"W,S,E,N"`` in degrees (lon/lat) as a tuple. Raises ``ValueError`` saying why."""
-    try:
-        west, south, east, north = (float(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"bbox {text!r} is not W,S,E,N in degrees") from None
-    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-        raise ValueError(f"bbox {text!r}: need -180 <= W < E <= 180 and -90 <= S < N <= 90")
-    return west, south, east, north
 
 
 @dataclass(frozen=True)
@@ -546,45 +520,6 @@ class Seeder:
             self.state.save()
 
 
-@asynccontextmanager
-async def open_pipeline(config: GatewayConfig) -> AsyncIterator[TilePipeline]:
-    """The tile pipeline of ``config`` without a web app: upstream sessions, cache, grids and
-    layers as ``app._resources`` builds them (service info not loaded), closed on exit."""
-    # No L1: a seed reads each tile once and serves none, an in-process LRU would only hold
-    # memory.
-    cache = TileCache(config.cache.model_copy(update={"l1_max_bytes": 0}))
-    origins = {origin_of(layer.service_url) for layer in config.layers.values()}
-    sessions = {
-        origin: aiohttp.ClientSession(headers={"User-Agent": "tile-gateway/0.1 (seed)"})
-        for origin in origins
-    }
-    grids = GridRegistry(config.tile_matrix_sets)
-    layers = build_layers(config, sessions, grids)
-    pipeline = TilePipeline(layers, cache, config.cache.prefix, grids, config.cache.lock_lease)
-    try:
-        yield pipeline
-    finally:
-        await pipeline.close()
-        await cache.close()
-        for session in sessions.values():
-            await session.close()
-
-
-async def _load_service_info(layer: Layer, timeout: float) -> None:
-    """The layer's data extent and maximum image size from its upstream, if it answers."""
-    try:
-        await asyncio.wait_for(layer.load_service_info(), timeout)
-    except (UpstreamError, TimeoutError) as exc:
-        reason = exc.message if isinstance(exc, UpstreamError) else f"no answer in {timeout:g} s"
-        where = "the bbox" if layer.bounds is None else "the configured bounds"
-        log.warning(
-            "layer %s: service info unavailable (%s): seeding %s of the whole matrix",
-            layer.name,
-            reason,
-            where,
-        )
-
-
 def _note(message: str) -> None:
     tqdm.write(f"tile-gateway seed: {message}", file=sys.stderr)
 
@@ -628,7 +563,7 @@ async def run_seed(
     handled only with ``handle_signals`` (the command line, in the main thread); otherwise a
     cancellation of the caller's task still saves the state, then propagates.
     """
-    async with open_pipeline(config) as pipeline:
+    async with open_pipeline(config, l1=False, agent="tile-gateway/0.1 (seed)") as pipeline:
         try:
             template = seed_request(pipeline, options)
         except SeedError as exc:
@@ -643,7 +578,7 @@ async def run_seed(
         purger = Purger(pipeline)
         await purger.start()  # seed under the generation the serving replicas use
         layer = pipeline.layers[options.layer]
-        await _load_service_info(layer, config.server.startup_timeout)
+        await load_service_info([layer], config.server.startup_timeout)
         plan = SeedPlan(pipeline, template, options.zoom, options.bbox)
         identity = {
             "layer": options.layer,

@@ -89,8 +89,9 @@ def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> i
 
     With several workers the port must be fixed (not 0), and a ``memory`` cache is one per
     worker: a warning says so. A worker that dies ends the others (a supervisor such as
-    Kubernetes restarts the whole).
+    Kubernetes restarts the whole). SIGTERM stops gracefully, like Ctrl-C.
     """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if workers <= 1:
         with contextlib.suppress(KeyboardInterrupt):
             run(_serve(config, reuse_port=False, announce=True))
