@@ -25,6 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ -f tests/browser/package-lock.json ] && [ ! -d tests/browser/node_modules ]; then
+# -nt is also true when node_modules (npm's hidden lockfile) is missing.
+if [ -f tests/browser/package-lock.json ] && \
+   [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
