@@ -38,7 +38,7 @@ from aiohttp import web
 
 from gateway.config import ServiceConfig
 from gateway.grids import Grid, TileOutOfRange
-from gateway.services.common import CONFIG, PIPELINE, json_error, public_base
+from gateway.services.common import CONFIG, PIPELINE, json_error, public_base, upstream_error
 from gateway.services.tilejson import DocumentCache, encode, json_document
 from gateway.services.xyz import tile_response
 from gateway.sources.imageserver import UpstreamError
@@ -426,12 +426,7 @@ class OgcApiService:
         try:
             result = await pipeline.get_tile(tile)
         except UpstreamError as exc:
-            return json_error(
-                exc.status,
-                f"the upstream of layer {name!r} failed: {exc.message}",
-                layer=name,
-                upstream={"code": exc.code, "message": exc.message},
-            )
+            return upstream_error(name, exc)
         response = tile_response(request, result, layer.cache_control)
         if f is None:
             response.headers["Vary"] = "Accept"
