@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System programs the test suite drives for real: redis-server (unless REDIS_URL names a Redis),
-# Chromium and Node.js (browser tests), and the browser tests' npm packages from the lockfile.
+# GDAL's command line tools (gdal-bin: WMTS/XYZ interop tests), Chromium and Node.js (browser
+# tests), and the browser tests' npm packages from the lockfile.
 # Installs what is missing with apt-get when it can (root or passwordless sudo); otherwise it
 # says what to install and fails, because the suite must not silently skip what it cannot run.
 set -euo pipefail
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 [ -n "${REDIS_URL:-}" ] || command -v redis-server >/dev/null || missing+=(redis-server)
+{ command -v gdal_translate && command -v gdalinfo; } >/dev/null || missing+=(gdal-bin)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
@@ -23,6 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ -f tests/browser/package-lock.json ] && [ ! -d tests/browser/node_modules ]; then
+# -nt is also true when node_modules (npm's hidden lockfile) is missing.
+if [ -f tests/browser/package-lock.json ] && \
+   [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi

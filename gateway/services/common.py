@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.config import GatewayConfig
 from gateway.purge import Purger
+from gateway.sources.imageserver import UpstreamError
 from gateway.tiles import TilePipeline
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,17 @@ def json_error(status: int, message: str, **extra: Any) -> web.Response:
     """
     return web.json_response(
         {"error": {"code": status, "message": message, **extra}}, status=status, headers=NO_STORE
+    )
+
+
+def upstream_error(layer: str, exc: UpstreamError) -> web.Response:
+    """The JSON answer to a failed upstream: its status (502/504), the layer, and the
+    upstream's own code and message, never its URL or a token."""
+    return json_error(
+        exc.status,
+        f"the upstream of layer {layer!r} failed: {exc.message}",
+        layer=layer,
+        upstream={"code": exc.code, "message": exc.message},
     )
 
 

@@ -1,10 +1,455 @@
-"""Placeholder: filled in by the ogcapi work (returns no routes yet)."""
+"""OGC API - Tiles - Part 1: Core (OGC 20-057) for map tiles, under ``/ogcapi``.
+
+    /ogcapi                         landing page (OGC API - Common, 19-072 /req/landing-page)
+    /ogcapi/conformance             the conformance classes claimed
+    /ogcapi/tileMatrixSets          every TileMatrixSet a layer is served in (``_2x`` and custom
+    /ogcapi/tileMatrixSets/<id>     ones too); a definition is OGC TMS 2.0 JSON (17-083r4)
+    /ogcapi/collections             one collection per layer
+    /ogcapi/collections/<layer>
+    /ogcapi/collections/<layer>/map/tiles            tilesets list (20-057 /req/tilesets-list)
+    /ogcapi/collections/<layer>/map/tiles/<tms>      tileset metadata (20-057 /req/tileset)
+    /ogcapi/collections/<layer>/map/tiles/<tms>/<tileMatrix>/<tileRow>/<tileCol>   a tile
+                                                     (20-057 /req/core; row before column)
+
+Documents are JSON only: ``f=json`` or no ``f``; another ``f`` is a 400, and an ``Accept``
+header that rules out ``application/json`` a 406. A tile's format is ``f=png|jpg`` when given,
+else negotiated from ``Accept`` (default the layer's first format; 406 when ``Accept`` admits
+none of the layer's formats, as OGC API - Common and RFC 9110 section 15.5.7 allow). Every link
+is absolute, from ``public_base``.
+
+Errors use the gateway's JSON ``{"error": {"code", "message"}}``, not the OGC API Common
+exception schema: the CORS middleware already answers routing misses and 500s under
+``/ogcapi`` that way, and 20-057 /req/core/tc-error leaves the exception body optional.
+
+Tiles go through the one tile pipeline, so an OGC API tile and the XYZ or WMTS tile of the
+same address share one cache entry (``<tms>_2x`` tiles are the ``@2x`` tiles of ``<tms>``).
+The tileset metadata advertises ``tileMatrixSetLimits`` from the layer's data extent, and a tile
+outside them is a 404 (/req/core/tc-error A), not the transparent tile XYZ answers there.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
+
+from gateway.config import ServiceConfig
+from gateway.grids import Grid, TileOutOfRange
+from gateway.services.common import CONFIG, PIPELINE, json_error, public_base, upstream_error
+from gateway.services.tilejson import DocumentCache, encode, json_document
+from gateway.services.xyz import tile_response
+from gateway.sources.imageserver import UpstreamError
+from gateway.tiles import Layer, TilePipeline
+
+JSON = "application/json"
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
+CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+REL_TILING_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
+REL_TILING_SCHEMES = "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"
+REL_TILESETS_MAP = "http://www.opengis.net/def/rel/ogc/1.0/tilesets-map"
+_TILES_CONF = "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/"
+_TMS_CONF = "http://www.opengis.net/spec/tms/2.0/conf/"
+_F_VALUES = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
+_FORMAT_CONFORMANCE = {"png": "png", "jpg": "jpeg"}
+
+
+class FormatError(Exception):
+    """The representation asked for cannot be given: ``status`` 400 (a bad ``f``) or 406 (an
+    ``Accept`` header nothing offered satisfies)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@functools.lru_cache(maxsize=256)
+def negotiate(accept: str, offered: tuple[str, ...]) -> str | None:
+    """The media type of ``offered`` that ``accept`` (an HTTP ``Accept`` value) rates highest.
+
+    Each offered type takes the quality of the most specific range matching it
+    (``type/subtype`` > ``type/*`` > ``*/*``, RFC 9110 section 12.5.1); ties go to the earlier
+    offer. ``None`` when every offered type has quality 0. Cached: clients repeat one header.
+    """
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
+        media_range, *parameters = part.split(";")
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                # A malformed weight is ignored, as if the client had sent none.
+                with contextlib.suppress(ValueError):
+                    quality = float(value)
+        ranges.append((media_range.strip().lower(), quality))
+    best, best_quality = None, 0.0
+    for media_type in offered:
+        wildcard = media_type.split("/")[0] + "/*"
+        specificity, quality = -1, 0.0
+        for media_range, weight in ranges:
+            rank = {media_type: 2, wildcard: 1, "*/*": 0}.get(media_range, -1)
+            if rank > specificity:
+                specificity, quality = rank, weight
+        if quality > best_quality:
+            best, best_quality = media_type, quality
+    return best
+
+
+def check_json(f: str | None, accept: str | None) -> None:
+    """Raise ``FormatError`` unless a JSON document may answer (``f`` absent or ``json``, and
+    ``Accept`` absent or admitting ``application/json``)."""
+    if f is not None:
+        if f.lower() != "json":
+            raise FormatError(400, f"f={f!r}: this resource is available as f=json only")
+    elif accept and negotiate(accept, (JSON,)) is None:
+        raise FormatError(406, f"this resource is available as {JSON} only")
+
+
+def tile_format(f: str | None, accept: str | None, formats: tuple[str, ...]) -> str:
+    """The tile extension to answer with, of the layer's ``formats`` (first = default).
+
+    ``f`` (``png``, ``jpg`` or ``jpeg``) wins over ``Accept``. Raises ``FormatError``: 400 for
+    an ``f`` the layer does not offer, 406 for an ``Accept`` admitting none of its formats.
+    """
+    if f is not None:
+        ext = _F_VALUES.get(f.lower())
+        if ext not in formats:
+            raise FormatError(400, f"f={f!r}: this layer's tiles are f={'|'.join(formats)}")
+        return ext
+    if not accept:
+        return formats[0]
+    chosen = negotiate(accept, tuple(MEDIA_TYPES[ext] for ext in formats))
+    if chosen is None:
+        offered = ", ".join(MEDIA_TYPES[ext] for ext in formats)
+        raise FormatError(406, f"this layer's tiles are {offered}; Accept admits none of them")
+    return next(ext for ext in formats if MEDIA_TYPES[ext] == chosen)
+
+
+def link(rel: str, href: str, media_type: str, title: str, **extra: Any) -> dict[str, Any]:
+    """A link object (RFC 8288 fields as OGC API encodes them in JSON)."""
+    return {"rel": rel, "type": media_type, "title": title, "href": href, **extra}
+
+
+def registered_uri(grid: Grid) -> str | None:
+    """The OGC register URI of ``grid``'s TileMatrixSet, or ``None`` for an unregistered set.
+
+    morecantile gives WGS1984Quad the URI of WorldCRS84Quad (same matrices, but CRS84 is
+    lon/lat where EPSG:4326 is lat/lon); a URI naming another set is not this set's.
+    """
+    uri = grid.tms.uri
+    return uri if uri is not None and uri.rsplit("/", 1)[-1] == grid.identifier else None
+
+
+def tile_matrix_set_document(grid: Grid) -> dict[str, Any]:
+    """The OGC TMS 2.0 definition of ``grid`` (17-083r4 /req/json-tilematrixset), by morecantile.
+
+    ``pointOfOrigin`` and ``boundingBox`` corners are in the CRS's axis order (``[90, -180]``
+    for the EPSG:4326 set WGS1984Quad); a ``_2x`` set has 512-pixel tiles and half the scale
+    denominators of its base; an unregistered set carries no ``uri``.
+    """
+    document: dict[str, Any] = grid.tms.model_dump(mode="json", exclude_none=True)
+    if registered_uri(grid) is None:
+        document.pop("uri", None)
+    return document
+
+
+def used_grids(pipeline: TilePipeline) -> dict[str, Grid]:
+    """Every TileMatrixSet some layer is served in, in configuration order."""
+    grids: dict[str, Grid] = {}
+    for layer in pipeline.layers.values():
+        grids.update(layer.grids)
+    return grids
+
+
+def landing_page(service: ServiceConfig, base: str) -> dict[str, Any]:
+    """The landing page: service title/abstract and links to the API's resources."""
+    root = f"{base}/ogcapi"
+    return {
+        "title": service.title,
+        "description": service.abstract,
+        "links": [
+            link("self", root, JSON, "This document"),
+            link("conformance", f"{root}/conformance", JSON, "Conformance classes"),
+            link("data", f"{root}/collections", JSON, "Layers"),
+            link(REL_TILING_SCHEMES, f"{root}/tileMatrixSets", JSON, "Tile matrix sets"),
+        ],
+    }
+
+
+def conformance(formats: set[str]) -> dict[str, Any]:
+    """The conformance classes of 20-057 and 17-083r4 implemented; PNG and JPEG only when a
+    layer offers that format. No ``oas30``: there is no OpenAPI document."""
+    tiles = ["core", "tileset", "tilesets-list", "geodata-tilesets"]
+    tiles += [_FORMAT_CONFORMANCE[ext] for ext in ("png", "jpg") if ext in formats]
+    tms = ["tilematrixset", "json-tilematrixset", "tilesetmetadata", "json-tilesetmetadata"]
+    tms += ["tilematrixsetlimits", "json-tilematrixsetlimits"]
+    return {"conformsTo": [_TILES_CONF + c for c in tiles] + [_TMS_CONF + c for c in tms]}
+
+
+def tile_matrix_sets(grids: dict[str, Grid], base: str) -> dict[str, Any]:
+    """The list of TileMatrixSets: id, title, register ``uri`` if any, and a ``self`` link to
+    the definition."""
+    root = f"{base}/ogcapi/tileMatrixSets"
+    items = []
+    for identifier, grid in grids.items():
+        item: dict[str, Any] = {"id": identifier, "title": grid.tms.title or identifier}
+        uri = registered_uri(grid)
+        if uri is not None:
+            item["uri"] = uri
+        item["links"] = [link("self", f"{root}/{identifier}", JSON, "Definition")]
+        items.append(item)
+    return {"links": [link("self", root, JSON, "This document")], "tileMatrixSets": items}
+
+
+def _title(layer: Layer) -> str:
+    return layer.config.title or layer.name
+
+
+def collection(layer: Layer, base: str) -> dict[str, Any]:
+    """A layer as a collection: ``extent`` (CRS84 lon/lat, when the data extent is known) and a
+    ``tilesets-map`` link to its tilesets (20-057 /req/geodata-tilesets/desc-links)."""
+    href = f"{base}/ogcapi/collections/{layer.name}"
+    document: dict[str, Any] = {"id": layer.name, "title": _title(layer), "dataType": "map"}
+    if layer.config.attribution:
+        document["attribution"] = layer.config.attribution
+    if layer.bounds is not None:
+        document["extent"] = {"spatial": {"bbox": [list(layer.bounds)], "crs": CRS84}}
+    document["links"] = [
+        link("self", href, JSON, "This collection"),
+        link(REL_TILESETS_MAP, f"{href}/map/tiles", JSON, "Map tilesets"),
+    ]
+    return document
+
+
+def collections(layers: dict[str, Layer], base: str) -> dict[str, Any]:
+    """Every layer as a collection."""
+    return {
+        "links": [link("self", f"{base}/ogcapi/collections", JSON, "This document")],
+        "collections": [collection(layer, base) for layer in layers.values()],
+    }
+
+
+def tileset_summary(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
+    """The part of a tileset's metadata that the tilesets list repeats: ``title``,
+    ``dataType``, ``crs``, ``tileMatrixSetURI`` (registered sets only; 20-057
+    /req/tileset/description C), a ``self`` link and the ``tiling-scheme`` link (D)."""
+    href = f"{base}/ogcapi/collections/{layer.name}/map/tiles/{grid.identifier}"
+    summary: dict[str, Any] = {
+        "title": f"{_title(layer)}, {grid.identifier}",
+        "dataType": "map",
+        "crs": grid.tms.crs.model_dump(mode="json"),
+    }
+    uri = registered_uri(grid)
+    if uri is not None:
+        summary["tileMatrixSetURI"] = uri
+    summary["links"] = [
+        link("self", href, JSON, "Tileset metadata"),
+        link(
+            REL_TILING_SCHEME,
+            f"{base}/ogcapi/tileMatrixSets/{grid.identifier}",
+            JSON,
+            f"{grid.identifier} definition",
+        ),
+    ]
+    return summary
+
+
+def tilesets(layer: Layer, base: str) -> dict[str, Any]:
+    """The tilesets list of a layer: one map tileset per TileMatrixSet it is served in."""
+    href = f"{base}/ogcapi/collections/{layer.name}/map/tiles"
+    return {
+        "links": [link("self", href, JSON, "This document")],
+        "tilesets": [tileset_summary(layer, grid, base) for grid in layer.grids.values()],
+    }
+
+
+def tileset(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
+    """The tileset metadata (17-083r4 /req/json-tilesetmetadata) of ``layer`` in ``grid``.
+
+    ``tileMatrixSetLimits`` lists every TileMatrix of the layer's zoom range that holds data,
+    with the inclusive TileRow/TileCol range inside the data extent; ``boundingBox`` is the data
+    extent in CRS84 (lon/lat) when known. One templated ``item`` link per format, with ``f`` in
+    the URL so each template names one media type (20-057 /req/tileset/description E-G).
+    """
+    document = tileset_summary(layer, grid, base)
+    limits = []
+    low, high = layer.zoom_range(grid)
+    for z in range(low, high + 1):
+        found = layer.limits(grid, z)
+        if found is not None:
+            min_col, max_col, min_row, max_row = found
+            limits.append(
+                {
+                    "tileMatrix": str(z),
+                    "minTileRow": min_row,
+                    "maxTileRow": max_row,
+                    "minTileCol": min_col,
+                    "maxTileCol": max_col,
+                }
+            )
+    document["tileMatrixSetLimits"] = limits
+    if layer.bounds is not None:
+        west, south, east, north = layer.bounds
+        document["boundingBox"] = {
+            "lowerLeft": [west, south],
+            "upperRight": [east, north],
+            "crs": CRS84,
+        }
+    formats = layer.config.formats
+    document["mediaTypes"] = [MEDIA_TYPES[ext] for ext in formats]
+    if layer.config.attribution:
+        document["attribution"] = layer.config.attribution
+    template = document["links"][0]["href"] + "/{tileMatrix}/{tileRow}/{tileCol}"
+    document["links"] += [
+        link("item", f"{template}?f={ext}", MEDIA_TYPES[ext], f"{ext} tiles", templated=True)
+        for ext in formats
+    ]
+    return document
+
+
+class OgcApiService:
+    """The OGC API - Tiles handlers and the documents they have built (one per application)."""
+
+    def __init__(self) -> None:
+        self._documents = DocumentCache()
+
+    def _document(
+        self, request: web.Request, key: tuple[str, ...], build: Callable[[str], Any]
+    ) -> web.Response:
+        """A JSON document, ``build(public base)`` encoded once per base and ``key``."""
+        try:
+            check_json(request.query.get("f"), request.headers.get("Accept"))
+        except FormatError as exc:
+            return json_error(exc.status, str(exc))
+        base = public_base(request)
+        return json_document(self._documents.get((base, *key), lambda: encode(build(base))))
+
+    async def landing(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi``: the landing page."""
+        service = request.app[CONFIG].service
+        return self._document(request, ("landing",), lambda base: landing_page(service, base))
+
+    async def conformance(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/conformance``."""
+        layers = request.app[PIPELINE].layers.values()
+        formats = {ext for layer in layers for ext in layer.config.formats}
+        return self._document(request, ("conformance",), lambda _: conformance(formats))
+
+    async def tile_matrix_sets(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/tileMatrixSets``."""
+        grids = used_grids(request.app[PIPELINE])
+        return self._document(
+            request, ("tileMatrixSets",), lambda base: tile_matrix_sets(grids, base)
+        )
+
+    async def tile_matrix_set(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/tileMatrixSets/<id>``; 404 for a set no layer is served in."""
+        identifier = request.match_info["tms"]
+        grid = used_grids(request.app[PIPELINE]).get(identifier)
+        if grid is None:
+            return json_error(404, f"no layer is served in TileMatrixSet {identifier!r}")
+        return self._document(
+            request, ("tileMatrixSet", identifier), lambda _: tile_matrix_set_document(grid)
+        )
+
+    async def collections(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/collections``."""
+        layers = request.app[PIPELINE].layers
+        return self._document(request, ("collections",), lambda base: collections(layers, base))
+
+    async def collection(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/collections/<layer>``; 404 for an unknown layer."""
+        name = request.match_info["layer"]
+        layer = request.app[PIPELINE].layers.get(name)
+        if layer is None:
+            return json_error(404, f"unknown collection {name!r}")
+        return self._document(request, ("collection", name), lambda base: collection(layer, base))
+
+    async def tilesets(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/collections/<layer>/map/tiles``; 404 for an unknown layer."""
+        name = request.match_info["layer"]
+        layer = request.app[PIPELINE].layers.get(name)
+        if layer is None:
+            return json_error(404, f"unknown collection {name!r}")
+        return self._document(request, ("tilesets", name), lambda base: tilesets(layer, base))
+
+    async def tileset(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/collections/<layer>/map/tiles/<tms>``; 404 for an unknown layer or a
+        TileMatrixSet the layer is not served in."""
+        name, identifier = request.match_info["layer"], request.match_info["tms"]
+        layer = request.app[PIPELINE].layers.get(name)
+        if layer is None:
+            return json_error(404, f"unknown collection {name!r}")
+        grid = layer.grids.get(identifier)
+        if grid is None:
+            return json_error(404, f"{name!r} has no tileset in TileMatrixSet {identifier!r}")
+        return self._document(
+            request, ("tileset", name, identifier), lambda base: tileset(layer, grid, base)
+        )
+
+    async def tile(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/collections/<layer>/map/tiles/<tms>/<tileMatrix>/<tileRow>/<tileCol>``.
+
+        404 for an unknown layer or TileMatrixSet, a TileMatrix/TileRow/TileCol outside the set,
+        the layer's zoom range or its ``tileMatrixSetLimits`` (/req/core/tc-error A); 400 for a
+        non-numeric address or a bad ``f``; 406 for an unsatisfiable ``Accept``; 502/504 when
+        the upstream fails. The image is tileWidth x tileHeight of the set (/req/core/tc-success
+        C). Without ``f`` the answer varies with ``Accept``, and says so in ``Vary``.
+        """
+        pipeline = request.app[PIPELINE]
+        info = request.match_info
+        name, identifier = info["layer"], info["tms"]
+        layer = pipeline.layers.get(name)
+        if layer is None:
+            return json_error(404, f"unknown collection {name!r}")
+        if identifier not in layer.grids:
+            return json_error(404, f"{name!r} has no tileset in TileMatrixSet {identifier!r}")
+        f = request.query.get("f")
+        try:
+            ext = tile_format(f, request.headers.get("Accept"), tuple(layer.config.formats))
+        except FormatError as exc:
+            return json_error(exc.status, str(exc))
+        address = (info["tile_matrix"], info["tile_row"], info["tile_col"])
+        if not all(part.isdigit() for part in address):
+            return json_error(400, "tileMatrix, tileRow and tileCol must be whole numbers")
+        z, row, col = (int(part) for part in address)
+        try:
+            tile = pipeline.resolve(name, identifier, z, col, row, ext)
+        except TileOutOfRange as exc:
+            return json_error(404, str(exc))
+        if not pipeline.has_data(tile):
+            return json_error(
+                404, f"tile {z}/{row}/{col} is outside the tileMatrixSetLimits of {name!r}"
+            )
+        try:
+            result = await pipeline.get_tile(tile)
+        except UpstreamError as exc:
+            return upstream_error(name, exc)
+        response = tile_response(request, result, layer.cache_control)
+        if f is None:
+            response.headers["Vary"] = "Accept"
+        return response
+
+    def routes(self) -> list[web.RouteDef]:
+        """The route table; ``/ogcapi/`` is the landing page too, because OWSLib asks for the
+        landing page URL with a trailing slash."""
+        prefix = "/ogcapi/collections/{layer}/map/tiles"
+        return [
+            web.get("/ogcapi", self.landing),
+            web.get("/ogcapi/", self.landing),
+            web.get("/ogcapi/conformance", self.conformance),
+            web.get("/ogcapi/tileMatrixSets", self.tile_matrix_sets),
+            web.get("/ogcapi/tileMatrixSets/{tms}", self.tile_matrix_set),
+            web.get("/ogcapi/collections", self.collections),
+            web.get("/ogcapi/collections/{layer}", self.collection),
+            web.get(prefix, self.tilesets),
+            web.get(prefix + "/{tms}", self.tileset),
+            web.get(prefix + "/{tms}/{tile_matrix}/{tile_row}/{tile_col}", self.tile),
+        ]
 
 
 def routes() -> list[web.RouteDef]:
-    """The ogcapi route table."""
-    return []
+    """The OGC API - Tiles route table (a fresh document cache for each application)."""
+    return OgcApiService().routes()

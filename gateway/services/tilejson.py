@@ -1,10 +1,191 @@
-"""Placeholder: filled in by the tilejson work (returns no routes yet)."""
+"""TileJSON 3.0.0 for a layer's XYZ tiles: ``GET /tiles/<layer>/tilejson.json``.
+
+The document describes the WebMercatorQuad tiles of ``services/xyz.py`` (TileJSON has no other
+tiling scheme). Query parameters, both optional:
+
+``format``  ``png`` or ``jpg`` (``jpeg`` is accepted too): the extension in the ``tiles``
+            template; default the layer's first format.
+``scale``   ``1`` or ``2``: with 2 the template asks for ``{y}@2x.<ext>``, 512-pixel tiles over
+            the bbox of the 256-pixel ones, for high-density screens. TileJSON has no tile size
+            field: a client keeps treating the tiles as 256 CSS pixels (MapLibre ``tileSize: 256``).
+
+The documents are built once per (layer, format, scale, public base URL) and kept in a bounded
+``DocumentCache``; ``ogcapi.py`` uses the same cache class and ``json_document``.
+"""
 
 from __future__ import annotations
 
+import html
+import json
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
 from aiohttp import web
+
+from gateway.grids import WEB_MERCATOR_QUAD, Grid
+from gateway.services.common import CONFIG, PIPELINE, json_error, public_base
+from gateway.tiles import Layer
+
+TILEJSON_VERSION = "3.0.0"
+# Documents change only with the configuration; a short lifetime lets a redeployment show
+# (clients must honour it: TileJSON 3.0.0 section 5).
+DOCUMENT_CACHE_CONTROL = "public, max-age=60"
+_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
+# Digits kept for center lon/lat: 1e-6 degree is about 0.1 m, finer than any tile pixel.
+_CENTER_DIGITS = 6
+
+
+class DocumentCache:
+    """Encoded documents by key, the least recently used dropped beyond ``size`` entries.
+
+    Keys start with the public base URL, which a client chooses through ``Host`` (or the
+    ``X-Forwarded-*`` headers with ``trust_proxy``): the bound keeps a client that cycles
+    through host names from growing the process's memory.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
+        """The document under ``key``, built with ``build()`` on the first request for it."""
+        body = self._entries.get(key)
+        if body is not None:
+            self._entries.move_to_end(key)
+            return body
+        body = self._entries[key] = build()
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return body
+
+
+def encode(document: Any) -> bytes:
+    """``document`` as compact UTF-8 JSON."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def json_document(body: bytes) -> web.Response:
+    """A 200 ``application/json`` answer with the documents' short ``Cache-Control``."""
+    return web.Response(
+        body=body,
+        content_type="application/json",
+        headers={"Cache-Control": DOCUMENT_CACHE_CONTROL},
+    )
+
+
+def _mercator_y(lat: float) -> float:
+    """Web Mercator northing of latitude ``lat`` (degrees) on the unit sphere."""
+    return math.log(math.tan(math.pi / 4 + math.radians(lat) / 2))
+
+
+def _latitude(y: float) -> float:
+    """The latitude (degrees) of unit-sphere Web Mercator northing ``y``."""
+    return math.degrees(2 * math.atan(math.exp(y)) - math.pi / 2)
+
+
+def bounds_and_center(layer: Layer, grid: Grid) -> tuple[list[float], list[float]]:
+    """TileJSON ``bounds`` and ``center`` of ``layer`` in ``grid`` (a Web Mercator set).
+
+    ``bounds`` is ``[west, south, east, north]`` in degrees (lon/lat, WGS 84): the layer's data
+    extent clipped to the set's area (latitudes within +-85.0511), or the whole area when the
+    extent is unknown (the default of TileJSON 3.0.0 section 3.5). ``center`` (section 3.6) is
+    ``[lon, lat, zoom]``: the middle of the bounds in Web Mercator, and the deepest TileMatrix
+    of the layer's range at which the bounds still fit in one tile (so a client's first view
+    shows all the data).
+    """
+    area = grid.tms.bbox
+    west, south, east, north = layer.bounds or (area.left, area.bottom, area.right, area.top)
+    west, east = (min(max(v, area.left), area.right) for v in (west, east))
+    south, north = (min(max(v, area.bottom), area.top) for v in (south, north))
+    low, high = layer.zoom_range(grid)
+    y_south, y_north = _mercator_y(south), _mercator_y(north)
+    span = max(math.radians(east - west), y_north - y_south)
+    zoom = high if span <= 0 else math.floor(math.log2(2 * math.pi / span))
+    center = [
+        # "+ 0.0" turns a rounded -0.0 into 0.0, which JSON would otherwise show as "-0.0".
+        round((west + east) / 2, _CENTER_DIGITS) + 0.0,
+        round(_latitude((y_south + y_north) / 2), _CENTER_DIGITS) + 0.0,
+        min(max(zoom, low), high),
+    ]
+    return [west, south, east, north], center
+
+
+def tilejson(
+    layer: Layer, grid: Grid, base: str, ext: str, scale: int, description: str
+) -> dict[str, Any]:
+    """The TileJSON 3.0.0 document of ``layer``'s XYZ tiles in ``grid`` (WebMercatorQuad).
+
+    ``base`` is the public base URL (no trailing slash) the absolute ``tiles`` template starts
+    with (TileJSON 3.0.0 section 3.2), ``ext`` the tile extension, ``scale`` 1 or 2 (``@2x``).
+    ``vector_layers`` (section 3.3) is required by the TileJSON JSON schema although the text
+    exempts raster tilesets: an empty list satisfies both. Clients may render ``attribution`` as
+    HTML (section 3.4), so the configured plain text is escaped.
+    """
+    low, high = layer.zoom_range(grid)
+    bounds, center = bounds_and_center(layer, grid)
+    retina = "@2x" if scale == 2 else ""
+    document: dict[str, Any] = {
+        "tilejson": TILEJSON_VERSION,
+        "name": layer.config.title or layer.name,
+        "description": description,
+        "tiles": [f"{base}/tiles/{layer.name}/{{z}}/{{x}}/{{y}}{retina}.{ext}"],
+        "vector_layers": [],
+        "scheme": "xyz",
+        "minzoom": low,
+        "maxzoom": high,
+        "bounds": bounds,
+        "center": center,
+    }
+    if layer.config.attribution:
+        document["attribution"] = html.escape(layer.config.attribution)
+    return document
+
+
+class TileJSONService:
+    """The TileJSON route and the documents it has built (one instance per application)."""
+
+    def __init__(self) -> None:
+        self._documents = DocumentCache()
+
+    async def get(self, request: web.Request) -> web.Response:
+        """Answer ``GET /tiles/<layer>/tilejson.json[?format=png|jpg][&scale=1|2]``.
+
+        Errors are JSON (architecture.md): 404 for an unknown layer or one not served in
+        WebMercatorQuad (or in none of its levels), 400 for a ``format`` the layer does not
+        offer or a ``scale`` other than 1 or 2.
+        """
+        pipeline = request.app[PIPELINE]
+        name = request.match_info["layer"]
+        layer = pipeline.layers.get(name)
+        if layer is None:
+            return json_error(404, f"unknown layer {name!r}")
+        grid = layer.grids.get(WEB_MERCATOR_QUAD)
+        if grid is None:
+            return json_error(
+                404, f"layer {name!r} is not served in {WEB_MERCATOR_QUAD}, the TileJSON scheme"
+            )
+        low, high = layer.zoom_range(grid)
+        if low > high:
+            return json_error(404, f"layer {name!r} serves no TileMatrix of {WEB_MERCATOR_QUAD}")
+        asked = request.query.get("format", layer.config.formats[0])
+        ext = _FORMATS.get(asked.lower())
+        if ext not in layer.config.formats:
+            offered = ", ".join(layer.config.formats)
+            return json_error(400, f"layer {name!r} offers the formats {offered}, not {asked!r}")
+        scale_text = request.query.get("scale", "1")
+        if scale_text not in ("1", "2"):
+            return json_error(400, f"scale must be 1 or 2, not {scale_text!r}")
+        base = public_base(request)
+        description = request.app[CONFIG].service.abstract
+        body = self._documents.get(
+            (base, name, ext, scale_text),
+            lambda: encode(tilejson(layer, grid, base, ext, int(scale_text), description)),
+        )
+        return json_document(body)
 
 
 def routes() -> list[web.RouteDef]:
-    """The tilejson route table."""
-    return []
+    """The TileJSON route table (a fresh document cache for each application)."""
+    return [web.get("/tiles/{layer}/tilejson.json", TileJSONService().get)]

@@ -1,4 +1,5 @@
-"""The viewer page at ``/`` and the layer list it reads, ``/layers.json``."""
+"""The viewer page at ``/``, its script ``/viewer.js`` and the layer list it reads,
+``/layers.json``."""
 
 from __future__ import annotations
 
@@ -8,14 +9,24 @@ from aiohttp import web
 
 from gateway.services.common import PIPELINE
 
-_INDEX = files("gateway.web").joinpath("index.html")
+_WEB = files("gateway.web")
 
 
 async def index(request: web.Request) -> web.Response:
-    """The viewer: a layer list and a Leaflet map of the chosen layer."""
+    """The viewer: a layer list, a map of the chosen layer in Leaflet, OpenLayers or MapLibre,
+    and copy-paste snippets."""
     return web.Response(
-        text=_INDEX.read_text(encoding="utf-8"),
+        text=_WEB.joinpath("index.html").read_text(encoding="utf-8"),
         content_type="text/html",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+async def script(request: web.Request) -> web.Response:
+    """The viewer's script."""
+    return web.Response(
+        text=_WEB.joinpath("viewer.js").read_text(encoding="utf-8"),
+        content_type="text/javascript",
         headers={"Cache-Control": "no-cache"},
     )
 
@@ -43,4 +54,4 @@ async def layers(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     """The viewer route table."""
-    return [web.get("/", index), web.get("/layers.json", layers)]
+    return [web.get("/", index), web.get("/viewer.js", script), web.get("/layers.json", layers)]

@@ -14,7 +14,7 @@ from email.utils import formatdate
 from aiohttp import web
 
 from gateway.grids import RETINA, WEB_MERCATOR_QUAD, TileOutOfRange
-from gateway.services.common import PIPELINE, json_error
+from gateway.services.common import PIPELINE, json_error, upstream_error
 from gateway.sources.imageserver import UpstreamError
 from gateway.tiles import TileResult, UnknownLayer, UnknownTileMatrixSet, UnsupportedFormat
 
@@ -82,12 +82,7 @@ async def get_tile(request: web.Request) -> web.Response:
     try:
         result = await pipeline.get_tile(tile)
     except UpstreamError as exc:
-        return json_error(
-            exc.status,
-            f"the upstream of layer {layer!r} failed: {exc.message}",
-            layer=layer,
-            upstream={"code": exc.code, "message": exc.message},
-        )
+        return upstream_error(layer, exc)
     return tile_response(request, result, pipeline.layers[layer].cache_control)
 
 

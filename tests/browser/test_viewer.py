@@ -2,16 +2,17 @@
 
 ``check_viewer.mjs`` drives Debian's Chromium through playwright-core and reports what the page
 did; these tests judge the report and the screenshot. Missing tools (node, npm, chromium) make
-the tests fail, never skip: a skipped browser test looks the same as a passing one in CI.
+the tests fail, never skip (see harness.py).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,64 +21,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
+from lxml import etree
 from PIL import Image, ImageStat
 
+from tests.browser.harness import NODE_MODULES, browser_tools, run_driver
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.browser
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+VIEWER_JS = REPO / "gateway" / "web" / "viewer.js"
 CHECK_VIEWER = HERE / "check_viewer.mjs"
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-MIN_NODE_MAJOR = 18  # playwright-core 1.61, pinned in package.json, runs on Debian 12's node 18
 STARTUP_TIMEOUT = 60.0
-BROWSER_TIMEOUT = 90.0
-INSTALL_HINT = "On Debian/Ubuntu: sudo apt-get install -y nodejs npm chromium"
 TILE_RE = re.compile(r"^/tiles/(?P<layer>[^/]+)/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)(?P<r>@2x)?\.jpg$")
-
-
-@pytest.fixture(scope="session")
-def browser_tools() -> str:
-    """The ``node`` binary, once node, the npm packages and Chromium are known to be there."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(f"the browser tests need Node.js >= {MIN_NODE_MAJOR}. {INSTALL_HINT}")
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    match = re.match(r"v(\d+)\.", version)
-    if not match or int(match.group(1)) < MIN_NODE_MAJOR:
-        pytest.fail(f"the browser tests need Node.js >= {MIN_NODE_MAJOR}, found {version!r}")
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(
-            f"the browser tests drive the system Chromium at {CHROMIUM} (or $CHROMIUM_PATH), "
-            f"which is missing. {INSTALL_HINT}"
-        )
-    modules = HERE / "node_modules"
-    if not (modules / "playwright-core").is_dir() or not (modules / "leaflet").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail(
-                f"{modules} is missing and npm is not installed to create it. {INSTALL_HINT}"
-            )
-        # npm ci installs exactly the committed lock file; playwright-core downloads no browser.
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(
-                f"`npm ci` in {HERE} failed (exit {result.returncode}); it needs the npm "
-                f"registry:\n{result.stdout}\n{result.stderr}"
-            )
-    return node
+WMTS = "{http://www.opengis.net/wmts/1.0}"
+OWS = "{http://www.opengis.net/ows/1.1}"
 
 
 @dataclass
@@ -151,53 +113,52 @@ def demo() -> Iterator[DemoProcess]:
         reader.join(timeout=5)
 
 
-def run_viewer(node: str, demo: DemoProcess, screenshot: Path, *args: str) -> dict[str, Any]:
-    """Run ``check_viewer.mjs`` and return its JSON report."""
-    command = [node, str(CHECK_VIEWER), demo.url, str(screenshot), *args]
-    try:
-        result = subprocess.run(
-            command,
-            cwd=HERE,
-            env={**os.environ, "CHROMIUM_PATH": str(CHROMIUM)},
-            capture_output=True,
-            text=True,
-            timeout=BROWSER_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{command} hung for {BROWSER_TIMEOUT:.0f} s:\n{exc.stdout}\n{exc.stderr}")
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        pytest.fail(
-            f"{command} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}\n"
-            f"gateway output:\n{demo.output()}"
-        )
-    report: dict[str, Any] = json.loads(lines[-1])
-    return report
+def run_viewer(demo: DemoProcess, screenshot: Path, *args: str) -> dict[str, Any]:
+    """Run ``check_viewer.mjs`` on the demo's viewer and return its JSON report."""
+    return run_driver(
+        CHECK_VIEWER,
+        [demo.url, str(screenshot), *args],
+        lambda: f"gateway output:\n{demo.output()}",
+    )
 
 
 def describe(report: dict[str, Any], demo: DemoProcess) -> str:
     """What an assertion message needs to explain a broken page."""
-    summary = {key: value for key, value in report.items() if key != "tiles"}
+    summary = {key: value for key, value in report.items() if key not in ("requests", "snippets")}
     return (
         f"\nreport: {json.dumps(summary, indent=1)}\n"
         f"screenshot: {report.get('screenshot')}\ngateway output:\n{demo.output(30)}"
     )
 
 
-def assert_page_healthy(report: dict[str, Any], demo: DemoProcess, *, retina: bool) -> None:
-    """The checks shared by every DPR: the layer, clean loading and the tile URLs used."""
+def gateway_requests(report: dict[str, Any], demo: DemoProcess) -> list[dict[str, Any]]:
+    """The requests the page sent to the gateway (not to the CDN)."""
+    origin = demo.url.rstrip("/")
+    return [request for request in report["requests"] if request["url"].startswith(origin)]
+
+
+def assert_page_healthy(report: dict[str, Any], demo: DemoProcess, client: str) -> None:
+    """What every mode shares: the library finished, tiles loaded, nothing failed anywhere."""
     why = describe(report, demo)
+    stats = report["stats"]
     assert report["timedOut"] is None, why
-    assert report["layer"] == "bluemarble", why
-    assert report["loaded"] > 0, why
-    assert report["errors"] == 0, why
+    assert stats["layer"] == "bluemarble", why
+    assert stats["client"] == client, why
+    assert stats["loaded"] > 0, why
+    assert stats["errors"] == 0, why
     assert report["consoleErrors"] == [], why
     assert report["failedRequests"] == [], why
     assert report["blockedRequests"] == [], why
-    assert report["tileRequests"] > 0, why
-    assert len(report["tiles"]) == report["tileRequests"], why
-    for tile in report["tiles"]:
+
+
+def assert_xyz_tiles(report: dict[str, Any], demo: DemoProcess, *, retina: bool) -> None:
+    """Every tile request is a ``/tiles/bluemarble/z/x/y[@2x].jpg`` answered 200 from cache
+    or upstream."""
+    why = describe(report, demo)
+    tiles = [r for r in gateway_requests(report, demo) if r["path"].startswith("/tiles/")]
+    tiles = [r for r in tiles if not r["path"].endswith("/tilejson.json")]
+    assert tiles, why
+    for tile in tiles:
         match = TILE_RE.match(tile["path"])
         assert match, f"unexpected tile URL {tile['path']}{why}"
         assert match["layer"] == "bluemarble", why
@@ -230,7 +191,8 @@ def assert_places(report: dict[str, Any], demo: DemoProcess) -> None:
 
 
 def assert_screenshot(report: dict[str, Any], demo: DemoProcess, path: Path) -> None:
-    """The screenshot shows real imagery, with the sampled tile pixels where the page put them."""
+    """The screenshot shows real imagery (many colours, oceans and land), and the sampled
+    tile pixels, if any, where the page put them."""
     why = describe(report, demo)
     dpr = report["dpr"]
     with Image.open(path) as shot:
@@ -261,6 +223,23 @@ def assert_screenshot(report: dict[str, Any], demo: DemoProcess, path: Path) -> 
         )
 
 
+def test_viewer_pins_the_npm_packages_by_sri() -> None:
+    """Every CDN file of viewer.js is one of the lock file's package files, and its integrity
+    attribute is that file's hash: what the browser tests load is what users load."""
+    browser_tools()
+    pins = re.findall(r'\["([^"]+@[^"/]+/[^"]+)",\s*"(sha\d+)-([^"]+)"\]', VIEWER_JS.read_text())
+    assert len(pins) == 6, pins  # a script and a stylesheet per library
+    assert {pin[0].split("@")[0] for pin in pins} == {"leaflet", "ol", "maplibre-gl"}, pins
+    for file, algorithm, digest in pins:
+        package, rest = file.split("@", 1)
+        version, path = rest.split("/", 1)
+        manifest = json.loads((NODE_MODULES / package / "package.json").read_text())
+        assert manifest["version"] == version, f"{file}: package-lock.json has {manifest}"
+        body = (NODE_MODULES / package / path).read_bytes()
+        actual = base64.b64encode(hashlib.new(algorithm, body).digest()).decode()
+        assert actual == digest, f"{file}: integrity {algorithm}-{digest}, file {actual}"
+
+
 def test_tile_cache_miss_then_hit(demo: DemoProcess) -> None:
     """The issue's acceptance line, against the real demo: the second fetch comes from cache."""
     url = demo.url + "tiles/bluemarble/3/4/2.png"
@@ -277,19 +256,97 @@ def test_tile_cache_miss_then_hit(demo: DemoProcess) -> None:
     assert seen == ["MISS", "HIT"], f"X-Cache headers {seen}\n{demo.output(30)}"
 
 
-def test_viewer_shows_blue_marble(browser_tools: str, demo: DemoProcess, tmp_path: Path) -> None:
-    """Default layer at DPR 1: Blue Marble tiles load cleanly and show the Earth, well placed."""
+def test_viewer_shows_blue_marble(demo: DemoProcess, tmp_path: Path) -> None:
+    """Default layer and library (Leaflet) at DPR 1: Blue Marble tiles load cleanly and show
+    the Earth, well placed."""
     screenshot = tmp_path / "viewer-dpr1.png"
-    report = run_viewer(browser_tools, demo, screenshot)
-    assert_page_healthy(report, demo, retina=False)
+    report = run_viewer(demo, screenshot)
+    assert_page_healthy(report, demo, "leaflet")
+    assert_xyz_tiles(report, demo, retina=False)
     assert_places(report, demo)
     assert_screenshot(report, demo, screenshot)
 
 
-def test_viewer_uses_retina_tiles(browser_tools: str, demo: DemoProcess, tmp_path: Path) -> None:
+def test_viewer_uses_retina_tiles(demo: DemoProcess, tmp_path: Path) -> None:
     """Layer picked by the URL hash at DPR 2: the page asks for the 512 px ``@2x`` tiles."""
     screenshot = tmp_path / "viewer-dpr2.png"
-    report = run_viewer(browser_tools, demo, screenshot, "--dpr", "2", "--layer", "bluemarble")
-    assert_page_healthy(report, demo, retina=True)
+    report = run_viewer(demo, screenshot, "--dpr", "2", "--hash", "bluemarble")
+    assert_page_healthy(report, demo, "leaflet")
+    assert_xyz_tiles(report, demo, retina=True)
     assert_places(report, demo)
+    assert_screenshot(report, demo, screenshot)
+
+
+@pytest.fixture(scope="module")
+def openlayers_report(
+    demo: DemoProcess, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The viewer showing Blue Marble in OpenLayers, WMTS in WGS1984Quad (EPSG:4326)."""
+    screenshot = tmp_path_factory.mktemp("viewer") / "viewer-openlayers-4326.png"
+    return run_viewer(demo, screenshot, "--hash", "bluemarble/openlayers/WGS1984Quad")
+
+
+def test_viewer_openlayers_wmts_in_epsg_4326(
+    demo: DemoProcess, openlayers_report: dict[str, Any]
+) -> None:
+    """OpenLayers reads the capabilities, offers the layer's TileMatrixSets (the chooser lists
+    exactly the capabilities' links) and draws the Earth from WMTS GetTile requests in
+    WGS1984Quad."""
+    report = openlayers_report
+    why = describe(report, demo)
+    assert_page_healthy(report, demo, "openlayers")
+    assert report["stats"]["tileMatrixSet"] == "WGS1984Quad", why
+    with urllib.request.urlopen(demo.url + "wmts/1.0.0/WMTSCapabilities.xml") as response:
+        caps = etree.fromstring(response.read())
+    layer = next(
+        item
+        for item in caps.iter(f"{WMTS}Layer")
+        if item.findtext(f"{OWS}Identifier") == "bluemarble"
+    )
+    linked = [link.text for link in layer.iter(f"{WMTS}TileMatrixSet")]
+    assert report["tileMatrixSets"] == linked, why
+    for expected in ("WebMercatorQuad", "WorldCRS84Quad", "WGS1984Quad"):
+        assert expected in linked and f"{expected}_2x" in linked, why
+    tiles = [r for r in gateway_requests(report, demo) if r["path"] == "/wmts"]
+    assert tiles, why
+    for tile in tiles:
+        query = {k.lower(): v for k, v in parse_qsl(tile["query"].lstrip("?"))}
+        assert query["request"] == "GetTile", f"{tile}{why}"
+        assert query["layer"] == "bluemarble", f"{tile}{why}"
+        assert query["tilematrixset"] == "WGS1984Quad", f"{tile}{why}"
+        assert query["format"] == "image/jpeg", f"{tile}{why}"
+        assert tile["status"] == 200 and tile["contentType"] == "image/jpeg", f"{tile}{why}"
+    assert_screenshot(report, demo, Path(report["screenshot"]))
+
+
+def test_viewer_snippets_use_working_absolute_urls(
+    demo: DemoProcess, openlayers_report: dict[str, Any]
+) -> None:
+    """The five snippets are there, name the chosen TileMatrixSet and its CRS, and every
+    gateway URL in them is absolute and answers 200 (tile templates filled in)."""
+    snippets = openlayers_report["snippets"]
+    assert set(snippets) == {"leaflet", "openlayers", "maplibre", "qgis", "gdal"}, snippets
+    assert 'matrixSet: "WGS1984Quad"' in snippets["openlayers"]
+    assert "tileMatrixSet=WGS1984Quad" in snippets["qgis"] and "crs=EPSG:4326" in snippets["qgis"]
+    assert "tilematrixset=WGS1984Quad" in snippets["gdal"]
+    origin = demo.url.rstrip("/")
+    for client, text in snippets.items():
+        urls = re.findall(r"https?://[^\s\"',]+", text)
+        assert urls, f"{client} snippet has no URL:\n{text}"
+        for url in urls:
+            assert url.startswith(origin + "/"), f"{client}: {url} is not on {origin}"
+            filled = url.replace("{z}", "2").replace("{x}", "2").replace("{y}", "1")
+            with urllib.request.urlopen(filled.replace("{r}", ""), timeout=30) as response:
+                assert response.status == 200, f"{client}: {filled}"
+
+
+def test_viewer_maplibre_from_tilejson(demo: DemoProcess, tmp_path: Path) -> None:
+    """MapLibre reads the layer's TileJSON and draws the Earth from its XYZ template."""
+    screenshot = tmp_path / "viewer-maplibre.png"
+    report = run_viewer(demo, screenshot, "--hash", "bluemarble/maplibre")
+    why = describe(report, demo)
+    assert_page_healthy(report, demo, "maplibre")
+    paths = [r["path"] for r in gateway_requests(report, demo)]
+    assert "/tiles/bluemarble/tilejson.json" in paths, why
+    assert_xyz_tiles(report, demo, retina=False)
     assert_screenshot(report, demo, screenshot)
