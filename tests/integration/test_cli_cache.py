@@ -82,7 +82,7 @@ async def test_two_workers_share_the_port_and_make_one_upstream_call(
         assert len(fake_upstream.queries) == 1
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(15)
+        process.wait(30)
     assert process.returncode == 0
 
 

@@ -36,7 +36,8 @@ AiohttpClient = Callable[[web.Application], Awaitable[TestClient]]
 
 
 def layer(url: str, **extra: object) -> dict[str, object]:
-    return {"url": url, "formats": ["png", "jpg"], **extra}
+    """A layer with metatiles off, so each tile is one exportImage call of its own bbox."""
+    return {"url": url, "formats": ["png", "jpg"], "meta_size": [1, 1], **extra}
 
 
 def origin(client: TestClient) -> str:
