@@ -14,6 +14,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -23,6 +24,9 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig
 
 log = logging.getLogger("gateway")
+
+# Seconds open connections get to finish at shutdown (within Kubernetes' default 30 s grace).
+SHUTDOWN_TIMEOUT = 10.0
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -42,7 +46,9 @@ async def start_site(
 
     Access lines go to the ``gateway.access`` logger (shown at INFO level).
     """
-    runner = web.AppRunner(app, access_log=logging.getLogger("gateway.access"))
+    runner = web.AppRunner(
+        app, access_log=logging.getLogger("gateway.access"), shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     return runner, runner.addresses[0][1]
@@ -129,6 +135,9 @@ def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> i
         for process in processes:
             if process.is_alive():
                 process.terminate()
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT + 5
         for process in processes:
-            process.join(10)
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
     return status

@@ -70,31 +70,12 @@ class RedisProcess:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = workdir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--logfile",
-                str(self.log),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.process, self.log)
+        self.process = start_redis(self.binary, self.workdir, self.port)
+
 
     def stop(self) -> None:
         """Stop the server (its data is gone: it saves nothing)."""
@@ -129,7 +110,7 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
         server.stop()
 
 
-def _start_redis(
+def start_redis(
     binary: str, workdir: Path, port: int, config: Path | None = None, *options: str
 ) -> subprocess.Popen[bytes]:
     """A redis-server (or, with ``--sentinel`` among ``options``, a Sentinel) on ``port``."""
@@ -184,7 +165,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         node_dir = server.workdir / str(port)
         node_dir.mkdir()
         processes.append(
-            _start_redis(
+            start_redis(
                 server.binary,
                 node_dir,
                 port,
@@ -230,13 +211,13 @@ def redis_sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     both real processes on loopback ports started by the test session."""
     server = RedisProcess(tmp_path_factory.mktemp("sentinel"))
     master_port, sentinel_port = free_port(), free_port()
-    master = _start_redis(server.binary, server.workdir, master_port)
+    master = start_redis(server.binary, server.workdir, master_port)
     config = server.workdir / "sentinel.conf"
     config.write_text(
         f"sentinel monitor testmaster 127.0.0.1 {master_port} 1\n"
         "sentinel down-after-milliseconds testmaster 5000\n"
     )
-    sentinel = _start_redis(server.binary, server.workdir, sentinel_port, config, "--sentinel")
+    sentinel = start_redis(server.binary, server.workdir, sentinel_port, config, "--sentinel")
     try:
         yield f"redis+sentinel://127.0.0.1:{sentinel_port}/testmaster/0"
     finally:
