@@ -1,0 +1,1371 @@
+"""Cache benchmark of the tile gateway against bare baselines, with pass/fail bounds.
+
+One command (from the repository root)::
+
+    .venv/bin/python bench/cache.py [--duration 5s] [--rounds 2] [--seed-zoom 0-7] ...
+
+It starts everything it needs on free ports, on this machine: its own ``redis-server``
+(``--save ''``), the reference ImageServer with an exportImage counter
+(``bench/servers.py upstream``), gateways (``python -m gateway serve``, ``--log-level
+WARNING`` unless stated) and the bare baselines (``bench/servers.py dict|redis|proxy``, one
+process each, uvloop like the gateway). Then it measures, with ``wrk`` for the loads:
+
+a. tile hits from L1 (24 warm tiles) against a bare aiohttp handler serving the same bytes
+   and headers from a dict: requests/s ratio, bound >= 0.80;
+b. tile hits from Redis with L1 off (``cache.l1_max_bytes: 0``) against a bare handler doing
+   one redis-py ``GET`` of the gateway's entry per request: ratio, bound >= 0.85;
+c. 500 requests for one cold tile, all written on 500 open connections before the first
+   answer byte comes back (the ImageServer holds exportImage 1 s so they overlap the fetch):
+   exportImage calls, bound exactly 1, with one gateway process and with ``--workers 2``
+   sharing the Redis (both workers must have answered some);
+d. cold misses with metatiles off (``meta_size: [1, 1]``), 1 connection: p50 through the
+   gateway minus p50 of the same kind of exportImage call straight to the ImageServer, bound
+   <= 2 ms, with a Redis and with a memory cache; a bare aiohttp proxy is measured alongside
+   as the cost of one more aiohttp hop;
+e. ``tile-gateway seed`` of zoom 0-7 of ``bluemarble`` with 4 x 4 metatiles and with 1 x 1:
+   upstream calls, tiles and tiles/s from its summary (no bound);
+f. resident memory (VmRSS) of the gateway process of (a), L1 = 64 MiB: idle, after the hit
+   load, and after reading every seeded z0-7 tile through it so that L1 is full (no bound).
+
+Loads (a) and (b) alternate gateway and baseline runs (ABBA...), (d) rotates its targets round
+by round; figures compare medians. It prints a Markdown report with the machine, the exact
+commands and every figure, and keeps it with the raw outputs (wrk, logs, configs, path lists)
+under ``bench/results/cache-<UTC timestamp>/`` (git-ignored). Exit status 0 when every bound
+holds, 1 otherwise. See bench/README.md for the method and the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from run import (
+    HIT_TILES,
+    cold_tile,
+    export_path,
+    machine_description,
+    parse_duration,
+    tile_path,
+    wrk_version,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+PATHS_LUA = BENCH_DIR / "paths.lua"
+LIST_LUA = BENCH_DIR / "list.lua"
+SERVERS = BENCH_DIR / "servers.py"
+
+LAYER = "bluemarble"
+EXT = "jpg"
+SERVICE_PATH = f"/arcgis/rest/services/{LAYER}/ImageServer"
+# The demo layer's fixed exportImage parameters (config/demo.yaml), which export_path() sends.
+EXPORT = {"interpolation": "RSP_BilinearInterpolation", "compressionQuality": 85}
+L1_BYTES = 64 * 2**20
+COLD_ZOOM = 9
+# Response headers the server adds by itself: not copied into the baselines' answers.
+AUTOMATIC_HEADERS = {"content-length", "date", "server", "connection", "keep-alive"}
+
+BOUND_A = 0.80
+BOUND_B = 0.85
+BOUND_C = 1
+BOUND_D_MS = 2.0
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Status, headers (names lower-cased) and body of one GET."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def fetch(url: str, method: str = "GET", timeout: float = 60.0) -> Answer:
+    """One request to ``url``; HTTP errors are answers too."""
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return Answer(response.status, headers, response.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
+
+
+def fetch_json(url: str, method: str = "GET") -> Any:
+    """The JSON document at ``url``."""
+    return json.loads(fetch(url, method).body)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of ``pid`` in KiB (from /proc/<pid>/status)."""
+    found: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = int(value.split()[0])
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def workers_of(pid: int) -> list[int]:
+    """The multiprocessing workers of ``tile-gateway serve --workers`` process ``pid`` (its
+    children running ``spawn_main``, not the resource tracker)."""
+    return [
+        child
+        for child in children_of(pid)
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (one per SO_REUSEPORT worker)."""
+    wanted = f"0100007F:{port:04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        count += parts[1] == wanted and parts[3] == "0A"
+    return count
+
+
+def ms(microseconds: float) -> str:
+    """Microseconds as milliseconds for the report."""
+    return f"{microseconds / 1000:.2f} ms"
+
+
+def mib(kib: float) -> str:
+    """KiB as MiB for the report."""
+    return f"{kib / 1024:.0f} MiB"
+
+
+def mark(ok: bool) -> str:
+    """The pass/fail mark of a bound."""
+    return "✅ pass" if ok else "❌ FAIL"
+
+
+def shell(command: Sequence[str]) -> str:
+    """``command`` as one line to paste in a shell (paths relative to the repository)."""
+    out = []
+    for part in command:
+        text = str(part).replace(str(ROOT) + "/", "")
+        out.append(f"'{text}'" if (not text or any(c in text for c in " *?[]{}$|;&<>'")) else text)
+    return " ".join(out)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Server:
+    """A server process started by the benchmark."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    command: list[str]
+
+    @property
+    def pid(self) -> int:
+        """Process id (of the parent, with several workers)."""
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Bench:
+    """Everything one run uses: output folder, environment, started servers and commands."""
+
+    def __init__(self, args: argparse.Namespace, out_dir: Path) -> None:
+        self.args = args
+        self.out = out_dir
+        self.stack = ExitStack()
+        self.commands: list[tuple[str, str]] = []
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        self.env.pop("TILE_GATEWAY_LOG_LEVEL", None)
+        self.python = sys.executable
+        self.load_before = f"{os.getloadavg()[0]:.2f}"
+
+    def note(self, message: str) -> None:
+        """Progress on stderr."""
+        print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+    def pinned(self, command: list[str], cpus: str | None) -> list[str]:
+        """``command`` under ``taskset -c cpus`` when pinning is on."""
+        if cpus is None or not self.args.pin:
+            return command
+        return ["taskset", "-c", cpus, *command]
+
+    def start(
+        self,
+        name: str,
+        command: list[str],
+        port: int,
+        ready: Callable[[], bool],
+        *,
+        record: str | None = None,
+        timeout: float = 120.0,
+    ) -> Server:
+        """Start ``command`` (its output in ``<name>.log``), wait until ``ready()``, and stop it
+        when the run ends (SIGTERM, then SIGKILL of its process group after 20 s)."""
+        log = self.out / f"{name}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        server = Server(name, process, port, log, command)
+        self.stack.callback(self.stop, server)
+        if record:
+            self.commands.append((record, shell(command)))
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"bench: {name} exited ({process.returncode}); see {log}")
+            try:
+                if ready():
+                    return server
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {name} not ready after {timeout:g} s; see {log}")
+            time.sleep(0.2)
+
+    def stop(self, server: Server) -> None:
+        """Stop a server started by ``start`` (only that process and its own children)."""
+        process = server.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def http_ready(self, url: str) -> Callable[[], bool]:
+        """A readiness check: ``url`` answers 200."""
+        return lambda: fetch(url, timeout=2).status == 200
+
+    def gateway(
+        self,
+        name: str,
+        config: dict[str, Any],
+        *,
+        workers: int = 1,
+        log_level: str = "WARNING",
+        cpus: str | None = None,
+        record: str | None = None,
+    ) -> Server:
+        """Write ``config`` (its port filled in) and start ``python -m gateway serve``."""
+        port = free_port()
+        config = json.loads(json.dumps(config))
+        config["server"] = {"host": "127.0.0.1", "port": port}
+        path = self.out / f"{name}.yaml"
+        path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
+        command = [self.python, "-m", "gateway", "--log-level", log_level, "serve"]
+        command += ["--config", str(path)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        return self.start(
+            name,
+            self.pinned(command, cpus),
+            port,
+            lambda: (
+                listeners(port) >= workers
+                and fetch(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
+            ),
+            record=record,
+        )
+
+    def baseline(
+        self, name: str, kind: str, manifest: Path, redis_url: str | None, record: str
+    ) -> Server:
+        """Start a bare baseline server of ``bench/servers.py``."""
+        port = free_port()
+        command = [self.python, str(SERVERS), kind, "--port", str(port)]
+        command += ["--manifest", str(manifest)]
+        if redis_url:
+            command += ["--redis-url", redis_url]
+        return self.start(
+            name,
+            self.pinned(command, self.args.server_cpu),
+            port,
+            lambda: listeners(port) >= 1,
+            record=record,
+        )
+
+
+def layer_config(upstream: Server, meta_size: tuple[int, int]) -> dict[str, Any]:
+    """The benchmark's one layer: ``bluemarble`` of the reference ImageServer, as in the demo."""
+    return {
+        LAYER: {
+            "url": f"{upstream.url}{SERVICE_PATH}",
+            "formats": [EXT, "png"],
+            "maxzoom": COLD_ZOOM,
+            "export": EXPORT,
+            "meta_size": list(meta_size),
+        }
+    }
+
+
+def gateway_config(
+    upstream: Server,
+    redis_url: str | None,
+    prefix: str,
+    *,
+    l1: int = L1_BYTES,
+    meta_size: tuple[int, int] = (4, 4),
+) -> dict[str, Any]:
+    """A gateway config: Redis (or memory when ``redis_url`` is None), prefix, L1, metatiles."""
+    cache: dict[str, Any] = {"prefix": prefix, "l1_max_bytes": l1}
+    if redis_url:
+        cache["redis_url"] = redis_url
+    else:
+        cache["backend"] = "memory"
+    return {"cache": cache, "layers": layer_config(upstream, meta_size)}
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkRun:
+    """One wrk run: what it loaded and what it measured."""
+
+    label: str
+    command: list[str]
+    stats: dict[str, float]
+    server_cpu: float
+    wrk_cpu: float
+    wall: float
+    redis_hits: int | None = None
+
+    @property
+    def rps(self) -> float:
+        """Completed requests per second."""
+        return self.stats["requests"] / (self.stats["duration_us"] / 1e6)
+
+    @property
+    def p50(self) -> float:
+        """Median latency in microseconds."""
+        return self.stats["lat_p50_us"]
+
+
+def run_wrk(
+    bench: Bench,
+    name: str,
+    label: str,
+    server: Server,
+    paths: Path,
+    *,
+    connections: int,
+    threads: int,
+    duration: str,
+    script: Path = LIST_LUA,
+    pids: Sequence[int] = (),
+    redis: Any = None,
+) -> WrkRun:
+    """Run wrk against ``server`` over the paths file and return what it measured; the
+    server's CPU share is summed over ``pids`` (default: the server's own process)."""
+    command = bench.pinned(
+        [
+            bench.args.wrk,
+            "--latency",
+            f"--threads={threads}",
+            f"--connections={connections}",
+            f"--duration={duration}",
+            "--timeout=10s",
+            f"--script={script}",
+            server.url,
+            "--",
+            str(paths),
+        ],
+        bench.args.load_cpu,
+    )
+    watched = list(pids) or [server.pid]
+    before = sum(cpu_seconds(pid) for pid in watched)
+    hits_before = int(redis.info("stats")["keyspace_hits"]) if redis is not None else 0
+    started = time.monotonic()
+    wrk_before = children_cpu_seconds()
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - started
+    cpu = (sum(cpu_seconds(pid) for pid in watched) - before) / wall
+    wrk_cpu = (children_cpu_seconds() - wrk_before) / wall
+    hits = int(redis.info("stats")["keyspace_hits"]) - hits_before if redis is not None else None
+    raw = result.stdout + result.stderr
+    (bench.out / f"wrk-{name}.txt").write_text(shell(command) + "\n\n" + raw)
+    match = re.search(r"^BENCH-JSON (\{.*\})$", result.stdout, re.MULTILINE)
+    if result.returncode != 0 or match is None:
+        raise SystemExit(f"bench: wrk failed ({result.returncode}):\n{raw}")
+    run = WrkRun(label, command, json.loads(match[1]), cpu, wrk_cpu, wall, hits)
+    bench.note(
+        f"{name}: {run.rps:,.0f} req/s, p50 {ms(run.p50)}, p99 {ms(run.stats['lat_p99_us'])}, "
+        f"server CPU {cpu * 100:.0f} %, wrk CPU {wrk_cpu * 100:.0f} %"
+    )
+    time.sleep(0.5)
+    return run
+
+
+def alternate(
+    rounds: int, first: Callable[[int], WrkRun], second: Callable[[int], WrkRun]
+) -> tuple[list[WrkRun], list[WrkRun]]:
+    """``rounds`` runs of each, in ABBA order so a drift of the machine hits both alike."""
+    a_runs: list[WrkRun] = []
+    b_runs: list[WrkRun] = []
+    for r in range(rounds):
+        if r % 2 == 0:
+            a_runs.append(first(r))
+            b_runs.append(second(r))
+        else:
+            b_runs.append(second(r))
+            a_runs.append(first(r))
+    return a_runs, b_runs
+
+
+def write_paths(path: Path, paths: Sequence[str]) -> Path:
+    """One request path per line; returns ``path``."""
+    path.write_text("".join(f"{p}\n" for p in paths))
+    return path
+
+
+# --------------------------------------------------------------------------- (a) (b) (f)
+
+
+@dataclass
+class HitResult:
+    """A hit comparison: gateway and baseline runs, and the checks made."""
+
+    gateway: list[WrkRun]
+    baseline: list[WrkRun]
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Median gateway requests/s over median baseline requests/s."""
+        return statistics.median(r.rps for r in self.gateway) / statistics.median(
+            r.rps for r in self.baseline
+        )
+
+
+def hit_paths() -> list[str]:
+    """The paths of the 24 warm tiles (as bench/run.py)."""
+    return [tile_path("", LAYER, *t, EXT) for t in HIT_TILES]
+
+
+def warm(server: Server, paths: Sequence[str]) -> tuple[list[Answer], list[Answer]]:
+    """Fetch every path twice; both lists of answers."""
+    first = [fetch(server.url + p) for p in paths]
+    second = [fetch(server.url + p) for p in paths]
+    bad = sorted({a.status for a in first + second if a.status != 200})
+    if bad:
+        raise SystemExit(f"bench: warm-up of {server.name} answered {bad}")
+    return first, second
+
+
+def x_cache(answers: Sequence[Answer]) -> str:
+    """``HIT x24``-style summary of the X-Cache headers of answers."""
+    counts = Counter(a.headers.get("x-cache", "none") for a in answers)
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+
+
+def write_manifest(
+    bench: Bench,
+    name: str,
+    answers: Sequence[Answer],
+    paths: Sequence[str],
+    redis: Any,
+    prefix: str,
+) -> Path:
+    """The baselines' manifest: the gateway's bytes and headers of each path, and the Redis
+    key of the gateway's entry for it (with the length of the entry header before the bytes)."""
+    folder = bench.out / name
+    folder.mkdir(exist_ok=True)
+    tiles = []
+    for n, (path, answer) in enumerate(zip(paths, answers, strict=True)):
+        file = folder / f"{n}.{EXT}"
+        file.write_bytes(answer.body)
+        headers = {k: v for k, v in answer.headers.items() if k not in AUTOMATIC_HEADERS}
+        z, x, name_part = path.split("/")[-3:]
+        y = name_part.split(".")[0]
+        keys = list(
+            redis.scan_iter(match=f"{prefix}:{LAYER}:*:WebMercatorQuad:{z}:{x}:{y}:1.{EXT}")
+        )
+        if len(keys) != 1:
+            raise SystemExit(f"bench: expected one Redis entry for {path}, found {keys}")
+        value = redis.get(keys[0])
+        if not value.endswith(answer.body):
+            raise SystemExit(f"bench: the Redis entry of {path} does not end with its bytes")
+        tiles.append(
+            {
+                "path": path,
+                "file": str(file),
+                "headers": headers,
+                "key": keys[0].decode(),
+                "skip": len(value) - len(answer.body),
+            }
+        )
+    manifest = bench.out / f"{name}.json"
+    manifest.write_text(json.dumps({"tiles": tiles}, indent=1) + "\n")
+    return manifest
+
+
+def hit_load(
+    bench: Bench,
+    key: str,
+    gateway: Server,
+    baseline: Server,
+    paths_file: Path,
+    redis: Any,
+) -> HitResult:
+    """Alternate wrk runs on the gateway and the baseline over the same warm paths."""
+    args = bench.args
+
+    def load(server: Server, who: str, label: str) -> Callable[[int], WrkRun]:
+        return lambda r: run_wrk(
+            bench,
+            f"{key}-{who}-{r + 1}",
+            label,
+            server,
+            paths_file,
+            connections=args.connections,
+            threads=args.threads,
+            duration=args.duration,
+            redis=redis,
+        )
+
+    gw, base = alternate(
+        args.rounds,
+        load(gateway, "gateway", "gateway"),
+        load(baseline, "baseline", "baseline"),
+    )
+    return HitResult(gw, base)
+
+
+def measure_hits_l1(
+    bench: Bench, upstream: Server, redis_url: str, redis: Any, prefix: str, fill: int
+) -> tuple[HitResult, dict[str, Any]]:
+    """(a) and (f): the L1 gateway against the dict baseline; its RSS idle, after the hit load
+    and after reading every tile of zoom 0..``fill`` (seeded in Redis) through it."""
+    gateway = bench.gateway(
+        "gateway-a",
+        gateway_config(upstream, redis_url, prefix, l1=L1_BYTES),
+        cpus=bench.args.server_cpu,
+        record="(a, f) gateway, L1 64 MiB, Redis L2",
+    )
+    memory: dict[str, Any] = {"idle": proc_status(gateway.pid)}
+    paths = hit_paths()
+    first, second = warm(gateway, paths)
+    manifest = write_manifest(bench, "tiles-a", second, paths, redis, prefix)
+    baseline = bench.baseline(
+        "baseline-dict", "dict", manifest, None, "(a) bare aiohttp handler, tiles from a dict"
+    )
+    check = warm(baseline, paths)[1]
+    same = all(a.body == b.body for a, b in zip(second, check, strict=True))
+    paths_file = write_paths(bench.out / "paths-hit.txt", paths)
+    result = hit_load(bench, "a", gateway, baseline, paths_file, redis)
+    after = [fetch(gateway.url + p) for p in paths]
+    result.checks = [
+        f"warm-up through the gateway: first {x_cache(first)} (from the seeded Redis), then "
+        f"{x_cache(second)}; after the runs {x_cache(after)}",
+        f"baseline bytes == gateway bytes for all 24 tiles: {same}",
+        "Redis GETs during the gateway runs (purge poll included): "
+        + ", ".join(str(r.redis_hits) for r in result.gateway)
+        + " for "
+        + ", ".join(f"{r.stats['requests']:,.0f}" for r in result.gateway)
+        + " requests (hits served by L1)",
+    ]
+    memory["after_hits"] = proc_status(gateway.pid)
+    memory["baseline_after_hits"] = proc_status(baseline.pid)
+    bench.stop(baseline)
+
+    # (f) fill L1: every tile of zoom 0..fill, which the 4 x 4 seed put in Redis.
+    fill_paths = [
+        tile_path("", LAYER, z, x, y, EXT)
+        for z in range(fill + 1)
+        for y in range(2**z)
+        for x in range(2**z)
+    ]
+    random.Random(7).shuffle(fill_paths)
+    fill_file = write_paths(bench.out / "paths-fill.txt", fill_paths)
+    seconds = max(10, int(len(fill_paths) / 2000) + 5)
+    fill_run = run_wrk(
+        bench,
+        "f-fill",
+        "fill L1",
+        gateway,
+        fill_file,
+        connections=bench.args.connections,
+        threads=1,
+        duration=f"{seconds}s",
+        script=PATHS_LUA,
+    )
+    memory["after_fill"] = proc_status(gateway.pid)
+    memory["fill"] = fill_run
+    memory["fill_tiles"] = len(fill_paths)
+    bench.stop(gateway)
+    return result, memory
+
+
+def measure_hits_redis(
+    bench: Bench, upstream: Server, redis_url: str, redis: Any, prefix: str
+) -> HitResult:
+    """(b): the gateway with L1 off against one redis-py GET per request."""
+    gateway = bench.gateway(
+        "gateway-b",
+        gateway_config(upstream, redis_url, prefix, l1=0),
+        cpus=bench.args.server_cpu,
+        record="(b) gateway, L1 off (l1_max_bytes 0), Redis",
+    )
+    paths = hit_paths()
+    first, second = warm(gateway, paths)
+    manifest = write_manifest(bench, "tiles-b", second, paths, redis, prefix)
+    baseline = bench.baseline(
+        "baseline-redis",
+        "redis",
+        manifest,
+        redis_url,
+        "(b) bare aiohttp handler, one redis-py GET per request",
+    )
+    check = warm(baseline, paths)[1]
+    same = all(a.body == b.body for a, b in zip(second, check, strict=True))
+    paths_file = write_paths(bench.out / "paths-hit.txt", paths)
+    result = hit_load(bench, "b", gateway, baseline, paths_file, redis)
+
+    def per_request(runs: Sequence[WrkRun]) -> str:
+        return ", ".join(f"{(r.redis_hits or 0) / r.stats['requests']:.3f}" for r in runs)
+
+    result.checks = [
+        f"warm-up through the gateway: {x_cache(first)}, then {x_cache(second)}",
+        f"baseline bytes == gateway bytes for all 24 tiles: {same}",
+        f"Redis GET hits per request: gateway {per_request(result.gateway)}; baseline "
+        f"{per_request(result.baseline)} (wrk stops counting the requests in flight at its end)",
+    ]
+    bench.stop(gateway)
+    bench.stop(baseline)
+    return result
+
+
+# --------------------------------------------------------------------------- (c)
+
+
+@dataclass
+class BurstResult:
+    """What 500 concurrent requests for one cold tile gave."""
+
+    tile: tuple[int, int, int]
+    workers: int
+    upstream_calls: int
+    statuses: Counter[int]
+    x_cache: Counter[str]
+    same_bytes: bool
+    all_sent_first: bool
+    sent_ms: float
+    first_byte_ms: float
+    last_byte_ms: float
+    per_worker: dict[int, int]
+    outages: int
+    outage_reasons: dict[str, int]
+
+
+async def burst(port: int, path: str, count: int) -> tuple[list[tuple[float, bytes]], float, float]:
+    """Open ``count`` connections, write one GET on each, then read every answer.
+
+    Returns ``(first byte time, raw answer)`` per connection, the time the last request was
+    written and the start time (``time.perf_counter`` seconds).
+    """
+    connections = await asyncio.gather(
+        *(asyncio.open_connection("127.0.0.1", port) for _ in range(count))
+    )
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    started = time.perf_counter()
+    for _, writer in connections:
+        writer.write(request)
+    await asyncio.gather(*(writer.drain() for _, writer in connections))
+    sent = time.perf_counter()
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[float, bytes]:
+        first = await reader.read(1)
+        at = time.perf_counter()
+        rest = await reader.read()
+        writer.close()
+        return at, first + rest
+
+    answers = await asyncio.gather(*(answer(r, w) for r, w in connections))
+    return list(answers), sent, started
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one raw HTTP/1.1 answer (Connection: close)."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+# An access-log line; with --workers the logger's name carries the worker's pid.
+_ACCESS = re.compile(r"gateway\.access(?:\[(\d+)\])?: .*\"GET (\S+) HTTP")
+
+
+def measure_burst(
+    bench: Bench, upstream: Server, redis_url: str, workers: int, tile: tuple[int, int, int]
+) -> BurstResult:
+    """(c): ``bench.args.burst`` concurrent requests for one never-asked tile."""
+    prefix = f"burst{workers}"
+    gateway = bench.gateway(
+        f"gateway-c{workers}",
+        gateway_config(upstream, redis_url, prefix),
+        workers=workers,
+        log_level="INFO",  # the access log names the worker (pid) that answered
+        record=f"(c) gateway, {workers} process(es), Redis, INFO (access log per worker)",
+    )
+    worker_pids = workers_of(gateway.pid) if workers > 1 else [gateway.pid]
+    path = tile_path("", LAYER, *tile, EXT)
+    fetch_json(f"{upstream.url}/_bench/delay?seconds={bench.args.upstream_delay}", "POST")
+    before = fetch_json(f"{upstream.url}/_bench/stats")["export"]
+    log_start = gateway.log.stat().st_size
+    answers, sent, started = asyncio.run(burst(gateway.port, path, bench.args.burst))
+    time.sleep(1.5)  # anything late (a second fetch, a lock poll) would show by now
+    calls = fetch_json(f"{upstream.url}/_bench/stats")["export"] - before
+    fetch_json(f"{upstream.url}/_bench/delay?seconds=0", "POST")
+    parsed = [parse_answer(raw) for _, raw in answers]
+    bodies = {body for status, _, body in parsed if status == 200}
+    first_byte = min(at for at, _ in answers)
+    last_byte = max(at for at, _ in answers)
+    with open(gateway.log, "rb") as log:
+        log.seek(log_start)
+        text = log.read().decode(errors="replace")
+    per_worker: Counter[int] = Counter()
+    for match in _ACCESS.finditer(text):
+        if match[2] == path:
+            per_worker[int(match[1] or gateway.pid)] += 1
+    outages = text.count(" unavailable (")
+    reasons = Counter(re.findall(r"unavailable \((\w+) on", text))
+    result = BurstResult(
+        tile,
+        workers,
+        calls,
+        Counter(status for status, _, _ in parsed),
+        Counter(headers.get("x-cache", "none") for _, headers, _ in parsed),
+        len(bodies) == 1,
+        sent < first_byte,
+        (sent - started) * 1000,
+        (first_byte - started) * 1000,
+        (last_byte - started) * 1000,
+        {pid: per_worker.get(pid, 0) for pid in worker_pids},
+        outages,
+        dict(reasons),
+    )
+    bench.stop(gateway)
+    return result
+
+
+# --------------------------------------------------------------------------- (d)
+
+
+@dataclass
+class ColdResult:
+    """Cold-miss latency through the gateway, straight to the ImageServer, and (optionally)
+    through the bare proxy."""
+
+    backend: str
+    gateway: list[WrkRun]
+    direct: list[WrkRun]
+    proxy: list[WrkRun]
+    upstream_calls: int
+    gateway_requests: int
+    checks: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def p50(runs: Sequence[WrkRun]) -> float:
+        """Median of the runs' p50, microseconds."""
+        return statistics.median(r.p50 for r in runs)
+
+    @property
+    def overhead_us(self) -> float:
+        """Median gateway p50 minus median direct p50, microseconds."""
+        return self.p50(self.gateway) - self.p50(self.direct)
+
+
+def measure_cold(
+    bench: Bench,
+    upstream: Server,
+    redis_url: str | None,
+    offset: int,
+    proxy: Server | None,
+) -> ColdResult:
+    """(d): metatiles off, 1 connection, unique z=9 tiles. Direct, gateway (and proxy) runs
+    rotate round by round; every run gets its own disjoint slice of the cold sequence."""
+    backend = "redis" if redis_url else "memory"
+    gateway = bench.gateway(
+        f"gateway-d-{backend}",
+        gateway_config(upstream, redis_url, f"cold-{backend}", meta_size=(1, 1)),
+        record=f"(d) gateway, metatiles off (meta_size [1,1]), {backend} cache, L1 64 MiB",
+    )
+    per_run = bench.args.cold_list
+    slots = iter(range(offset, offset + 3 * bench.args.rounds * per_run, per_run))
+    targets = [("direct", upstream), ("gateway", gateway)]
+    if proxy is not None:
+        targets.insert(1, ("proxy", proxy))
+    runs: dict[str, list[WrkRun]] = {who: [] for who, _ in targets}
+    calls = 0
+
+    def exports() -> int:
+        return int(fetch_json(f"{upstream.url}/_bench/stats")["export"])
+
+    for r in range(bench.args.rounds):
+        shift = r % len(targets)
+        for who, server in targets[shift:] + targets[:shift]:
+            start = next(slots)
+            tiles = [cold_tile(COLD_ZOOM, i) for i in range(start, start + per_run)]
+            paths = [
+                tile_path("", LAYER, *t, EXT)
+                if who == "gateway"
+                else export_path(SERVICE_PATH, *t, EXT)
+                for t in tiles
+            ]
+            name = f"d-{backend}-{who}-{r + 1}"
+            before = exports()
+            runs[who].append(
+                run_wrk(
+                    bench,
+                    name,
+                    who,
+                    server,
+                    write_paths(bench.out / f"paths-{name}.txt", paths),
+                    connections=1,
+                    threads=1,
+                    duration=bench.args.cold_duration,
+                    script=PATHS_LUA,
+                )
+            )
+            if who == "gateway":
+                calls += exports() - before
+    result = ColdResult(
+        backend,
+        runs["gateway"],
+        runs["direct"],
+        runs.get("proxy", []),
+        calls,
+        int(sum(r.stats["requests"] for r in runs["gateway"])),
+    )
+    every = [run for group in runs.values() for run in group]
+    wraps = sum(r.stats.get("wraps", 0) for r in every)
+    misses = sum(r.stats.get("misses", 0) for r in result.gateway)
+    hits = sum(r.stats.get("hits", 0) for r in result.gateway)
+    result.checks = [
+        f"gateway answers X-Cache MISS {misses:,.0f}, HIT {hits:,.0f}; exportImage calls during "
+        f"the gateway runs {calls:,} for {result.gateway_requests:,} completed requests (wrk "
+        f"does not count the one in flight when it stops); path lists wrapped: {wraps:.0f}",
+    ]
+    bench.stop(gateway)
+    return result
+
+
+# --------------------------------------------------------------------------- (e)
+
+
+@dataclass
+class SeedResult:
+    """The summary of one ``tile-gateway seed`` run, and the exportImage calls counted."""
+
+    meta: tuple[int, int]
+    summary: dict[str, str]
+    counted_calls: int
+    command: str
+
+    def number(self, name: str) -> float:
+        """A numeric field of the summary (``tiles written``, ``upstream calls``...)."""
+        return float(self.summary[name].split()[0])
+
+
+def measure_seed(
+    bench: Bench,
+    upstream: Server,
+    redis_url: str,
+    meta: tuple[int, int],
+    prefix: str,
+    zoom: str,
+) -> SeedResult:
+    """(e): ``python -m gateway seed`` of zoom ``zoom`` on a fresh prefix, ``meta`` metatiles."""
+    name = f"seed-{meta[0]}x{meta[1]}"
+    config = bench.out / f"{name}.yaml"
+    config.write_text(
+        json.dumps(gateway_config(upstream, redis_url, prefix, l1=0, meta_size=meta), indent=2)
+        + "\n"
+    )
+    command = [bench.python, "-m", "gateway", "--log-level", "WARNING", "seed"]
+    command += ["--config", str(config), "--layer", LAYER, "--zoom", zoom]
+    command += ["--state", str(bench.out / f"{name}.state.json")]
+    bench.note(f"{name}: {shell(command)}")
+    before = fetch_json(f"{upstream.url}/_bench/stats")["export"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=bench.env, cwd=ROOT, check=False
+    )
+    calls = fetch_json(f"{upstream.url}/_bench/stats")["export"] - before
+    (bench.out / f"{name}.txt").write_text(shell(command) + "\n\n" + result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(
+            f"bench: seed failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    summary = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            summary[key.strip()] = value.strip()
+    bench.note(f"{name}: {summary}")
+    return SeedResult(meta, summary, calls, shell(command))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def run_rows(title: str, runs: Sequence[WrkRun]) -> list[str]:
+    """Markdown rows of wrk runs."""
+    rows = []
+    for n, run in enumerate(runs, 1):
+        s = run.stats
+        errors = sum(s.get(k, 0) for k in ("err_connect", "err_read", "err_write", "err_timeout"))
+        rows.append(
+            f"| {title} {n} | {run.rps:,.0f} | {ms(run.p50)} | {ms(s['lat_p99_us'])} | "
+            f"{s['requests']:,.0f} | {s.get('err_status', 0):.0f} | {errors:.0f} | "
+            f"{run.server_cpu * 100:.0f} % | {run.wrk_cpu * 100:.0f} % |"
+        )
+    return rows
+
+
+RUN_HEADER = [
+    "| Run | Requests/s | p50 | p99 | Requests | Non-2xx | Socket errors | Server CPU | wrk CPU |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+
+
+def report(
+    bench: Bench,
+    started: datetime,
+    hits_l1: HitResult,
+    memory: dict[str, Any],
+    hits_redis: HitResult,
+    bursts: Sequence[BurstResult],
+    colds: Sequence[ColdResult],
+    seeds: Sequence[SeedResult],
+    redis_version: str,
+) -> tuple[str, bool]:
+    """The Markdown report and whether every bound holds."""
+    args = bench.args
+    med = statistics.median
+    ok_a = hits_l1.ratio >= BOUND_A
+    ok_b = hits_redis.ratio >= BOUND_B
+    ok_c = [
+        b.upstream_calls == BOUND_C
+        and b.statuses == Counter({200: args.burst})
+        and b.same_bytes
+        and b.all_sent_first
+        and all(n > 0 for n in b.per_worker.values())
+        for b in bursts
+    ]
+    ok_d = [c.overhead_us / 1000 <= BOUND_D_MS for c in colds]
+    ok = ok_a and ok_b and all(ok_c) and all(ok_d)
+    pin = (
+        f"`taskset`: wrk (every run) and Redis on CPU {args.load_cpu}, the servers under test "
+        f"in (a) and (b) on CPU {args.server_cpu}, everything else unpinned"
+        if args.pin
+        else "no CPU pinning"
+    )
+    lines = [
+        f"## Cache benchmark, {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- Machine: {machine_description()}. Load generator, Redis, ImageServer, gateways and "
+        "baselines all share it; "
+        f"load average before the run {bench.load_before}, after {os.getloadavg()[0]:.2f}.",
+        f"- wrk: {wrk_version(args.wrk)}; {redis_version}; {pin}.",
+        f"- Hit loads (a, b): {args.threads} wrk thread(s), {args.connections} connections, "
+        f"{args.duration} per run, {args.rounds} runs each of gateway and baseline in ABBA "
+        "order over the same 24 warm tiles (all of z=2, row 3 of z=3); figures are medians.",
+        f"- Cold misses (d): 1 connection, {args.cold_duration} per run, {args.rounds} runs "
+        f"each, every request a z={COLD_ZOOM} tile never asked before (disjoint lists).",
+        "- Gateways run `python -m gateway --log-level WARNING serve` (no access log), except "
+        "in (c) (INFO, to see which worker answered); baselines have no access log either.",
+        "",
+        "| | Measurement | Gateway | Baseline | Figure | Bound | |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    g_a, b_a = med(r.rps for r in hits_l1.gateway), med(r.rps for r in hits_l1.baseline)
+    lines.append(
+        f"| a | Tile hits from L1 vs bare handler + dict (req/s) | {g_a:,.0f} | {b_a:,.0f} | "
+        f"{hits_l1.ratio:.2f} | ≥ {BOUND_A} | {mark(ok_a)} |"
+    )
+    g_b, b_b = med(r.rps for r in hits_redis.gateway), med(r.rps for r in hits_redis.baseline)
+    lines.append(
+        f"| b | Tile hits from Redis, L1 off, vs bare handler + 1 redis-py GET (req/s) | "
+        f"{g_b:,.0f} | {b_b:,.0f} | {hits_redis.ratio:.2f} | ≥ {BOUND_B} | {mark(ok_b)} |"
+    )
+    for burst_result, good in zip(bursts, ok_c, strict=True):
+        who = "1 process" if burst_result.workers == 1 else f"{burst_result.workers} processes"
+        lines.append(
+            f"| c | {args.burst} concurrent requests, one cold tile, {who}, shared Redis "
+            f"(exportImage calls) | {burst_result.upstream_calls} | | "
+            f"{burst_result.upstream_calls} | = {BOUND_C} | {mark(good)} |"
+        )
+    for cold, good in zip(colds, ok_d, strict=True):
+        lines.append(
+            f"| d | Cold-miss p50, metatiles off, {cold.backend} cache (gateway - direct) | "
+            f"{ms(med(r.p50 for r in cold.gateway))} | {ms(med(r.p50 for r in cold.direct))} | "
+            f"{cold.overhead_us / 1000:+.2f} ms | ≤ {BOUND_D_MS:g} ms | {mark(good)} |"
+        )
+    for seed in seeds:
+        lines.append(
+            f"| e | Seed z{args.seed_zoom} `{LAYER}`, {seed.meta[0]}x{seed.meta[1]} metatiles: "
+            f"upstream calls / tiles / tiles/s | {seed.number('upstream calls'):,.0f} calls | "
+            f"{seed.number('tiles written'):,.0f} tiles | {seed.number('tiles/s'):,.1f} tiles/s "
+            f"| - | |"
+        )
+    lines.append(
+        f"| f | VmRSS of the gateway worker (L1 64 MiB): idle / after (a) / L1 filled | "
+        f"{mib(memory['idle']['VmRSS'])} / {mib(memory['after_hits']['VmRSS'])} / "
+        f"{mib(memory['after_fill']['VmRSS'])} | "
+        f"{mib(memory['baseline_after_hits']['VmRSS'])} (dict baseline after a) | "
+        f"peak {mib(memory['after_fill']['VmHWM'])} | - | |"
+    )
+    lines += ["", f"Overall: {'every bound holds' if ok else 'SOME BOUNDS FAIL'}.", ""]
+
+    lines += ["### (a) Tile hits from L1", "", *RUN_HEADER]
+    lines += run_rows("gateway", hits_l1.gateway) + run_rows("baseline (dict)", hits_l1.baseline)
+    lines += ["", *(f"- {c}" for c in hits_l1.checks), ""]
+
+    lines += ["### (b) Tile hits from Redis, L1 off", "", *RUN_HEADER]
+    lines += run_rows("gateway", hits_redis.gateway) + run_rows(
+        "baseline (redis GET)", hits_redis.baseline
+    )
+    lines += ["", *(f"- {c}" for c in hits_redis.checks), ""]
+
+    lines += [
+        "### (c) One cold tile, 500 concurrent requests",
+        "",
+        f"The ImageServer held each exportImage {args.upstream_delay:g} s (`POST "
+        "/_bench/delay`), so the requests overlap the one fetch; the client opened all "
+        "connections, then wrote one request on each, then read the answers.",
+        "",
+        "| Gateway | Tile | exportImage calls | Statuses | X-Cache | Same bytes | Last request "
+        "written | First answer byte | Last answer byte | Requests per worker (pid: n) | "
+        '"cache unavailable" warnings logged |',
+        "|---|---|---:|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for b in bursts:
+        who = "1 process" if b.workers == 1 else f"`--workers {b.workers}`"
+        reasons = ", ".join(f"{k} x{v}" for k, v in b.outage_reasons.items())
+        lines.append(
+            f"| {who} | {'/'.join(map(str, b.tile))} | {b.upstream_calls} | "
+            f"{dict(b.statuses)} | {dict(b.x_cache)} | {b.same_bytes} | {b.sent_ms:.0f} ms | "
+            f"{b.first_byte_ms:.0f} ms | {b.last_byte_ms:.0f} ms | "
+            f"{', '.join(f'{pid}: {n}' for pid, n in b.per_worker.items())} | "
+            f"{b.outages}{f' ({reasons})' if reasons else ''} |"
+        )
+    lines += [
+        "",
+        "Times are from the moment the client started writing. A pass needs exactly one "
+        "exportImage call, 500 answers 200 with the same bytes, every request written before "
+        "the first answer byte, and (with workers) requests answered by every worker.",
+        "",
+    ]
+
+    for cold in colds:
+        lines += [f"### (d) Cold misses, metatiles off, {cold.backend} cache", "", *RUN_HEADER]
+        lines += run_rows("gateway", cold.gateway) + run_rows("direct exportImage", cold.direct)
+        lines += run_rows("bare proxy", cold.proxy)
+        lines += [
+            "",
+            f"- p50 of the gateway runs: {', '.join(ms(r.p50) for r in cold.gateway)}; direct: "
+            f"{', '.join(ms(r.p50) for r in cold.direct)}; gateway - direct of the medians "
+            f"**{cold.overhead_us / 1000:+.2f} ms**; mean latency gateway "
+            f"{ms(med(r.stats['lat_mean_us'] for r in cold.gateway))}, direct "
+            f"{ms(med(r.stats['lat_mean_us'] for r in cold.direct))}.",
+        ]
+        if cold.proxy:
+            proxy_p50 = cold.p50(cold.proxy)
+            lines.append(
+                f"- Bare aiohttp proxy (one `ClientSession.get` per request, no cache, "
+                f"`bench/servers.py proxy`): p50 {', '.join(ms(r.p50) for r in cold.proxy)}; "
+                f"proxy - direct {(proxy_p50 - cold.p50(cold.direct)) / 1000:+.2f} ms, gateway - "
+                f"proxy {(cold.p50(cold.gateway) - proxy_p50) / 1000:+.2f} ms (what the cache "
+                "and coalescing add on top of any aiohttp hop)."
+            )
+        lines += [*(f"- {c}" for c in cold.checks), ""]
+
+    lines += [
+        "### (e) Seeding",
+        "",
+        "| Metatiles | Upstream calls (summary) | exportImage counted | Tiles written | Bytes | "
+        "Elapsed | Tiles/s | Metatiles |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for seed in seeds:
+        s = seed.summary
+        lines.append(
+            f"| {seed.meta[0]}x{seed.meta[1]} | {s['upstream calls']} | {seed.counted_calls} | "
+            f"{s['tiles written']} | {s['bytes']} | {s['elapsed']} | {s['tiles/s']} | "
+            f"{s['metatiles']} |"
+        )
+    fill: WrkRun = memory["fill"]
+    seed_bytes = seeds[0].number("bytes")
+    s = fill.stats
+    lines += [
+        "",
+        "### (f) Resident memory",
+        "",
+        "| Gateway process of (a) | VmRSS | VmHWM |",
+        "|---|---:|---:|",
+        f"| idle, after start | {mib(memory['idle']['VmRSS'])} | {mib(memory['idle']['VmHWM'])} |",
+        f"| after the (a) hit load | {mib(memory['after_hits']['VmRSS'])} | "
+        f"{mib(memory['after_hits']['VmHWM'])} |",
+        f"| after reading all {memory['fill_tiles']:,} tiles of z0-{args.fill_zoom} through it "
+        f"| {mib(memory['after_fill']['VmRSS'])} | {mib(memory['after_fill']['VmHWM'])} |",
+        f"| dict baseline after the (a) load | {mib(memory['baseline_after_hits']['VmRSS'])} | "
+        f"{mib(memory['baseline_after_hits']['VmHWM'])} |",
+        "",
+        f"- Fill run: {s['requests']:,.0f} requests in {s['duration_us'] / 1e6:.1f} s "
+        f"({fill.rps:,.0f}/s), X-Cache HIT {s['hits']:,.0f} / MISS {s['misses']:,.0f}, "
+        f"non-2xx {s['non2xx']:.0f}, list wrapped {s['wraps']:.0f}x (>= 1: every tile was read). "
+        f"The seeded z0-{args.fill_zoom} tiles hold {seeds[0].summary['bytes']} of JPEG "
+        + (
+            "(with 256 B of bookkeeping per entry, more than the 64 MiB L1: L1 ends full)."
+            if seed_bytes + 256 * seeds[0].number("tiles written") > L1_BYTES
+            else "(less than the 64 MiB L1: L1 is NOT full; seed more zoom levels)."
+        ),
+        "",
+        "### Commands",
+        "",
+        "```sh",
+        "# the whole benchmark",
+        shell([bench.python, *sys.argv]),
+        *(f"# {what}\n{command}" for what, command in bench.commands),
+        "# wrk, one of each kind (all of them are in the results folder, wrk-*.txt)",
+        shell(hits_l1.gateway[0].command),
+        shell(memory["fill"].command),
+        shell(colds[0].gateway[0].command),
+        shell(colds[0].direct[0].command),
+        *(seed.command for seed in seeds),
+        "```",
+    ]
+    return "\n".join(lines) + "\n", ok
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--duration", default="5s", help="wrk duration of each hit run (default 5s)")
+    p.add_argument("--rounds", type=int, default=4, help="runs of each side per comparison (4)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections for hits (32)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads for hits (1)")
+    p.add_argument("--cold-duration", default="4s", help="wrk duration of each cold run (4s)")
+    p.add_argument("--cold-list", type=int, default=3000, help="tiles per cold run list (3000)")
+    p.add_argument("--burst", type=int, default=500, help="concurrent requests in (c) (500)")
+    p.add_argument(
+        "--upstream-delay",
+        type=float,
+        default=1.0,
+        help="seconds the ImageServer holds each exportImage during (c) (1.0)",
+    )
+    p.add_argument("--seed-zoom", default="0-7", help="zoom range seeded in (e) (0-7)")
+    p.add_argument(
+        "--cold-backends",
+        default="redis,memory",
+        help="cache backends of the (d) gateway, comma-separated (redis,memory)",
+    )
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the (a)/(b) servers and wrk to separate CPUs (default on)",
+    )
+    p.add_argument("--server-cpu", default="1", help="CPU of the servers under test (1)")
+    p.add_argument("--load-cpu", default="0", help="CPU of wrk and Redis (0)")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="wrk executable")
+    p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every measurement and print the report; 0 when every bound holds."""
+    args = parser().parse_args(argv)
+    for tool in (args.wrk, args.redis_server):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} not found")
+    if args.pin and shutil.which("taskset") is None:
+        raise SystemExit("bench: taskset not found (or use --no-pin)")
+    parse_duration(args.duration)
+    first_zoom, _, last_zoom = args.seed_zoom.partition("-")
+    args.fill_zoom = int(last_zoom or first_zoom)
+    started = datetime.now(UTC)
+    out_dir = RESULTS_DIR / f"cache-{started:%Y%m%dT%H%M%SZ}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, out_dir)
+    import redis as redis_py
+
+    with bench.stack:
+        redis_port = free_port()
+        bench.start(
+            "redis",
+            bench.pinned(
+                [
+                    args.redis_server,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                args.load_cpu,
+            ),
+            redis_port,
+            lambda: redis_py.Redis(port=redis_port).ping(),
+            record="Redis of the run",
+        )
+        redis = redis_py.Redis(port=redis_port)
+        redis_version = f"Redis {redis.info('server')['redis_version']}"
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        upstream_port = free_port()
+        upstream = bench.start(
+            "imageserver",
+            [bench.python, str(SERVERS), "upstream", "--port", str(upstream_port)],
+            upstream_port,
+            bench.http_ready(f"http://127.0.0.1:{upstream_port}/_bench/stats"),
+            record="reference ImageServer with exportImage counter",
+        )
+
+        seeds = [
+            measure_seed(bench, upstream, redis_url, (4, 4), "seed4", args.seed_zoom),
+            measure_seed(bench, upstream, redis_url, (1, 1), "seed1", args.seed_zoom),
+        ]
+        hits_l1, memory = measure_hits_l1(
+            bench, upstream, redis_url, redis, "seed4", args.fill_zoom
+        )
+        hits_redis = measure_hits_redis(bench, upstream, redis_url, redis, "seed4")
+        rng = random.Random()
+        start = rng.randrange(4**COLD_ZOOM)
+        bursts = [
+            measure_burst(bench, upstream, redis_url, 1, cold_tile(COLD_ZOOM, start)),
+            measure_burst(bench, upstream, redis_url, 2, cold_tile(COLD_ZOOM, start + 1000)),
+        ]
+        proxy_port = free_port()
+        proxy = bench.start(
+            "proxy",
+            [
+                bench.python,
+                str(SERVERS),
+                "proxy",
+                "--port",
+                str(proxy_port),
+                *("--upstream", upstream.url),
+            ],
+            proxy_port,
+            lambda: listeners(proxy_port) >= 1,
+            record="(d) bare aiohttp proxy, reference for cold misses",
+        )
+        colds = []
+        offset = start + 2000
+        for n, backend in enumerate(args.cold_backends.split(",")):
+            colds.append(
+                measure_cold(
+                    bench,
+                    upstream,
+                    redis_url if backend == "redis" else None,
+                    offset,
+                    proxy if n == 0 else None,
+                )
+            )
+            offset += 3 * args.rounds * args.cold_list
+        bench.stop(proxy)
+        text, ok = report(
+            bench, started, hits_l1, memory, hits_redis, bursts, colds, seeds, redis_version
+        )
+    (out_dir / "results.md").write_text(text)
+    print(text)
+    print(f"(raw outputs: {out_dir})", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
