@@ -141,7 +141,9 @@ class CacheConfig(_Strict):
     unreachable cache is left alone before it is tried again. ``l1_max_bytes`` bounds the
     in-process LRU in front of the backend (0 turns it off); ``lock_lease`` is how long, in
     seconds, a replica may hold the lock of a metatile it is fetching before others take over;
-    ``purge_poll`` how often, in seconds, a replica looks for purges made by the others.
+    ``purge_poll`` how often, in seconds, a replica looks for purges made by the others;
+    ``max_connections`` bounds each process's Redis connections (per node on a Cluster); a
+    burst beyond it waits for a free connection up to ``timeout``.
     """
 
     backend: Literal["memory", "redis"] | None = None
@@ -152,6 +154,7 @@ class CacheConfig(_Strict):
     l1_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
     lock_lease: Annotated[float, Field(gt=0, le=600)] = 30.0
     purge_poll: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    max_connections: Annotated[int, Field(ge=1, le=10000)] = 100
 
     @field_validator("redis_url")
     @classmethod

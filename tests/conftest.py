@@ -76,7 +76,6 @@ class RedisProcess:
         """Start the server and wait until it accepts connections."""
         self.process = start_redis(self.binary, self.workdir, self.port)
 
-
     def stop(self) -> None:
         """Stop the server (its data is gone: it saves nothing)."""
         if self.process is not None and self.process.poll() is None:

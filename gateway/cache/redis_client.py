@@ -77,14 +77,20 @@ def parse_redis_url(url: str) -> RedisTarget:
     return RedisTarget(kind, transport == "rediss", username, password, hosts, service, db, options)
 
 
-def make_client(url: str, timeout: float) -> redis.Redis | RedisCluster:
+def make_client(url: str, timeout: float, max_connections: int = 100) -> redis.Redis | RedisCluster:
     """A redis-py asyncio client for ``url`` with ``timeout`` seconds for connects and replies.
 
+    A single node gets a blocking pool of ``max_connections``: a burst larger than the pool
+    waits up to ``timeout`` for a connection, where redis-py's default pool fails at once
+    (which would read as an outage and make every waiter fetch for itself).
     Raises ``ValueError`` for a malformed URL.
     """
     common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if "+" not in url.partition("://")[0]:
-        return redis.from_url(url, **common)
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout, **common
+        )
+        return redis.Redis(connection_pool=pool)
     target = parse_redis_url(url)
     auth = {"username": target.username, "password": target.password}
     tls = {"ssl": True} if target.tls else {}

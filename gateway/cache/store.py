@@ -88,7 +88,9 @@ class TileCache:
             self._store = RedisCache(serializer=TileEntrySerializer(), timeout=None)
             # aiocache builds single-node clients only; Sentinel and Cluster clients speak the
             # same commands, so the backend gets the client that fits the URL.
-            self._store.client = make_client(config.redis_url, config.timeout)
+            self._store.client = make_client(
+                config.redis_url, config.timeout, config.max_connections
+            )
             self.redis = self._store.client
         self._timeout = config.timeout
         self._retry_interval = config.retry_interval

@@ -251,3 +251,23 @@ async def test_stale_if_error_stands_in_for_a_failing_upstream(
     assert kept.status == 200 and kept.headers["X-Cache"] == "STALE"
     assert await kept.read() == bodies["kept"]
     assert (await client.get("/tiles/bare/3/3/3.png")).status == 502
+
+
+async def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing_open(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A pool that fails at once when exhausted read as an outage, and then every waiter took
+    # the "lock" and fetched for itself (2 upstream calls with 2 workers in bench/cache.py c).
+    fake_upstream.behaviour = "slow_ok"
+    cache = {"redis_url": redis_url, "prefix": key_prefix, "max_connections": 4}
+    replicas = [await make_gateway({"fake": layer(fake_upstream.url)}, cache) for _ in range(2)]
+    responses = await asyncio.gather(
+        *(replica.get("/tiles/fake/7/20/30.png") for replica in replicas for _ in range(200))
+    )
+    assert {r.status for r in responses} == {200}
+    assert len(fake_upstream.queries) == 1
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
