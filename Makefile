@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-cache clean
 
 # Each stamp records that the virtualenv holds the extras of one target for this pyproject.
 $(VENV)/.demo-installed: pyproject.toml
@@ -33,6 +33,10 @@ lint: $(VENV)/.test-installed
 ## bench: wrk against a demo started for the run (needs wrk)
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/run.py
+
+## bench-cache: the cache benchmarks a-f against bare baselines (needs wrk and redis-server)
+bench-cache: $(VENV)/.test-installed
+	$(BIN)/python bench/cache.py
 
 clean:
 	rm -rf $(VENV) tests/browser/node_modules .pytest_cache .ruff_cache
