@@ -98,7 +98,7 @@ async def _purge(config: GatewayConfig, spec: PurgeSpec) -> int:
         try:
             purger.check(spec)
         except (UnknownLayer, UnknownTileMatrixSet, ValueError) as exc:
-            print(f"tile-gateway purge: {str(exc).strip(chr(39))}", file=sys.stderr)
+            print(f"tile-gateway purge: {exc}", file=sys.stderr)
             return 2
         if not await pipeline.cache.ping():
             print(f"tile-gateway purge: cannot reach {pipeline.cache.description}", file=sys.stderr)

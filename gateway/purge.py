@@ -93,7 +93,7 @@ class Purger:
         """Raise ``UnknownLayer``, ``UnknownTileMatrixSet`` or ``ValueError`` for a bad spec."""
         layer = self.pipeline.layers.get(spec.layer)
         if layer is None:
-            raise UnknownLayer(spec.layer)
+            raise UnknownLayer(f"unknown layer {spec.layer!r}")
         if spec.tms is not None and spec.tms not in layer.grids:
             raise UnknownTileMatrixSet(f"layer {spec.layer!r} is not served in {spec.tms!r}")
         if spec.zoom is not None and spec.zoom[0] > spec.zoom[1]:

@@ -101,7 +101,7 @@ async def purge(request: web.Request) -> web.Response:
         )
         result = await request.app[PURGER].purge(spec)
     except (UnknownLayer, UnknownTileMatrixSet) as exc:
-        return json_error(404, str(exc).strip("'"))
+        return json_error(404, str(exc))
     except PurgeTooLarge as exc:
         return json_error(413, str(exc))
     except ValueError as exc:
