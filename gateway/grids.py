@@ -74,22 +74,35 @@ class Grid:
         return self.tms.maxzoom
 
     @cached_property
+    def matrix_sizes(self) -> dict[int, tuple[int, int]]:
+        """``(matrixWidth, matrixHeight)`` in tiles of every TileMatrix, by identifier.
+
+        Kept as plain ints because every tile request checks them, and morecantile's
+        ``matrix(z)`` builds its answer anew on each call.
+        """
+        return {
+            z: (self.tms.matrix(z).matrixWidth, self.tms.matrix(z).matrixHeight)
+            for z in range(self.tms.minzoom, self.tms.maxzoom + 1)
+        }
+
+    @cached_property
     def crs(self) -> CRS:
         """The CRS of the set (pyproj), in its authority's axis order."""
         return self.tms.crs._pyproj_crs
 
     def check(self, z: int, x: int, y: int) -> None:
         """Raise ``TileOutOfRange`` unless TileMatrix ``z`` holds TileCol ``x``, TileRow ``y``."""
-        if not self.tms.minzoom <= z <= self.tms.maxzoom:
+        size = self.matrix_sizes.get(z)
+        if size is None:
             raise TileOutOfRange(f"TileMatrix {z} is not in {self.identifier}", "TileMatrix")
-        matrix = self.tms.matrix(z)
-        if not 0 <= x < matrix.matrixWidth:
+        width, height = size
+        if not 0 <= x < width:
             raise TileOutOfRange(
-                f"TileCol {x} is outside 0..{matrix.matrixWidth - 1} at TileMatrix {z}", "TileCol"
+                f"TileCol {x} is outside 0..{width - 1} at TileMatrix {z}", "TileCol"
             )
-        if not 0 <= y < matrix.matrixHeight:
+        if not 0 <= y < height:
             raise TileOutOfRange(
-                f"TileRow {y} is outside 0..{matrix.matrixHeight - 1} at TileMatrix {z}", "TileRow"
+                f"TileRow {y} is outside 0..{height - 1} at TileMatrix {z}", "TileRow"
             )
 
     def bbox(self, z: int, x: int, y: int) -> tuple[float, float, float, float]:
@@ -113,12 +126,12 @@ class Grid:
         """The tiles of TileMatrix ``z`` that intersect ``extent`` (x/y order, CRS units), as
         WMTS TileMatrixLimits (07-057r7 section 7.2.4.6.3); ``None`` when none does."""
         left, top, span_x, span_y = self._origin(z)
-        matrix = self.tms.matrix(z)
+        width, height = self.matrix_sizes[z]
         xmin, ymin, xmax, ymax = extent
         min_col = max(0, math.floor((xmin - left) / span_x + _EDGE))
-        max_col = min(matrix.matrixWidth - 1, math.ceil((xmax - left) / span_x - _EDGE) - 1)
+        max_col = min(width - 1, math.ceil((xmax - left) / span_x - _EDGE) - 1)
         min_row = max(0, math.floor((top - ymax) / span_y + _EDGE))
-        max_row = min(matrix.matrixHeight - 1, math.ceil((top - ymin) / span_y - _EDGE) - 1)
+        max_row = min(height - 1, math.ceil((top - ymin) / span_y - _EDGE) - 1)
         if min_col > max_col or min_row > max_row:
             return None
         return (min_col, max_col, min_row, max_row)
@@ -267,19 +280,19 @@ def metatile(
     on multiples of ``size``, clipped at the matrix edges, with ``buffer`` pixels added on every
     side that is not a matrix edge (MapProxy's meta_size/meta_buffer). ``scale`` multiplies the
     tile's pixels."""
-    matrix = grid.tms.matrix(z)
+    matrix_width, matrix_height = grid.matrix_sizes[z]
     col0, row0 = x - x % size[0], y - y % size[1]
-    cols = min(size[0], matrix.matrixWidth - col0)
-    rows = min(size[1], matrix.matrixHeight - row0)
+    cols = min(size[0], matrix_width - col0)
+    rows = min(size[1], matrix_height - row0)
     left, _, _, top = grid.bbox(z, col0, row0)
     _, bottom, right, _ = grid.bbox(z, col0 + cols - 1, row0 + rows - 1)
     tile_px = grid.tile_size * scale
     resolution_x = (right - left) / (cols * tile_px)
     resolution_y = (top - bottom) / (rows * tile_px)
     pad_left = buffer if col0 > 0 else 0
-    pad_right = buffer if col0 + cols < matrix.matrixWidth else 0
+    pad_right = buffer if col0 + cols < matrix_width else 0
     pad_top = buffer if row0 > 0 else 0
-    pad_bottom = buffer if row0 + rows < matrix.matrixHeight else 0
+    pad_bottom = buffer if row0 + rows < matrix_height else 0
     return MetaTile(
         z=z,
         col0=col0,

@@ -122,8 +122,8 @@ class Purger:
                 continue
             for z in range(low, high + 1):
                 if extent is None:
-                    matrix = grid.tms.matrix(z)
-                    limits = (0, matrix.matrixWidth - 1, 0, matrix.matrixHeight - 1)
+                    width, height = grid.matrix_sizes[z]
+                    limits = (0, width - 1, 0, height - 1)
                 else:
                     found = grid.limits(extent, z)
                     if found is None:

@@ -171,8 +171,8 @@ class Layer:
         key = (grid.identifier, z)
         if key not in self._limits:
             if self.bounds is None:
-                matrix = grid.tms.matrix(z)
-                self._limits[key] = (0, matrix.matrixWidth - 1, 0, matrix.matrixHeight - 1)
+                width, height = grid.matrix_sizes[z]
+                self._limits[key] = (0, width - 1, 0, height - 1)
             else:
                 extent = grid.extent_from_wgs84(self.bounds)
                 self._limits[key] = None if extent is None else grid.limits(extent, z)
