@@ -19,6 +19,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     async with open_pipeline(config) as pipeline:
         app[PIPELINE] = pipeline
+        if pipeline.cache.l1 is not None:
+            app[xyz.HIT_ANSWERS] = xyz.HitAnswers(pipeline.cache.l1)
         await load_service_info(list(pipeline.layers.values()), config.server.startup_timeout)
         purger = app[PURGER] = Purger(pipeline)
         await purger.start()

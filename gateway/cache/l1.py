@@ -12,17 +12,31 @@ from cachetools import TLRUCache
 
 from gateway.cache.codec import TileEntry
 
-# Bookkeeping per entry beyond the tile bytes (key, header strings, the cache's own links),
-# counted so that many tiny tiles cannot exceed the byte budget by much.
-_OVERHEAD = 256
+# Bookkeeping per entry beyond the tile bytes (key, header strings, the cache's own links, and
+# a front end's prepared answer), counted so that many tiny tiles cannot exceed the byte budget
+# by much.
+_OVERHEAD = 512
 
 
-def _size(item: tuple[TileEntry, float]) -> int:
-    return len(item[0].data) + _OVERHEAD
+class L1Item:
+    """One L1 entry: the tile, its expiry (epoch seconds), and ``prepared``: whatever a front
+    end derived from this very entry to answer it faster (``None`` until one does). It lives and
+    dies with the entry, so expiry, eviction and purges drop it too."""
+
+    __slots__ = ("entry", "expires", "prepared")
+
+    def __init__(self, entry: TileEntry, expires: float) -> None:
+        self.entry = entry
+        self.expires = expires
+        self.prepared: object = None
 
 
-def _expiry(_key: str, item: tuple[TileEntry, float], _now: float) -> float:
-    return item[1]
+def _size(item: L1Item) -> int:
+    return len(item.entry.data) + _OVERHEAD
+
+
+def _expiry(_key: str, item: L1Item, _now: float) -> float:
+    return item.expires
 
 
 class MemoryTier:
@@ -32,7 +46,7 @@ class MemoryTier:
     """
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
-        self._entries: TLRUCache[str, tuple[TileEntry, float]] = TLRUCache(
+        self._entries: TLRUCache[str, L1Item] = TLRUCache(
             maxsize=max_bytes, ttu=_expiry, timer=clock, getsizeof=_size
         )
 
@@ -41,17 +55,38 @@ class MemoryTier:
         """Bytes held now (tile bytes plus a fixed overhead per entry)."""
         return int(self._entries.currsize)
 
+    def _item(self, key: str) -> L1Item | None:
+        # Indexing checks expiry and recency once; TLRUCache.get would check membership first.
+        try:
+            return self._entries[key]
+        except KeyError:
+            return None
+
     def get(self, key: str) -> TileEntry | None:
         """The live entry under ``key``, or ``None``."""
-        item = self._entries.get(key)
-        return None if item is None else item[0]
+        item = self._item(key)
+        return None if item is None else item.entry
+
+    def prepared(self, key: str) -> object:
+        """The prepared answer attached to the live entry under ``key`` (see ``prepare``), or
+        ``None``; a lookup counts as a use of the entry."""
+        item = self._item(key)
+        return None if item is None else item.prepared
+
+    def prepare(self, key: str, entry: TileEntry, prepared: object) -> None:
+        """Attach ``prepared`` to the entry under ``key`` if that entry is still ``entry``
+        (not replaced, expired or dropped meanwhile)."""
+        item = self._item(key)
+        if item is not None and item.entry is entry:
+            item.prepared = prepared
 
     def put(self, key: str, entry: TileEntry, expires: float) -> None:
         """Keep ``entry`` until ``expires`` (epoch seconds); an entry larger than the whole
         budget is not kept."""
-        if _size((entry, expires)) > self._entries.maxsize:
+        item = L1Item(entry, expires)
+        if _size(item) > self._entries.maxsize:
             return
-        self._entries[key] = (entry, expires)
+        self._entries[key] = item
 
     def discard(self, keys: Iterable[str]) -> None:
         """Drop these keys if present."""

@@ -9,10 +9,13 @@ same bbox for high-density screens.
 from __future__ import annotations
 
 import re
+import time
 from email.utils import formatdate
 
 from aiohttp import web
 
+from gateway.cache.codec import TileEntry
+from gateway.cache.l1 import MemoryTier
 from gateway.grids import RETINA, WEB_MERCATOR_QUAD, TileOutOfRange
 from gateway.services.common import PIPELINE, json_error, upstream_error
 from gateway.sources.imageserver import UpstreamError
@@ -29,24 +32,83 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
 
 
+def _headers(entry: TileEntry, cache_status: str, cache_control: str) -> dict[str, str]:
+    return {
+        "Content-Type": entry.content_type,
+        "ETag": entry.etag,
+        "Cache-Control": cache_control,
+        "X-Cache": cache_status,
+        "Last-Modified": formatdate(entry.upstream_time or entry.created, usegmt=True),
+    }
+
+
 def tile_response(request: web.Request, result: TileResult, cache_control: str) -> web.Response:
     """The HTTP answer for a tile: 200 with the bytes, or 304 when ``If-None-Match`` matches."""
     entry = result.entry
-    headers = {
-        "ETag": entry.etag,
-        "Cache-Control": cache_control,
-        "X-Cache": result.cache_status,
-        "Last-Modified": formatdate(entry.upstream_time or entry.created, usegmt=True),
-    }
+    headers = _headers(entry, result.cache_status, cache_control)
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None and _matches(if_none_match, entry.etag):
+        del headers["Content-Type"]
         return web.Response(status=304, headers=headers)
-    return web.Response(body=entry.data, content_type=entry.content_type, headers=headers)
+    return web.Response(body=entry.data, headers=headers)
+
+
+class HitAnswers:
+    """Ready answers to repeated XYZ hits: the tile key of each request path seen, and on the
+    L1 entry of that key (``MemoryTier.prepare``) the answer's headers and the end of the
+    entry's freshness (epoch seconds).
+
+    A hit of a path seen before is then a dict lookup, an L1 lookup and a ``web.Response`` of
+    prebuilt headers, instead of parsing, resolving and keying the tile again: the handler's
+    own work is most of a hit's cost (bench/README.md, figure a). The answer lives on the L1
+    entry, so whatever drops or replaces the entry (expiry, eviction, purges, a refresh) drops
+    it too; past its freshness, or with ``If-None-Match``, the request takes the full path.
+    ``max_paths`` bounds the path table (oldest forgotten first).
+    """
+
+    def __init__(self, l1: MemoryTier, max_paths: int = 100_000) -> None:
+        self._l1 = l1
+        self._keys: dict[str, str] = {}
+        self._max_paths = max_paths
+
+    def answer(self, request: web.Request) -> web.Response | None:
+        """The 200 answer to ``request`` from a prepared entry, or ``None``."""
+        key = self._keys.get(request.path)
+        if key is None or "If-None-Match" in request.headers:
+            return None
+        prepared = self._l1.prepared(key)
+        if prepared is None:
+            return None
+        entry, headers, fresh_until = prepared  # type: ignore[misc]
+        if time.time() >= fresh_until:
+            return None
+        return web.Response(body=entry.data, headers=headers)
+
+    def remember(
+        self, request: web.Request, key: str, entry: TileEntry, cache_control: str, ttl: int
+    ) -> None:
+        """Prepare the answers of later hits of ``request.path``, served by ``entry`` (under
+        ``key``) for ``ttl`` seconds after it was made."""
+        path = request.path
+        if self._keys.get(path) != key:
+            if len(self._keys) >= self._max_paths:
+                del self._keys[next(iter(self._keys))]
+            self._keys[path] = key
+        headers = _headers(entry, "HIT", cache_control)
+        self._l1.prepare(key, entry, (entry, headers, entry.created + ttl))
+
+
+HIT_ANSWERS = web.AppKey("hit_answers", HitAnswers)
 
 
 async def get_tile(request: web.Request) -> web.Response:
     """Answer one XYZ tile; errors are JSON (404 unknown layer, TileMatrixSet or tile, 400 bad
     extension or coordinates, 502/504 upstream failure)."""
+    answers = request.app.get(HIT_ANSWERS)
+    if answers is not None:
+        ready = answers.answer(request)
+        if ready is not None:
+            return ready
     pipeline = request.app[PIPELINE]
     layer = request.match_info["layer"]
     tms = request.match_info.get("tms", WEB_MERCATOR_QUAD)
@@ -83,7 +145,12 @@ async def get_tile(request: web.Request) -> web.Response:
         result = await pipeline.get_tile(tile)
     except UpstreamError as exc:
         return upstream_error(layer, exc)
-    return tile_response(request, result, pipeline.layers[layer].cache_control)
+    config = pipeline.layers[layer]
+    if answers is not None and result.cache_status != "STALE":
+        answers.remember(
+            request, pipeline.key(tile), result.entry, config.cache_control, config.config.ttl
+        )
+    return tile_response(request, result, config.cache_control)
 
 
 def routes() -> list[web.RouteDef]:
