@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.base import BaseCache
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from gateway.cache.codec import TileEntry, TileEntrySerializer, decode_entry, encode_entry
@@ -96,6 +97,9 @@ class TileCache:
         self._retry_interval = config.retry_interval
         self._down_since: float | None = None
         self._next_probe = 0.0
+        # L2 reads asked for in the current event-loop turn, sent together as one MGET.
+        self._pending: dict[str, list[asyncio.Future[TileEntry | None]]] | None = None
+        self._reads: set[asyncio.Task[None]] = set()
 
     @property
     def available(self) -> bool:
@@ -150,10 +154,56 @@ class TileCache:
             entry = self.l1.get(key)
             if entry is not None:
                 return entry
-        entry = await self.call("get", lambda: self._store.get(key), None)
+        if self.backend == "memory":
+            entry = await self.call("get", lambda: self._store.get(key), None)
+        else:
+            entry = await self._batched_get(key)
         if entry is not None and self.l1 is not None:
             self.l1.put(key, entry, entry.created + keep)
         return entry
+
+    def _batched_get(self, key: str) -> asyncio.Future[TileEntry | None]:
+        """The L2 entry under ``key``, read with every other key asked in this loop turn.
+
+        The first read of a turn schedules the batch for the next turn, so a lone request waits
+        for no timer and concurrent ones share one round trip and redis-py's per-command cost
+        (a DataLoader); a key asked twice is read once.
+        """
+        loop = asyncio.get_running_loop()
+        if self._pending is None:
+            self._pending = {}
+            loop.call_soon(self._send_batch)
+        future: asyncio.Future[TileEntry | None] = loop.create_future()
+        self._pending.setdefault(key, []).append(future)
+        return future
+
+    def _send_batch(self) -> None:
+        batch, self._pending = self._pending or {}, None
+        task = asyncio.get_running_loop().create_task(self._read_batch(batch))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _read_batch(self, batch: dict[str, list[asyncio.Future[TileEntry | None]]]) -> None:
+        keys = list(batch)
+        try:
+            entries = await self.call("get", lambda: self._multi_get(keys), [None] * len(keys))
+        except BaseException as exc:
+            for waiters in batch.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+            raise
+        for key, entry in zip(keys, entries, strict=True):
+            for waiter in batch[key]:
+                if not waiter.done():  # a cancelled request
+                    waiter.set_result(entry)
+
+    async def _multi_get(self, keys: list[str]) -> list[TileEntry | None]:
+        if isinstance(self.redis, RedisCluster):
+            # aiocache's MGET would be refused across hash slots; redis-py splits it by slot.
+            values = await self.redis.mget_nonatomic(keys)
+            return [None if value is None else decode_entry(value) for value in values]
+        return list(await self._store.multi_get(keys))
 
     async def get_many(self, keys: Sequence[str]) -> list[TileEntry | None]:
         """Entries under ``keys`` (L2 only, one MGET per batch); ``None`` where missing."""
@@ -277,7 +327,9 @@ class TileCache:
         return True
 
     async def close(self) -> None:
-        """Release the backend's connections."""
+        """Release the backend's connections (after the reads in flight)."""
+        if self._reads:
+            await asyncio.gather(*self._reads, return_exceptions=True)
         if self.redis is not None:
             await self.redis.aclose()
         else:
