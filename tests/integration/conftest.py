@@ -7,6 +7,7 @@ test sets ``behaviour`` to make exportImage answer the way a broken ArcGIS does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 from collections.abc import Awaitable, Callable
@@ -54,6 +55,13 @@ def gradient_png(width: int, height: int) -> bytes:
 async def _gradient(query: MultiDict[str]) -> web.Response:
     width, height = (int(v) for v in query["size"].split(","))
     return web.Response(body=gradient_png(width, height), content_type="image/png")
+
+
+async def _by_bbox(query: MultiDict[str]) -> web.Response:
+    # A colour of each bbox: tiles that must differ do, so a mix-up between keys shows.
+    width, height = (int(v) for v in query["size"].split(","))
+    colour = tuple(hashlib.blake2b(query["bbox"].encode(), digest_size=3).digest())
+    return web.Response(body=encode_image("png", (width, height), colour), content_type="image/png")
 
 
 async def _slow_ok(query: MultiDict[str]) -> web.Response:
@@ -129,6 +137,7 @@ BEHAVIOURS: dict[str, Callable[[MultiDict[str]], Awaitable[web.Response]]] = {
     "wrong_magic": _wrong_magic,
     "truncated": _truncated,
     "gradient": _gradient,
+    "by_bbox": _by_bbox,
     "slow_ok": _slow_ok,
     "slow500": _slow500,
 }

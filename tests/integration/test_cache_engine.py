@@ -10,10 +10,13 @@ from collections import Counter
 import numpy as np
 import pytest
 import redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
 from PIL import Image
 
 from gateway.cache.codec import TileEntry
 from gateway.cache.l1 import MemoryTier
+from gateway.services import xyz
 from tests.conftest import MakeGateway, RedisProcess
 from tests.integration.conftest import FakeUpstream
 
@@ -32,7 +35,7 @@ def decode(body: bytes) -> np.ndarray:
 def test_l1_is_bounded_in_bytes_and_honours_expiry() -> None:
     now = [1000.0]
     tier = MemoryTier(10_000, clock=lambda: now[0])
-    entry = TileEntry(b"x" * 3000, "image/png", '"a"', 1000.0)
+    entry = TileEntry(b"x" * 2800, "image/png", '"a"', 1000.0)  # 3 fit, with overhead
     for name in "abc":
         tier.put(name, entry, expires=1010.0)
     assert tier.get("a") is not None  # a is now the most recently used
@@ -56,6 +59,117 @@ async def test_l1_hits_need_no_redis(
     response = await client.get("/tiles/fake/2/1/1.png")
     assert response.status == 200 and response.headers["X-Cache"] == "HIT"
     assert len(fake_upstream.queries) == 1
+
+
+# -- repeated hits: ready answers from L1 (XYZ) -------------------------------------------------
+
+ANSWER_HEADERS = ("Content-Type", "ETag", "Cache-Control", "X-Cache", "Last-Modified")
+CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers")
+
+
+async def test_a_repeated_hit_answers_exactly_as_the_first_hit(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway({"fake": layer(fake_upstream.url, meta_size=[1, 1])})
+    path = "/tiles/fake/3/2/1.png"
+    miss, first_hit, ready_hit = [await client.get(path) for _ in range(3)]
+    assert [r.headers["X-Cache"] for r in (miss, first_hit, ready_hit)] == ["MISS", "HIT", "HIT"]
+    answers = client.server.app[xyz.HIT_ANSWERS]
+    assert answers.answer(_request(client, path)) is not None  # the third one was a ready answer
+    for name in (*ANSWER_HEADERS, *CORS_HEADERS, "Content-Length"):
+        assert ready_hit.headers[name] == first_hit.headers[name], name
+    assert await ready_hit.read() == await first_hit.read() == await miss.read()
+    assert len(fake_upstream.queries) == 1
+    # Revalidation still takes the full path: 304 without a body.
+    revalidated = await client.get(path, headers={"If-None-Match": first_hit.headers["ETag"]})
+    assert revalidated.status == 304 and await revalidated.read() == b""
+    assert "Content-Type" not in revalidated.headers
+
+
+async def test_ready_answers_end_with_freshness_and_with_purges(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TILE_GATEWAY_ADMIN_TOKEN", "t")
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url, ttl=1, stale_while_revalidate=60, meta_size=[1, 1])},
+        {"purge_poll": 0.05},
+    )
+    path = "/tiles/fake/3/2/1.png"
+    for _ in range(3):
+        await client.get(path)
+    await asyncio.sleep(1.1)  # past the TTL, still in L1: the ready answer must not be served
+    assert (await client.get(path)).headers["X-Cache"] == "STALE"
+    for _ in range(100):  # the background refresh lands
+        if len(fake_upstream.queries) == 2:
+            break
+        await asyncio.sleep(0.02)
+    for _ in range(2):
+        assert (await client.get(path)).headers["X-Cache"] == "HIT"
+    fake_upstream.behaviour = "gradient"
+    purge = await client.post(
+        "/admin/purge",
+        json={"layer": "fake", "zoom": "3"},
+        headers={"Authorization": "Bearer t"},
+    )
+    assert purge.status == 200, await purge.text()
+    after = await client.get(path)
+    assert after.headers["X-Cache"] == "MISS"
+    assert await after.read() == await (await client.get(path)).read()
+    assert len(fake_upstream.queries) == 3
+
+
+def _request(client: TestClient, path: str) -> web.Request:
+    return make_mocked_request("GET", path, app=client.server.app)
+
+
+# -- L2 reads ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deployment", ["single", "cluster"])
+async def test_concurrent_l2_reads_share_mgets(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    request: pytest.FixtureRequest,
+    deployment: str,
+    key_prefix: str,
+) -> None:
+    url = request.getfixturevalue("redis_url" if deployment == "single" else "redis_cluster_url")
+    cache = {"redis_url": url, "prefix": key_prefix, "l1_max_bytes": 0}
+    writer, reader = [
+        await make_gateway({"fake": layer(fake_upstream.url, meta_size=[1, 1])}, cache)
+        for _ in "wr"
+    ]
+    fake_upstream.behaviour = "by_bbox"
+    paths = [f"/tiles/fake/4/{x}/{y}.png" for x in range(4) for y in range(4)]
+    expected = {p: await (await writer.get(p)).read() for p in paths}
+    assert len(set(expected.values())) == len(paths)  # every tile has bytes of its own
+    before = _commands(url)
+    responses = await asyncio.gather(*(reader.get(p) for p in paths for _ in range(5)))
+    used = _commands(url) - before
+    assert {r.status for r in responses} == {200}
+    assert {r.headers["X-Cache"] for r in responses} == {"HIT"}
+    for response in responses:
+        assert await response.read() == expected[response.url.path]
+    assert len(fake_upstream.queries) == len(paths)
+    # 80 reads of 16 keys: fewer MGETs than requests, and no single GET.
+    assert used["get"] == 0
+    assert 1 <= used["mget"] < len(responses)
+
+
+def _commands(url: str) -> Counter[str]:
+    """Calls per command so far, summed over every master of the deployment."""
+    nodes = [url] if url.startswith("redis://") else url.removeprefix("redis+cluster://").split(",")
+    calls: Counter[str] = Counter()
+    for node in nodes:
+        client = redis.Redis.from_url(node if "://" in node else f"redis://{node}")
+        try:
+            for name, stats in client.info("commandstats").items():
+                calls[name.removeprefix("cmdstat_")] += stats["calls"]
+        finally:
+            client.close()
+    return calls
 
 
 # -- coalescing ---------------------------------------------------------------------------------
