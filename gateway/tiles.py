@@ -325,23 +325,22 @@ class TilePipeline:
 
         Raises ``UpstreamError``.
         """
-        layer = self.layers[request.layer]
-
-        async def ready(wanted: str) -> TileEntry | None:
-            entry = await self.cache.get(wanted, layer.config.storage_ttl)
-            fresh = entry is not None and time.time() - entry.created < layer.config.ttl
-            return entry if fresh else None
-
+        config = self.layers[request.layer].config
         return await self.flight.fetch(
-            self.lock_key(request, meta), key, ready, lambda: self.produce(request, meta)
+            self.lock_key(request, meta),
+            key,
+            lambda: self.produce(request, meta),
+            config.ttl,
+            config.storage_ttl,
         )
 
     async def produce(self, request: TileRequest, meta: MetaTile) -> dict[str, TileEntry]:
-        """One exportImage call for ``meta``; every tile of it stored in one round trip.
+        """One exportImage call for ``meta``: every tile of it by cache key (coalescing stores
+        them).
 
         A 1 x 1 metatile without buffer keeps the upstream's bytes as they are; a larger one is
         asked as PNG (lossless, with alpha) and cut and encoded per tile in a worker thread.
-        Raises ``UpstreamError`` (nothing stored then).
+        Raises ``UpstreamError``.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
@@ -371,15 +370,12 @@ class TilePipeline:
             )
         now = time.time()
         content_type = EXPORT_FORMATS[request.ext][1]
-        items = [
-            (
-                self.key(replace(request, x=col, y=row)),
-                TileEntry(data, content_type, strong_etag(data), now, image.last_modified),
+        return {
+            self.key(replace(request, x=col, y=row)): TileEntry(
+                data, content_type, strong_etag(data), now, image.last_modified
             )
             for (col, row, _), data in zip(crops, tiles, strict=True)
-        ]
-        await self.cache.set_many(items, layer.config.storage_ttl)
-        return dict(items)
+        }
 
     def _refresh_later(self, request: TileRequest, key: str) -> None:
         """Start one background refresh of the request's metatile unless one is running."""

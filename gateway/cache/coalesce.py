@@ -6,19 +6,23 @@ another process that finds the lock taken waits for the tiles to appear in the c
 of calling the upstream. A lock that is released or expires without the tiles lets a waiter
 fetch for itself. An upstream error reaches the waiters of that fetch once and is never
 cached.
+
+On Redis a miss costs two round trips around the upstream call: "the tile, else the lock"
+before it and "store the tiles, then release the lock" after it, each one script
+(``TileCache.get_or_lock`` and ``TileCache.set_many``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from gateway.cache.codec import TileEntry
 from gateway.cache.store import TileCache
 
 Produce = Callable[[], Awaitable[dict[str, TileEntry]]]
-Ready = Callable[[str], Awaitable[TileEntry | None]]
 
 
 class SingleFlight:
@@ -39,27 +43,28 @@ class SingleFlight:
         return lock_key in self._inflight
 
     async def fetch(
-        self, lock_key: str, key: str, ready: Ready, produce: Produce
+        self, lock_key: str, key: str, produce: Produce, ttl: float, keep: int
     ) -> tuple[TileEntry, bool]:
         """The entry for ``key`` and whether this call fetched it from the upstream.
 
-        ``ready(key)`` reads a usable (fresh) entry from the cache; ``produce()`` calls the
-        upstream and stores every tile of the metatile, returning them by key. Raises what
-        ``produce`` raises (to this caller and to the callers waiting on it).
+        An entry younger than ``ttl`` seconds in the cache is used as it is; else
+        ``produce()`` calls the upstream and returns every tile of the metatile by key, and
+        they are stored for ``keep`` seconds. Raises what ``produce`` raises (to this caller
+        and to the callers waiting on it); nothing is stored then.
         """
         while True:
             future = self._inflight.get(lock_key)
             if future is None:
                 break
             tiles = await asyncio.shield(future)
-            entry = tiles.get(key) or await ready(key)
+            entry = tiles.get(key) or await self._ready(key, ttl, keep)
             if entry is not None:
                 return entry, False
             # The leader only saw another replica's tiles, not ours: look again.
         future = asyncio.get_running_loop().create_future()
         self._inflight[lock_key] = future
         try:
-            tiles, produced = await self._lead(lock_key, key, ready, produce)
+            tiles, produced = await self._lead(lock_key, key, produce, ttl, keep)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # marks it retrieved: with no waiter, nothing is left to log
@@ -70,25 +75,37 @@ class SingleFlight:
             del self._inflight[lock_key]
         return tiles[key], produced
 
+    async def _ready(self, key: str, ttl: float, keep: int) -> TileEntry | None:
+        entry = await self.cache.get(key, keep)
+        return entry if entry is not None and _fresh(entry, ttl) else None
+
     async def _lead(
-        self, lock_key: str, key: str, ready: Ready, produce: Produce
+        self, lock_key: str, key: str, produce: Produce, ttl: float, keep: int
     ) -> tuple[dict[str, TileEntry], bool]:
         token = secrets.token_hex(16)
+        found = await self.cache.get_or_lock(key, keep, lock_key, token, self.lease)
         while True:
-            if await self.cache.try_lock(lock_key, token, self.lease):
+            if isinstance(found, TileEntry):
+                if _fresh(found, ttl):
+                    return {key: found}, False
+                # A stale copy (kept for stale serving): the lock alone decides who refreshes.
+                found = await self.cache.try_lock(lock_key, token, self.lease)
+            if found:
                 try:
-                    # Another replica may have stored the tiles just before the lock was free.
-                    entry = await ready(key)
-                    if entry is not None:
-                        return {key: entry}, False
-                    return await produce(), True
-                finally:
+                    tiles = await produce()
+                except BaseException:
                     await self.cache.unlock(lock_key, token)
+                    raise
+                await self.cache.set_many(list(tiles.items()), keep, unlock=(lock_key, token))
+                return tiles, True
+            # Another process fetches: wait for its tiles, or for its lock to go.
             while await self.cache.locked(lock_key):
                 await asyncio.sleep(self.poll)
-                entry = await ready(key)
+                entry = await self._ready(key, ttl, keep)
                 if entry is not None:
                     return {key: entry}, False
-            entry = await ready(key)
-            if entry is not None:
-                return {key: entry}, False
+            found = await self.cache.get_or_lock(key, keep, lock_key, token, self.lease)
+
+
+def _fresh(entry: TileEntry, ttl: float) -> bool:
+    return time.time() - entry.created < ttl

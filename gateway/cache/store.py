@@ -33,6 +33,22 @@ _BATCH = 500
 _UNLOCK = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
+# KEYS: a tile, its metatile's lock; ARGV: our token, the lease in ms. The tile's entry if it
+# is there (no lock taken), else 1 when the lock is now ours, else 0.
+_GET_OR_LOCK = """
+local entry = redis.call('get', KEYS[1])
+if entry then return entry end
+if redis.call('set', KEYS[2], ARGV[1], 'nx', 'px', ARGV[2]) then return 1 end
+return 0
+"""
+# KEYS: the tiles, then their lock; ARGV: the expiry in s, our token, then one entry per tile.
+# Every tile is stored before the lock goes, so whoever waited on the lock finds them.
+_STORE_AND_UNLOCK = """
+local lock = #KEYS
+for i = 1, lock - 1 do redis.call('set', KEYS[i], ARGV[i + 2], 'ex', ARGV[1]) end
+if redis.call('get', KEYS[lock]) == ARGV[2] then redis.call('del', KEYS[lock]) end
+return lock - 1
+"""
 T = TypeVar("T")
 
 
@@ -84,6 +100,7 @@ class TileCache:
         if self.backend == "memory":
             self._store = SimpleMemoryCache(serializer=TileEntrySerializer(), timeout=None)
             self.redis: Any = None
+            self._scripts = False
         else:
             assert config.redis_url is not None  # guaranteed by CacheConfig validation
             self._store = RedisCache(serializer=TileEntrySerializer(), timeout=None)
@@ -93,6 +110,12 @@ class TileCache:
                 config.redis_url, config.timeout, config.max_connections
             )
             self.redis = self._store.client
+            # Scripts touch a tile and its lock together, which a Cluster refuses across hash
+            # slots: there the same steps are separate commands.
+            self._scripts = not isinstance(self.redis, RedisCluster)
+            if self._scripts:
+                self._get_or_lock = self.redis.register_script(_GET_OR_LOCK)
+                self._store_and_unlock = self.redis.register_script(_STORE_AND_UNLOCK)
         self._timeout = config.timeout
         self._retry_interval = config.retry_interval
         self._down_since: float | None = None
@@ -229,23 +252,47 @@ class TileCache:
 
         return await self.call("get", fetch, [None] * len(keys))
 
-    async def set_many(self, items: Sequence[tuple[str, TileEntry]], ttl: int) -> None:
-        """Store entries for ``ttl`` seconds: value and expiry of each in one SET EX, all in one
-        round trip (a pipeline; per node on a Cluster). Failures are logged and swallowed."""
+    async def set_many(
+        self,
+        items: Sequence[tuple[str, TileEntry]],
+        ttl: int,
+        unlock: tuple[str, str] | None = None,
+    ) -> None:
+        """Store entries for ``ttl`` seconds (value and expiry of each in one SET EX) in one
+        round trip, then release the lock ``unlock`` (key, token) if given and still ours: one
+        script on a single node or Sentinel, a pipeline per node and an unlock on a Cluster.
+        Failures are logged and swallowed (the lock then expires with its lease)."""
         if self.l1 is not None:
             for key, entry in items:
                 self.l1.put(key, entry, entry.created + ttl)
         if self.backend == "memory":
             await self.call("set", lambda: self._store.multi_set(list(items), ttl=ttl), None)
             return
+        if self._scripts and unlock is not None:
+            lock_key, token = unlock
+            await self.call(
+                "set",
+                lambda: self._store_and_unlock(
+                    keys=[*(key for key, _ in items), lock_key],
+                    args=[ttl, token, *(encode_entry(entry) for _, entry in items)],
+                ),
+                None,
+            )
+            return
 
         async def store() -> None:
+            if len(items) == 1:
+                key, entry = items[0]
+                await self.redis.set(key, encode_entry(entry), ex=ttl)
+                return
             pipe = self.redis.pipeline(transaction=False)
             for key, entry in items:
                 pipe.set(key, encode_entry(entry), ex=ttl)
             await pipe.execute()
 
         await self.call("set", store, None)
+        if unlock is not None:
+            await self.unlock(*unlock)
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Delete keys from L1 and L2 in batches of pipelined DELs; returns how many L2 had."""
@@ -268,6 +315,39 @@ class TileCache:
             return deleted
 
         return await self.call("delete", delete, 0)
+
+    async def get_or_lock(
+        self, key: str, keep: int, lock_key: str, token: str, lease: float
+    ) -> TileEntry | bool:
+        """The entry under ``key`` if the cache has one (kept in L1 as ``get`` does; no lock
+        taken then), else whether the lock ``lock_key`` is now ours for ``lease`` seconds
+        (see ``try_lock``): one atomic script on a single node or Sentinel, else lock then
+        read (releasing the lock when the entry is there)."""
+        if not self._scripts or self.redis is None:
+            if not await self.try_lock(lock_key, token, lease):
+                return False
+            entry = await self.get(key, keep)
+            if entry is None:
+                return True
+            await self.unlock(lock_key, token)
+            return entry
+        if self.l1 is not None:
+            entry = self.l1.get(key)
+            if entry is not None:
+                return entry
+        found = await self.call(
+            "lock",
+            lambda: self._get_or_lock(keys=[key, lock_key], args=[token, int(lease * 1000)]),
+            1,
+        )
+        if not isinstance(found, bytes):
+            return bool(found)
+        entry = decode_entry(found)
+        if entry is None:  # a value this version cannot read: take the lock and replace it
+            return await self.try_lock(lock_key, token, lease)
+        if self.l1 is not None:
+            self.l1.put(key, entry, entry.created + keep)
+        return entry
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:
         """Take the lock ``key`` for ``lease`` seconds if nobody holds it (SET NX PX).

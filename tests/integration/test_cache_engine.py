@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from PIL import Image
@@ -158,6 +161,29 @@ async def test_concurrent_l2_reads_share_mgets(
     assert 1 <= used["mget"] < len(responses)
 
 
+@asynccontextmanager
+async def monitored(url: str, prefix: str) -> AsyncIterator[list[str]]:
+    """The commands clients send to Redis about keys of ``prefix`` (MONITOR, less what
+    scripts run inside Redis), in order."""
+    client = aioredis.from_url(url)
+    commands: list[str] = []
+    async with client.monitor() as monitor:
+
+        async def read() -> None:
+            async for command in monitor.listen():
+                if command["client_type"] != "lua" and prefix in command["command"]:
+                    commands.append(command["command"].split()[0].lower())
+
+        task = asyncio.create_task(read())
+        try:
+            yield commands
+            await asyncio.sleep(0.2)  # MONITOR lines trail the replies
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    await client.aclose()
+
+
 def _commands(url: str) -> Counter[str]:
     """Calls per command so far, summed over every master of the deployment."""
     nodes = [url] if url.startswith("redis://") else url.removeprefix("redis+cluster://").split(",")
@@ -203,6 +229,38 @@ async def test_concurrent_misses_on_two_replicas_make_one_upstream_call(
     assert {r.status for r in responses} == {200}
     assert Counter(r.headers["X-Cache"] for r in responses)["MISS"] == 1
     assert len(fake_upstream.queries) == 1
+
+
+async def test_a_miss_costs_three_redis_round_trips_and_leaves_no_lock(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url, meta_size=[2, 2])},
+        {"redis_url": redis_url, "prefix": key_prefix, "purge_poll": 3600},
+    )
+    assert (await client.get("/tiles/fake/3/0/0.png")).headers["X-Cache"] == "MISS"
+    async with monitored(redis_url, key_prefix) as commands:
+        assert (await client.get("/tiles/fake/3/6/6.png")).headers["X-Cache"] == "MISS"
+    # The read, "the tile or the lock" and "store the 4 tiles, then unlock": nothing else.
+    assert commands == ["mget", "evalsha", "evalsha"]
+    assert list(redis_client.scan_iter(match=f"{key_prefix}:lock:*")) == []
+    stored = sorted(k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}:fake:*"))
+    assert [k.rsplit(":", 4)[1:3] for k in stored] == [
+        ["3", "0"],
+        ["3", "0"],
+        ["3", "1"],
+        ["3", "1"],
+        ["3", "6"],
+        ["3", "6"],
+        ["3", "7"],
+        ["3", "7"],
+    ]
+    assert all(550 <= redis_client.ttl(k) <= 600 for k in stored)
+    assert len(fake_upstream.queries) == 2
 
 
 async def test_a_lock_left_by_a_dead_replica_expires_and_a_waiter_fetches(
