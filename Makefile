@@ -16,6 +16,12 @@ $(VENV)/.test-installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The benchmarks run the gateway as deployed: on uvloop.
+$(VENV)/.bench-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test,uvloop]'
+	touch $@
+
 ## demo: install, start the reference ImageServer and the gateway, print the viewer URL
 demo: $(VENV)/.demo-installed
 	$(BIN)/tile-gateway demo
@@ -31,11 +37,11 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 
 ## bench: wrk against a demo started for the run (needs wrk)
-bench: $(VENV)/.test-installed
+bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py
 
 ## bench-cache: the cache benchmarks a-f against bare baselines (needs wrk and redis-server)
-bench-cache: $(VENV)/.test-installed
+bench-cache: $(VENV)/.bench-installed
 	$(BIN)/python bench/cache.py
 
 clean:

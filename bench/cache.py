@@ -1087,6 +1087,13 @@ def report(
             f"{ms(med(r.p50 for r in cold.gateway))} | {ms(med(r.p50 for r in cold.direct))} | "
             f"{cold.overhead_us / 1000:+.2f} ms | ≤ {BOUND_D_MS:g} ms | {mark(good)} |"
         )
+        if cold.proxy:
+            # The floor of any gateway on this machine: one more aiohttp hop, no cache.
+            lines.append(
+                f"| d | (reference, no bound) Cold-miss p50, bare aiohttp proxy (proxy - direct) "
+                f"| {ms(med(r.p50 for r in cold.proxy))} | {ms(med(r.p50 for r in cold.direct))} "
+                f"| {(cold.p50(cold.proxy) - cold.p50(cold.direct)) / 1000:+.2f} ms | - | |"
+            )
     for seed in seeds:
         lines.append(
             f"| e | Seed z{args.seed_zoom} `{LAYER}`, {seed.meta[0]}x{seed.meta[1]} metatiles: "
