@@ -138,7 +138,8 @@ class TileCache:
         if self._down_since is None:
             self._down_since = now
             log.warning(
-                "cache %s unavailable (%s on %s: %s); serving from the upstream until it is back",
+                "cache %s unavailable (%s on %s: %s); reads are misses and writes are dropped "
+                "until it is back",
                 self.description,
                 type(exc).__name__,
                 operation,
