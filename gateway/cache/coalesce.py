@@ -15,6 +15,7 @@ before it and "store the tiles, then release the lock" after it, each one script
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,9 @@ class SingleFlight:
         self.lease = lease
         self.poll = poll
         self._inflight: dict[str, asyncio.Future[dict[str, TileEntry]]] = {}
+        # Lock tokens: unique across processes by the random part, within one by the count.
+        self._process = secrets.token_hex(8)
+        self._count = itertools.count()
 
     def running(self, lock_key: str) -> bool:
         """Whether this process is fetching ``lock_key`` now."""
@@ -82,7 +86,7 @@ class SingleFlight:
     async def _lead(
         self, lock_key: str, key: str, produce: Produce, ttl: float, keep: int
     ) -> tuple[dict[str, TileEntry], bool]:
-        token = secrets.token_hex(16)
+        token = f"{self._process}.{next(self._count)}"
         found = await self.cache.get_or_lock(key, keep, lock_key, token, self.lease)
         while True:
             if isinstance(found, TileEntry):

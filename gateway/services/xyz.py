@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from email.utils import formatdate
+from functools import lru_cache
 
 from aiohttp import web
 
@@ -32,13 +33,20 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
 
 
+@lru_cache(maxsize=4096)
+def _http_date(timestamp: float) -> str:
+    # The tiles of one metatile share their creation time; formatting it is a hit's costliest
+    # header.
+    return formatdate(timestamp, usegmt=True)
+
+
 def _headers(entry: TileEntry, cache_status: str, cache_control: str) -> dict[str, str]:
     return {
         "Content-Type": entry.content_type,
         "ETag": entry.etag,
         "Cache-Control": cache_control,
         "X-Cache": cache_status,
-        "Last-Modified": formatdate(entry.upstream_time or entry.created, usegmt=True),
+        "Last-Modified": _http_date(entry.upstream_time or entry.created),
     }
 
 
