@@ -116,6 +116,11 @@ class TileCache:
             if self._scripts:
                 self._get_or_lock = self.redis.register_script(_GET_OR_LOCK)
                 self._store_and_unlock = self.redis.register_script(_STORE_AND_UNLOCK)
+        # redis-py's Sentinel and Cluster pools fail at once when exhausted, which would read as
+        # an outage and let waiters fetch for themselves; the single node's pool blocks
+        # instead. The same bound is waited for here for the others.
+        single_node = self.redis is None or "+" not in (config.redis_url or "").partition("://")[0]
+        self._permits = None if single_node else asyncio.Semaphore(config.max_connections)
         self._timeout = config.timeout
         self._retry_interval = config.retry_interval
         self._down_since: float | None = None
@@ -164,7 +169,11 @@ class TileCache:
         if self._skip():
             return default
         try:
-            result = await call()
+            if self._permits is None:
+                result = await call()
+            else:
+                async with self._permits:
+                    result = await call()
         except _FAILURES as exc:
             self._failed(operation, exc)
             return default

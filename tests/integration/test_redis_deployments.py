@@ -78,6 +78,29 @@ async def test_metatiles_coalescing_and_purge_on_each_deployment(
     assert len(left) < len(keys)
 
 
+async def test_a_burst_beyond_the_pool_waits_on_every_deployment(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    deployment_url: str,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 40 metatiles at once on two replicas with 3 connections each: every leader needs Redis
+    # for its lock at the same time. A pool that failed at once would read as an outage, and
+    # then both replicas would fetch.
+    fake_upstream.behaviour = "slow_ok"
+    cache = {"redis_url": deployment_url, "prefix": key_prefix, "max_connections": 3}
+    layer = {"url": fake_upstream.url, "formats": ["png"], "ttl": 600, "meta_size": [1, 1]}
+    replicas = [await make_gateway({"fake": layer}, cache) for _ in range(2)]
+    paths = [f"/tiles/fake/6/{x}/{y}.png" for x in range(8) for y in range(5)]
+    responses = await asyncio.gather(
+        *(replica.get(path) for replica in replicas for path in paths for _ in range(3))
+    )
+    assert {r.status for r in responses} == {200}
+    assert len(fake_upstream.queries) == len(paths)
+    assert not [r for r in caplog.records if "unavailable" in r.getMessage()]
+
+
 def test_url_forms_parse() -> None:
     sentinel = parse_redis_url("rediss+sentinel://user:p%40ss@s1:26379,s2:26380/mymaster/3")
     assert (sentinel.kind, sentinel.tls, sentinel.username, sentinel.password) == (
