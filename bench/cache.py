@@ -1209,7 +1209,7 @@ def report(
         f"non-2xx {s['non2xx']:.0f}, list wrapped {s['wraps']:.0f}x (>= 1: every tile was read). "
         f"The seeded z0-{args.fill_zoom} tiles hold {seeds[0].summary['bytes']} of JPEG "
         + (
-            "(with 256 B of bookkeeping per entry, more than the 64 MiB L1: L1 ends full)."
+            "(with 512 B of bookkeeping per entry, more than the 64 MiB L1: L1 ends full)."
             if seed_bytes + 256 * seeds[0].number("tiles written") > L1_BYTES
             else "(less than the 64 MiB L1: L1 is NOT full; seed more zoom levels)."
         ),
@@ -1240,7 +1240,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--duration", default="5s", help="wrk duration of each hit run (default 5s)")
-    p.add_argument("--rounds", type=int, default=4, help="runs of each side per comparison (4)")
+    p.add_argument("--rounds", type=int, default=6, help="runs of each side per comparison (6)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections for hits (32)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads for hits (1)")
     p.add_argument("--cold-duration", default="4s", help="wrk duration of each cold run (4s)")
