@@ -143,7 +143,8 @@ class CacheConfig(_Strict):
     seconds, a replica may hold the lock of a metatile it is fetching before others take over;
     ``purge_poll`` how often, in seconds, a replica looks for purges made by the others;
     ``max_connections`` bounds each process's Redis connections (per node on a Cluster); a
-    burst beyond it waits for a free connection up to ``timeout``.
+    burst beyond it waits for a free connection (the single node's pool up to ``timeout``;
+    Sentinel and Cluster calls for a permit of the cache).
     """
 
     backend: Literal["memory", "redis"] | None = None
