@@ -249,15 +249,9 @@ async def test_a_miss_costs_three_redis_round_trips_and_leaves_no_lock(
     assert commands == ["mget", "evalsha", "evalsha"]
     assert list(redis_client.scan_iter(match=f"{key_prefix}:lock:*")) == []
     stored = sorted(k.decode() for k in redis_client.scan_iter(match=f"{key_prefix}:fake:*"))
+    # Two metatiles of 2 x 2 tiles: columns 0-1 and 6-7 of TileMatrix 3, two rows each.
     assert [k.rsplit(":", 4)[1:3] for k in stored] == [
-        ["3", "0"],
-        ["3", "0"],
-        ["3", "1"],
-        ["3", "1"],
-        ["3", "6"],
-        ["3", "6"],
-        ["3", "7"],
-        ["3", "7"],
+        ["3", str(col)] for col in (0, 1, 6, 7) for _row in range(2)
     ]
     assert all(550 <= redis_client.ttl(k) <= 600 for k in stored)
     assert len(fake_upstream.queries) == 2
