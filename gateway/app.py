@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -24,12 +23,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await load_service_info(list(pipeline.layers.values()), config.server.startup_timeout)
         purger = app[PURGER] = Purger(pipeline)
         await purger.start()
-        watcher = asyncio.create_task(purger.watch(config.cache.purge_poll))
+        purger.start_watching(config.cache.purge_poll)
         try:
             yield
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await purger.stop_watching()
 
 
 def create_app(config: GatewayConfig) -> web.Application:

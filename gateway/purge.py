@@ -85,6 +85,8 @@ class Purger:
         self.pipeline = pipeline
         self.prefix = pipeline.prefix
         self._seq = 0
+        self._stopped = False
+        self._watcher: asyncio.Task[None] | None = None
 
     def _generation_key(self, layer: str) -> str:
         return f"{self.prefix}:purge:generation:{layer}"
@@ -256,10 +258,30 @@ class Purger:
             self._seq = counters[0]
         await self.sync()
 
-    async def watch(self, interval: float) -> None:
-        """``sync`` every ``interval`` seconds until cancelled."""
-        while True:
+    def start_watching(self, interval: float) -> None:
+        """``sync`` every ``interval`` seconds in a task, until ``stop_watching``."""
+        self._stopped = False
+        self._watcher = asyncio.create_task(self._watch(interval))
+
+    async def stop_watching(self) -> None:
+        """End the watching task and wait for it.
+
+        The flag ends the loop even when the cancellation is lost below it: on Python 3.11 a
+        cancel that meets a redis-py timeout in the same turn can come out as a
+        ``TimeoutError``, which the cache counts as a failed call, and the loop would go on.
+        """
+        if self._watcher is None:
+            return
+        self._stopped = True
+        self._watcher.cancel()
+        await asyncio.gather(self._watcher, return_exceptions=True)
+        self._watcher = None
+
+    async def _watch(self, interval: float) -> None:
+        while not self._stopped:
             await asyncio.sleep(interval)
+            if self._stopped:
+                return
             try:
                 await self.sync()
             except (ValueError, KeyError) as exc:  # a foreign value in our key space

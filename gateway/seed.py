@@ -610,14 +610,13 @@ async def run_seed(
             loop.add_signal_handler(signum, seeder.interrupt, signum)
         # Replicas may purge the layer while the seed runs: later metatiles then go under the
         # new generation, as the replicas will ask for them.
-        watcher = asyncio.create_task(purger.watch(config.cache.purge_poll))
+        purger.start_watching(config.cache.purge_poll)
         try:
             await seeder.run()
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await purger.stop_watching()
     if layer.generation != generation:
         _note(
             f"layer {options.layer!r} was purged during the seed: the tiles seeded before the "
