@@ -278,7 +278,7 @@ class Purger:
         self._watcher = None
 
     async def _watch(self, interval: float) -> None:
-        while not self._stopped:
+        while True:
             await asyncio.sleep(interval)
             if self._stopped:
                 return

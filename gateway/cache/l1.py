@@ -67,18 +67,20 @@ class MemoryTier:
         item = self._item(key)
         return None if item is None else item.entry
 
-    def prepared(self, key: str) -> object:
-        """The prepared answer attached to the live entry under ``key`` (see ``prepare``), or
-        ``None``; a lookup counts as a use of the entry."""
+    def prepared(self, key: str) -> tuple[TileEntry, object] | None:
+        """The live entry under ``key`` with the answer attached to it (see ``prepare``), or
+        ``None`` when there is no such entry or no answer; a lookup counts as a use."""
         item = self._item(key)
-        return None if item is None else item.prepared
+        return None if item is None or item.prepared is None else (item.entry, item.prepared)
 
-    def prepare(self, key: str, entry: TileEntry, prepared: object) -> None:
+    def prepare(self, key: str, entry: TileEntry, prepared: object) -> bool:
         """Attach ``prepared`` to the entry under ``key`` if that entry is still ``entry``
-        (not replaced, expired or dropped meanwhile)."""
+        (not replaced, expired or dropped meanwhile); whether it was attached."""
         item = self._item(key)
-        if item is not None and item.entry is entry:
-            item.prepared = prepared
+        if item is None or item.entry is not entry:
+            return False
+        item.prepared = prepared
+        return True
 
     def put(self, key: str, entry: TileEntry, expires: float) -> None:
         """Keep ``entry`` until ``expires`` (epoch seconds); an entry larger than the whole

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.base import BaseCache
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
@@ -100,7 +101,7 @@ class TileCache:
         if self.backend == "memory":
             self._store = SimpleMemoryCache(serializer=TileEntrySerializer(), timeout=None)
             self.redis: Any = None
-            self._scripts = False
+            self._cluster = self._scripts = False
         else:
             assert config.redis_url is not None  # guaranteed by CacheConfig validation
             self._store = RedisCache(serializer=TileEntrySerializer(), timeout=None)
@@ -110,17 +111,20 @@ class TileCache:
                 config.redis_url, config.timeout, config.max_connections
             )
             self.redis = self._store.client
+            self._cluster = isinstance(self.redis, RedisCluster)
             # Scripts touch a tile and its lock together, which a Cluster refuses across hash
             # slots: there the same steps are separate commands.
-            self._scripts = not isinstance(self.redis, RedisCluster)
+            self._scripts = not self._cluster
             if self._scripts:
                 self._get_or_lock = self.redis.register_script(_GET_OR_LOCK)
                 self._store_and_unlock = self.redis.register_script(_STORE_AND_UNLOCK)
         # redis-py's Sentinel and Cluster pools fail at once when exhausted, which would read as
         # an outage and let waiters fetch for themselves; the single node's pool blocks
         # instead. The same bound is waited for here for the others.
-        single_node = self.redis is None or "+" not in (config.redis_url or "").partition("://")[0]
-        self._permits = None if single_node else asyncio.Semaphore(config.max_connections)
+        blocking = self.redis is None or isinstance(
+            getattr(self.redis, "connection_pool", None), BlockingConnectionPool
+        )
+        self._permits = None if blocking else asyncio.Semaphore(config.max_connections)
         self._timeout = config.timeout
         self._retry_interval = config.retry_interval
         self._down_since: float | None = None
@@ -232,7 +236,7 @@ class TileCache:
                     waiter.set_result(entry)
 
     async def _multi_get(self, keys: list[str]) -> list[TileEntry | None]:
-        if isinstance(self.redis, RedisCluster):
+        if self._cluster:
             # aiocache's MGET would be refused across hash slots; redis-py splits it by slot.
             values = await self.redis.mget_nonatomic(keys)
             return [None if value is None else decode_entry(value) for value in values]
@@ -333,7 +337,7 @@ class TileCache:
         taken then), else whether the lock ``lock_key`` is now ours for ``lease`` seconds
         (see ``try_lock``): one atomic script on a single node or Sentinel, else lock then
         read (releasing the lock when the entry is there)."""
-        if not self._scripts or self.redis is None:
+        if not self._scripts:
             if not await self.try_lock(lock_key, token, lease):
                 return False
             entry = await self.get(key, keep)

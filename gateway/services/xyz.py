@@ -12,6 +12,7 @@ import re
 import time
 from email.utils import formatdate
 from functools import lru_cache
+from typing import NamedTuple, cast
 
 from aiohttp import web
 
@@ -61,6 +62,11 @@ def tile_response(request: web.Request, result: TileResult, cache_control: str) 
     return web.Response(body=entry.data, headers=headers)
 
 
+class _Ready(NamedTuple):
+    headers: dict[str, str]
+    fresh_until: float  # epoch seconds
+
+
 class HitAnswers:
     """Ready answers to repeated XYZ hits: the tile key of each request path seen, and on the
     L1 entry of that key (``MemoryTier.prepare``) the answer's headers and the end of the
@@ -84,26 +90,29 @@ class HitAnswers:
         key = self._keys.get(request.path)
         if key is None or "If-None-Match" in request.headers:
             return None
-        prepared = self._l1.prepared(key)
-        if prepared is None:
+        found = self._l1.prepared(key)
+        if found is None:
             return None
-        entry, headers, fresh_until = prepared  # type: ignore[misc]
-        if time.time() >= fresh_until:
+        entry, prepared = found
+        ready = cast(_Ready, prepared)
+        if time.time() >= ready.fresh_until:
             return None
-        return web.Response(body=entry.data, headers=headers)
+        return web.Response(body=entry.data, headers=ready.headers)
 
     def remember(
         self, request: web.Request, key: str, entry: TileEntry, cache_control: str, ttl: int
     ) -> None:
         """Prepare the answers of later hits of ``request.path``, served by ``entry`` (under
-        ``key``) for ``ttl`` seconds after it was made."""
+        ``key``) for ``ttl`` seconds after it was made. Nothing is kept when ``entry`` is not
+        (or no longer) in L1, e.g. an empty tile outside the data."""
+        ready = _Ready(_headers(entry, "HIT", cache_control), entry.created + ttl)
+        if not self._l1.prepare(key, entry, ready):
+            return
         path = request.path
         if self._keys.get(path) != key:
             if len(self._keys) >= self._max_paths:
                 del self._keys[next(iter(self._keys))]
             self._keys[path] = key
-        headers = _headers(entry, "HIT", cache_control)
-        self._l1.prepare(key, entry, (entry, headers, entry.created + ttl))
 
 
 HIT_ANSWERS = web.AppKey("hit_answers", HitAnswers)
