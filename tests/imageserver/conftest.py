@@ -1,4 +1,4 @@
-"""Fixtures for the reference ImageServer tests: real rasters from ``../shared/data``."""
+"""Fixtures for the reference ImageServer tests: real rasters from ``tests/data``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from aiohttp.test_utils import TestClient
 
 from imageserver.app import create_app
 from imageserver.config import ImageServerConfig, ServiceSpec
+from tests.conftest import DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-# Service name -> file in SHARED_DATA.
+# Service name -> file in tests/data.
 RASTERS = {
     "rgb": "RGB.byte.tif",  # EPSG:32618, 3 x uint8, nodata 0
     "dtm": "dtm.tif",  # EPSG:26918, float32, nodata -9999 with holes
@@ -27,10 +26,11 @@ AiohttpClient = Callable[[web.Application], Awaitable[TestClient]]
 
 
 def data_path(name: str) -> Path:
-    """Path of a shared raster, failing the test with a clear message when it is missing."""
-    path = SHARED_DATA / name
+    """Path of a test raster of ``tests/data``, failing the test with a clear message when it
+    is missing."""
+    path = DATA / name
     if not path.is_file():
-        pytest.fail(f"the shared test raster is missing: {path}")
+        pytest.fail(f"the test raster is missing: {path}")
     return path
 
 

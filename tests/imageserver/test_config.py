@@ -61,8 +61,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     assert set(config.all_services()) == {"dtm"}
 
 
-def test_configured_service_replaces_a_builtin(tmp_path: Path) -> None:
-    path = data_path("bmng_world_4326.tif")
+def test_configured_service_replaces_a_builtin(tmp_path: Path, blue_marble_tif: Path) -> None:
+    path = blue_marble_tif
     config = load_config(write(tmp_path, f"services:\n  bluemarble:\n    path: {path}\n"))
     services = config.all_services()
     assert services["bluemarble"].path == path

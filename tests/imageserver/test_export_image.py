@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,9 @@ def xyz_bbox(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     return xmin, ymax - span, xmin + span, ymax
 
 
-async def test_bluemarble_web_mercator_tile_matches_source(client: TestClient) -> None:
+async def test_bluemarble_web_mercator_tile_matches_source(
+    client: TestClient, blue_marble_tif: Path
+) -> None:
     # z=6 is finer than the source (0.022 vs 0.067 degrees per pixel), so nearest neighbour
     # reads full-resolution pixels and not overview averages.
     size, bbox = 256, xyz_bbox(6, 35, 20)
@@ -76,7 +79,7 @@ async def test_bluemarble_web_mercator_tile_matches_source(client: TestClient) -
     # rasterio reads from the (independently georeferenced) Blue Marble GeoTIFF.
     xs, ys = pixel_centres(bbox, size, size)
     actual = np.moveaxis(pixels[..., :3], -1, 0)
-    source = data_path("bmng_world_4326.tif")
+    source = blue_marble_tif
     exact, near = match_rates(actual, source, WEB_MERCATOR, xs, ys, [0, 1, 2])
     assert exact > 0.95
     assert near > 0.999
@@ -104,7 +107,9 @@ async def test_bluemarble_tile_shows_the_right_place(client: TestClient) -> None
         assert g > b, (lon, lat)
 
 
-async def test_bluemarble_bilinear_default_is_close_to_source(client: TestClient) -> None:
+async def test_bluemarble_bilinear_default_is_close_to_source(
+    client: TestClient, blue_marble_tif: Path
+) -> None:
     size = 128
     _, body = await export(
         client,
@@ -117,7 +122,7 @@ async def test_bluemarble_bilinear_default_is_close_to_source(client: TestClient
     )
     actual = np.moveaxis(decode_png(body)[..., :3], -1, 0).astype(int)
     xs, ys = pixel_centres(TILE_3_4_2, size, size)
-    path = data_path("bmng_world_4326.tif")
+    path = blue_marble_tif
 
     def mean_difference(shift: tuple[int, int]) -> float:
         expected = sample_source(path, WEB_MERCATOR, xs, ys, [0, 1, 2], shift)

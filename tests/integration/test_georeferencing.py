@@ -21,7 +21,7 @@ from PIL import Image
 from rasterio.warp import transform, transform_bounds
 
 from gateway.grids import GridRegistry
-from tests.conftest import SHARED_DATA, MakeGateway
+from tests.conftest import DATA, MakeGateway
 
 R_EARTH = 6378137.0
 SAMPLES = 24  # per axis: 576 probe points per tile
@@ -86,7 +86,7 @@ async def test_bluemarble_tiles_match_the_source_image(
 async def test_projected_raster_tile_matches_the_source(
     make_gateway: MakeGateway, imageserver_url: str
 ) -> None:
-    path = SHARED_DATA / "RGB.byte.tif"  # Landsat 7, EPSG:32618 (UTM 18N), 300 m, nodata 0
+    path = DATA / "RGB.byte.tif"  # Landsat 7, EPSG:32618 (UTM 18N), 300 m, nodata 0
     client = await make_gateway(
         {"rgb": {"url": f"{imageserver_url}/rgb/ImageServer", "formats": ["png"]}}
     )

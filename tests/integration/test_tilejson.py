@@ -13,7 +13,7 @@ from pyproj import Transformer
 from rasterio.warp import transform_bounds
 
 from gateway.services.tilejson import DocumentCache
-from tests.conftest import SHARED_DATA, MakeGateway
+from tests.conftest import DATA, MakeGateway
 from tests.integration.conftest import FakeUpstream
 
 MERCATOR_LAT = 85.0511287798066
@@ -160,7 +160,7 @@ async def test_bounds_of_the_real_rgb_service(
         {"rgb": {"url": f"{imageserver_url}/rgb/ImageServer", "formats": ["png"], "maxzoom": 12}}
     )
     doc = await get_tilejson(client, "/tiles/rgb/tilejson.json")
-    with rasterio.open(SHARED_DATA / "RGB.byte.tif") as source:
+    with rasterio.open(DATA / "RGB.byte.tif") as source:
         expected = transform_bounds(source.crs, "EPSG:4326", *source.bounds, densify_pts=21)
     assert doc["bounds"] == pytest.approx(list(expected), abs=1e-3)
     west, south, east, north = doc["bounds"]

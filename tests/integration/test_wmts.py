@@ -19,7 +19,8 @@ from gateway.services import wmts
 from tests.conftest import REPO, MakeGateway
 from tests.integration.conftest import FakeUpstream
 
-SCHEMAS = REPO.parent / "shared" / "schemas"
+# The repository's own copies of the OGC and W3C schemas (licence: tests/schemas/NOTICE.md).
+SCHEMAS = REPO / "tests" / "schemas"
 # libxml2 reads the catalog on its first schema import, so this must be set before any schema
 # is loaded; the catalog maps schemas.opengis.net and w3.org onto the local copies (offline).
 os.environ["XML_CATALOG_FILES"] = str(SCHEMAS / "catalog.xml")
@@ -64,11 +65,11 @@ def schemas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, etree.XMLSche
     positiveInteger, so TileMatrixLimits of a one-tile matrix (max 0) cannot validate: a bug,
     since the documentation next to it says "from minTileRow". The OGC ETS (ets-wmts10) ships a
     copy fixed to nonNegativeInteger; ``patched`` is the same fix, made in a temporary copy
-    (the shared schemas stay verbatim).
+    (the schemas of tests/schemas stay verbatim).
     """
     source = SCHEMAS / "opengis" / "wmts" / "1.0"
     if not source.is_dir():
-        pytest.fail(f"the shared WMTS schemas are missing: {source}")
+        pytest.fail(f"the WMTS schemas are missing: {source}")
     copy = tmp_path_factory.mktemp("wmts-xsd")
     for xsd in source.glob("*.xsd"):
         shutil.copy(xsd, copy / xsd.name)

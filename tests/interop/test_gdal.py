@@ -29,7 +29,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import transform
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
 R_EARTH = 6378137.0
 PROBES = 20  # per axis
@@ -221,7 +221,7 @@ def test_xyz_through_the_tms_minidriver_matches_the_landsat_scene(
     translate(gdal, str(service), out, (-8790000, 2940000, -8530000, 2700000), Z9)
     got, xs, ys, crs = probe(out)
     assert crs == "EPSG:3857"
-    with rasterio.open(SHARED_DATA / "RGB.byte.tif") as scene:
+    with rasterio.open(DATA / "RGB.byte.tif") as scene:
         data = scene.read()
         sx, sy = transform("EPSG:3857", scene.crs, xs.tolist(), ys.tolist())
         rows, cols = rasterio.transform.rowcol(scene.transform, sx, sy)

@@ -18,7 +18,7 @@ from owslib.wmts import WebMapTileService
 from PIL import Image
 from rasterio.warp import transform_bounds
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
 SETS = [
     "WebMercatorQuad",
@@ -68,7 +68,7 @@ def test_layers_formats_styles_and_links(service: WebMapTileService, gateway_url
 
     rgb = service.contents["rgb"]
     assert rgb.formats == ["image/png"]
-    with rasterio.open(SHARED_DATA / "RGB.byte.tif") as source:  # EPSG:32618, the Bahamas
+    with rasterio.open(DATA / "RGB.byte.tif") as source:  # EPSG:32618, the Bahamas
         extent = transform_bounds(source.crs, "EPSG:4326", *source.bounds, densify_pts=21)
     assert rgb.boundingBoxWGS84 == pytest.approx(extent, abs=1e-9)
     # TileMatrixSetLimits: the tiles under the raster's corners, TileMatrix 0..12.

