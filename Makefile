@@ -31,10 +31,11 @@ test: $(VENV)/.test-installed
 	scripts/install-test-deps.sh
 	$(BIN)/python -m pytest
 
-## lint: ruff check and format check
+## lint: ruff check and format check, and the import contracts of the house (pyproject.toml)
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 ## bench: wrk against a demo started for the run (needs wrk)
 bench: $(VENV)/.bench-installed

@@ -1,4 +1,15 @@
-"""The application factory: ``create_app(config) -> aiohttp.web.Application``."""
+"""The application factory: ``create_app(config) -> aiohttp.web.Application``.
+
+Each protocol front is a sub-application with its own error format and CORS methods
+(``services.http.front_app``), mounted on a root application that serves the viewer and the
+health probes:
+
+    /tiles    XYZ tiles and TileJSON            JSON errors
+    /wmts     WMTS 1.0.0, KVP and RESTful       OWS ExceptionReports
+    /ogcapi   OGC API - Tiles                   JSON errors
+    /admin    purge                             JSON errors
+    /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
+"""
 
 from __future__ import annotations
 
@@ -8,33 +19,53 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.purge import Purger
-from gateway.resources import load_service_info, open_pipeline
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
-from gateway.services.common import CONFIG, PIPELINE, PURGER, cors_middleware
+from gateway.services.http import (
+    CONFIG,
+    PIPELINE,
+    ReadyAnswers,
+    front_app,
+    render_json_error,
+    root_app,
+)
+from gateway.tiles import load_service_info, open_pipeline
+
+FRONTS = web.AppKey("fronts", dict)
+"""The fronts by the prefix they are mounted at."""
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    """The gateway for ``config``; upstream sessions and the cache open when the app starts."""
+    fronts = {
+        "/tiles": front_app(config, [*xyz.routes(), *tilejson.routes()], render_json_error),
+        "/wmts": front_app(config, wmts.routes(), wmts.render_error),
+        "/ogcapi": front_app(config, ogcapi.routes(), render_json_error),
+        "/admin": front_app(config, admin.routes(), render_json_error),
+    }
+    app = root_app(config, [*viewer.routes(), *admin.health_routes()])
+    for prefix, front in fronts.items():
+        app.add_subapp(prefix, front)
+    app[FRONTS] = fronts
+    app.cleanup_ctx.append(_resources)
+    return app
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """The tile pipeline and the purge watcher, for the app's lifetime."""
+    """The tile pipeline and the purge watcher, for the app's lifetime, handed to every front."""
     config = app[CONFIG]
     async with open_pipeline(config) as pipeline:
-        app[PIPELINE] = pipeline
-        if pipeline.cache.l1 is not None:
-            app[xyz.HIT_ANSWERS] = xyz.HitAnswers(pipeline.cache.l1)
         await load_service_info(list(pipeline.layers.values()), config.server.startup_timeout)
-        purger = app[PURGER] = Purger(pipeline)
+        purger = Purger(pipeline)
+        fronts = app[FRONTS]
+        for front in (app, *fronts.values()):
+            front[PIPELINE] = pipeline
+        fronts["/tiles"][xyz.READY] = ReadyAnswers(pipeline)
+        fronts["/wmts"][wmts.READY] = ReadyAnswers(pipeline)
+        fronts["/ogcapi"][ogcapi.READY] = ReadyAnswers(pipeline)
+        fronts["/admin"][admin.PURGER] = purger
         await purger.start()
         purger.start_watching(config.cache.purge_poll)
         try:
             yield
         finally:
             await purger.stop_watching()
-
-
-def create_app(config: GatewayConfig) -> web.Application:
-    """The gateway for ``config``; upstream sessions and the cache open when the app starts."""
-    app = web.Application(middlewares=[cors_middleware(config.server.cors_allow_origin)])
-    app[CONFIG] = config
-    app.cleanup_ctx.append(_resources)
-    for service in (xyz, tilejson, wmts, ogcapi, admin, viewer):
-        app.add_routes(service.routes())
-    return app

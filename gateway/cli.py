@@ -15,12 +15,12 @@ from typing import TypeVar
 
 from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
-from gateway.resources import open_pipeline
 from gateway.seed import SeedOptions, run_seed
-from gateway.tiles import UnknownLayer, UnknownTileMatrixSet
-from gateway.workers import run, serve, serve_forever, start_site, url_host
+from gateway.server import run, serve, serve_forever, start_site, url_host
+from gateway.tiles import open_pipeline
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")

@@ -59,8 +59,10 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     """How the gateway listens and answers.
 
-    ``upstream_timeout`` is the total time, in seconds, allowed for one exportImage call before
-    the client gets a 504. ``public_url`` is the base URL clients reach the gateway at (used for
+    ``upstream_timeout`` is the total time, in seconds, allowed for one upstream request
+    (exportImage, service info) before the client gets a 504; ``upstream_connections`` bounds
+    the open connections to each upstream origin (more requests wait for one). ``public_url``
+    is the base URL clients reach the gateway at (used for
     every absolute URL in capabilities, TileJSON and OGC API documents); without it the request's
     own scheme and Host are used, and with ``trust_proxy`` the ``X-Forwarded-Proto``,
     ``X-Forwarded-Host`` and ``X-Forwarded-Prefix`` headers of a reverse proxy are honoured.
@@ -70,6 +72,7 @@ class ServerConfig(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     cors_allow_origin: str = "*"
     upstream_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    upstream_connections: Annotated[int, Field(ge=1, le=10000)] = 100
     public_url: AnyHttpUrl | None = None
     trust_proxy: bool = False
     startup_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0

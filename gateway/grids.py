@@ -28,17 +28,6 @@ _BUILTIN_BASES = ("WebMercatorQuad", "WorldCRS84Quad", "WGS1984Quad")
 _EDGE = 1e-9
 
 
-class TileOutOfRange(LookupError):
-    """A TileMatrix, TileRow or TileCol outside the TileMatrixSet (or the layer's zoom range).
-
-    ``locator`` names the offending WMTS parameter (``TileMatrix``, ``TileRow``, ``TileCol``).
-    """
-
-    def __init__(self, message: str, locator: str) -> None:
-        super().__init__(message)
-        self.locator = locator
-
-
 TileLimits = tuple[int, int, int, int]
 """``(min_col, max_col, min_row, max_row)``, inclusive, of one TileMatrix."""
 
@@ -90,20 +79,10 @@ class Grid:
         """The CRS of the set (pyproj), in its authority's axis order."""
         return self.tms.crs._pyproj_crs
 
-    def check(self, z: int, x: int, y: int) -> None:
-        """Raise ``TileOutOfRange`` unless TileMatrix ``z`` holds TileCol ``x``, TileRow ``y``."""
-        size = self.matrix_sizes.get(z)
-        if size is None:
-            raise TileOutOfRange(f"TileMatrix {z} is not in {self.identifier}", "TileMatrix")
-        width, height = size
-        if not 0 <= x < width:
-            raise TileOutOfRange(
-                f"TileCol {x} is outside 0..{width - 1} at TileMatrix {z}", "TileCol"
-            )
-        if not 0 <= y < height:
-            raise TileOutOfRange(
-                f"TileRow {y} is outside 0..{height - 1} at TileMatrix {z}", "TileRow"
-            )
+    @cached_property
+    def matrix_ids(self) -> dict[str, int]:
+        """The zoom level of each TileMatrix identifier (``"5"`` -> 5 in the OGC sets)."""
+        return {self.tms.matrix(z).id: z for z in range(self.tms.minzoom, self.tms.maxzoom + 1)}
 
     def bbox(self, z: int, x: int, y: int) -> tuple[float, float, float, float]:
         """The tile's ``(xmin, ymin, xmax, ymax)`` in CRS units, easting/northing (lon/lat) order.

@@ -1,31 +1,29 @@
-"""Purging cached tiles, on this replica and every other one sharing the cache.
+"""Purging cached tiles, on this replica and every other one sharing the cache: a purge spec
+turned into keys through the tile pipeline (layers, TileMatrixSets, key layout), and into
+records the replicas read through ``cache.generations``.
 
 A whole layer is purged by one generation increment: the layer's keys carry the generation,
 so new requests use new keys and the old entries age out by their TTL. A purge limited by
 TileMatrixSet, zoom range or bbox deletes exactly the keys computed from the grid, in batches
 of pipelined DELs (never KEYS or FLUSHDB). Every replica polls two small counters and drops
 purged entries from its in-process L1.
-
-Redis keys: ``<prefix>:purge:generation:<layer>`` (whole-layer purges), ``<prefix>:purge:seq``
-(every purge) and ``<prefix>:purge:log`` (the last 1000 partial purges, JSON).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 
-from gateway.cache.store import tile_key
+from gateway.cache.generations import LOG_LENGTH, PurgeRecords
+from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import Grid, parse_bbox, parse_zoom
-from gateway.tiles import TilePipeline, UnknownLayer, UnknownTileMatrixSet
+from gateway.tiles import TilePipeline
 
 log = logging.getLogger(__name__)
 
-LOG_LENGTH = 1000
 # A partial purge larger than this is refused: a whole-layer purge does it in one increment.
 MAX_KEYS = 2_000_000
 _BATCH = 10_000
@@ -83,21 +81,18 @@ class Purger:
 
     def __init__(self, pipeline: TilePipeline) -> None:
         self.pipeline = pipeline
-        self.prefix = pipeline.prefix
+        self.records = PurgeRecords(pipeline.cache.store, pipeline.keys)
         self._seq = 0
         self._stopped = False
         self._watcher: asyncio.Task[None] | None = None
-
-    def _generation_key(self, layer: str) -> str:
-        return f"{self.prefix}:purge:generation:{layer}"
 
     def check(self, spec: PurgeSpec) -> None:
         """Raise ``UnknownLayer``, ``UnknownTileMatrixSet`` or ``ValueError`` for a bad spec."""
         layer = self.pipeline.layers.get(spec.layer)
         if layer is None:
-            raise UnknownLayer(f"unknown layer {spec.layer!r}")
+            raise UnknownLayer(spec.layer)
         if spec.tms is not None and spec.tms not in layer.grids:
-            raise UnknownTileMatrixSet(f"layer {spec.layer!r} is not served in {spec.tms!r}")
+            raise UnknownTileMatrixSet(spec.layer, spec.tms, tuple(layer.grids))
         if spec.zoom is not None and spec.zoom[0] > spec.zoom[1]:
             raise ValueError("the zoom range must be low-high")
         if spec.bbox is not None:
@@ -110,6 +105,7 @@ class Purger:
         (or of ``tms``), each TileMatrix in range, each tile meeting ``bbox``, at scales 1 and
         2, in every format of the layer."""
         layer = self.pipeline.layers[spec.layer]
+        keys = self.pipeline.keys
         names = [spec.tms] if spec.tms is not None else list(layer.grids)
         bases: dict[str, Grid] = {}
         for name in names:
@@ -135,8 +131,7 @@ class Purger:
                     for x in range(limits[0], limits[1] + 1):
                         for scale in (1, 2):
                             for ext in layer.config.formats:
-                                yield tile_key(
-                                    self.prefix,
+                                yield keys.tile(
                                     spec.layer,
                                     layer.generation,
                                     grid.identifier,
@@ -161,9 +156,9 @@ class Purger:
         layer = self.pipeline.layers[spec.layer]
         cache = self.pipeline.cache
         if spec.whole_layer:
-            counter = await cache.increment(self._generation_key(spec.layer))
+            counter = await self.records.purge_layer(spec.layer)
             self._adopt_generation(spec.layer, layer.purges + 1 if counter is None else counter)
-            await self._announce(None)
+            await self.records.announce(None)
             return PurgeResult(spec.layer, generation=layer.generation)
         if self.count(spec) > MAX_KEYS:
             raise PurgeTooLarge(
@@ -173,7 +168,7 @@ class Purger:
         for batch in _batched(self.keys(spec), _BATCH):
             computed += len(batch)
             deleted += await cache.delete_many(batch)
-        await self._announce(spec)
+        await self.records.announce(asdict(spec))
         return PurgeResult(spec.layer, keys=computed, deleted=deleted)
 
     def _adopt_generation(self, name: str, purges: int) -> None:
@@ -183,48 +178,28 @@ class Purger:
         layer.set_purges(purges)
         l1 = self.pipeline.cache.l1
         if l1 is not None:
-            start = f"{self.prefix}:{name}:"
+            start = self.pipeline.keys.layer_tiles(name)
             l1.discard_where(lambda key: key.startswith(start))
-
-    async def _announce(self, spec: PurgeSpec | None) -> None:
-        """Count the purge (and log a partial one) so other replicas apply it to their L1."""
-        redis = self.pipeline.cache.redis
-        if redis is None:
-            return
-        seq_key, log_key = f"{self.prefix}:purge:seq", f"{self.prefix}:purge:log"
-
-        async def write() -> None:
-            # The event goes in the log before the count moves, so a replica that sees the new
-            # count finds the event. This replica applies its own purge again in ``sync``:
-            # harmless, and it keeps purges made concurrently elsewhere from being skipped.
-            if spec is not None:
-                pipe = redis.pipeline(transaction=False)
-                pipe.lpush(log_key, json.dumps(asdict(spec)))
-                pipe.ltrim(log_key, 0, LOG_LENGTH - 1)
-                await pipe.execute()
-            await redis.incr(seq_key)
-
-        await self.pipeline.cache.call("purge", write, None)
 
     async def sync(self) -> None:
         """Adopt the replicas' purges: new generations, and partial purges dropped from this
         replica's L1. A gap longer than the log drops the whole L1.
 
         Whole-layer purges count in ``seq`` without a log event, so the newest ``missed``
-        events may include older ones already applied: dropping keys twice is harmless.
+        events may include older ones already applied: dropping keys twice is harmless. This
+        replica's own purges come back here too, which keeps purges made concurrently
+        elsewhere from being skipped.
         """
         cache = self.pipeline.cache
-        if cache.redis is None:
+        if not cache.shared:
             return
         names = list(self.pipeline.layers)
-        counters = await cache.counters(
-            [self._generation_key(name) for name in names] + [f"{self.prefix}:purge:seq"]
-        )
-        if counters is None:
+        found = await self.records.read(names)
+        if found is None:
             return
-        for name, purges in zip(names, counters[:-1], strict=True):
-            self._adopt_generation(name, purges)
-        seq = counters[-1]
+        purges, seq = found
+        for name, count in zip(names, purges, strict=True):
+            self._adopt_generation(name, count)
         if seq <= self._seq:
             return
         missed = seq - self._seq
@@ -234,11 +209,7 @@ class Purger:
         if missed > LOG_LENGTH:
             cache.l1.discard_where(lambda _key: True)
             return
-        events = await cache.call(
-            "purge", lambda: cache.redis.lrange(f"{self.prefix}:purge:log", 0, missed - 1), []
-        )
-        for raw in events:
-            event = json.loads(raw)
+        for event in await self.records.events(missed):
             spec = PurgeSpec(
                 event["layer"],
                 event.get("tms"),
@@ -250,12 +221,11 @@ class Purger:
 
     async def start(self) -> None:
         """Read the current generations and purge count (at start-up)."""
-        cache = self.pipeline.cache
-        if cache.redis is None:
+        if not self.pipeline.cache.shared:
             return
-        counters = await cache.counters([f"{self.prefix}:purge:seq"])
-        if counters is not None:
-            self._seq = counters[0]
+        found = await self.records.read([])
+        if found is not None:
+            self._seq = found[1]
         await self.sync()
 
     def start_watching(self, interval: float) -> None:

@@ -21,6 +21,16 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and status pages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
+
+
 @dataclass(frozen=True)
 class RedisTarget:
     """A parsed Redis URL: ``kind`` (``single``, ``sentinel``, ``cluster``), TLS, credentials,

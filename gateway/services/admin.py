@@ -1,5 +1,5 @@
-"""Operational endpoints: ``/healthz`` (liveness), ``/readyz`` (readiness) and the admin API
-``POST /admin/purge`` (bearer token from ``TILE_GATEWAY_ADMIN_TOKEN``)."""
+"""Operational endpoints: ``/healthz`` (liveness) and ``/readyz`` (readiness) at the root, and
+the ``/admin`` front: ``POST /admin/purge`` (bearer token from ``TILE_GATEWAY_ADMIN_TOKEN``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.purge import PurgeSpec, PurgeTooLarge
-from gateway.services.common import ADMIN_TOKEN_ENV, NO_STORE, PIPELINE, PURGER, json_error
-from gateway.sources.imageserver import UpstreamError
-from gateway.tiles import Layer, UnknownLayer, UnknownTileMatrixSet
+from gateway.errors import UnknownLayer, UnknownTileMatrixSet, UpstreamError
+from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
+from gateway.services.http import NO_STORE, PIPELINE, json_error
+from gateway.tiles import Layer
+
+PURGER = web.AppKey("purger", Purger)
+# The admin API's bearer token, from the environment (never from the config file).
+ADMIN_TOKEN_ENV = "TILE_GATEWAY_ADMIN_TOKEN"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -117,10 +121,11 @@ async def purge(request: web.Request) -> web.Response:
     )
 
 
+def health_routes() -> list[web.RouteDef]:
+    """``/healthz`` and ``/readyz``, at the root where probes expect them."""
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+
+
 def routes() -> list[web.RouteDef]:
-    """The admin route table."""
-    return [
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.post("/admin/purge", purge),
-    ]
+    """The admin route table, relative to ``/admin``."""
+    return [web.post("/purge", purge)]

@@ -1,4 +1,4 @@
-"""OGC API - Tiles - Part 1: Core (OGC 20-057) for map tiles, under ``/ogcapi``.
+"""OGC API - Tiles - Part 1: Core (OGC 20-057) for map tiles: the ``/ogcapi`` front.
 
     /ogcapi                         landing page (OGC API - Common, 19-072 /req/landing-page)
     /ogcapi/conformance             the conformance classes claimed
@@ -18,8 +18,8 @@ none of the layer's formats, as OGC API - Common and RFC 9110 section 15.5.7 all
 is absolute, from ``public_base``.
 
 Errors use the gateway's JSON ``{"error": {"code", "message"}}``, not the OGC API Common
-exception schema: the CORS middleware already answers routing misses and 500s under
-``/ogcapi`` that way, and 20-057 /req/core/tc-error leaves the exception body optional.
+exception schema: 20-057 /req/core/tc-error leaves the exception body optional, and the
+front's middleware answers routing misses and 500s the same way.
 
 Tiles go through the one tile pipeline, so an OGC API tile and the XYZ or WMTS tile of the
 same address share one cache entry (``<tms>_2x`` tiles are the ``@2x`` tiles of ``<tms>``).
@@ -29,21 +29,36 @@ outside them is a 404 (/req/core/tc-error A), not the transparent tile XYZ answe
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.config import ServiceConfig
-from gateway.grids import Grid, TileOutOfRange
-from gateway.services.common import CONFIG, PIPELINE, json_error, public_base, upstream_error
-from gateway.services.tilejson import DocumentCache, encode, json_document
-from gateway.services.xyz import tile_response
-from gateway.sources.imageserver import UpstreamError
+from gateway.errors import (
+    InvalidTileAddress,
+    TileOutOfRange,
+    UnknownLayer,
+    UnknownTileMatrixSet,
+    UpstreamError,
+)
+from gateway.grids import Grid
+from gateway.services.http import (
+    CONFIG,
+    PIPELINE,
+    DocumentCache,
+    ReadyAnswers,
+    document_response,
+    encode_json,
+    json_error,
+    negotiate,
+    public_base,
+    tile_response,
+    upstream_error,
+)
 from gateway.tiles import Layer, TilePipeline
 
+READY = web.AppKey("ogcapi_ready", ReadyAnswers)
 JSON = "application/json"
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -63,38 +78,6 @@ class FormatError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-@functools.lru_cache(maxsize=256)
-def negotiate(accept: str, offered: tuple[str, ...]) -> str | None:
-    """The media type of ``offered`` that ``accept`` (an HTTP ``Accept`` value) rates highest.
-
-    Each offered type takes the quality of the most specific range matching it
-    (``type/subtype`` > ``type/*`` > ``*/*``, RFC 9110 section 12.5.1); ties go to the earlier
-    offer. ``None`` when every offered type has quality 0. Cached: clients repeat one header.
-    """
-    ranges: list[tuple[str, float]] = []
-    for part in accept.split(","):
-        media_range, *parameters = part.split(";")
-        quality = 1.0
-        for parameter in parameters:
-            name, _, value = parameter.partition("=")
-            if name.strip().lower() == "q":
-                # A malformed weight is ignored, as if the client had sent none.
-                with contextlib.suppress(ValueError):
-                    quality = float(value)
-        ranges.append((media_range.strip().lower(), quality))
-    best, best_quality = None, 0.0
-    for media_type in offered:
-        wildcard = media_type.split("/")[0] + "/*"
-        specificity, quality = -1, 0.0
-        for media_range, weight in ranges:
-            rank = {media_type: 2, wildcard: 1, "*/*": 0}.get(media_range, -1)
-            if rank > specificity:
-                specificity, quality = rank, weight
-        if quality > best_quality:
-            best, best_quality = media_type, quality
-    return best
 
 
 def check_json(f: str | None, accept: str | None) -> None:
@@ -274,22 +257,16 @@ def tileset(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
     the URL so each template names one media type (20-057 /req/tileset/description E-G).
     """
     document = tileset_summary(layer, grid, base)
-    limits = []
-    low, high = layer.zoom_range(grid)
-    for z in range(low, high + 1):
-        found = layer.limits(grid, z)
-        if found is not None:
-            min_col, max_col, min_row, max_row = found
-            limits.append(
-                {
-                    "tileMatrix": str(z),
-                    "minTileRow": min_row,
-                    "maxTileRow": max_row,
-                    "minTileCol": min_col,
-                    "maxTileCol": max_col,
-                }
-            )
-    document["tileMatrixSetLimits"] = limits
+    document["tileMatrixSetLimits"] = [
+        {
+            "tileMatrix": str(z),
+            "minTileRow": min_row,
+            "maxTileRow": max_row,
+            "minTileCol": min_col,
+            "maxTileCol": max_col,
+        }
+        for z, (min_col, max_col, min_row, max_row) in layer.tile_matrix_set_limits(grid).items()
+    ]
     if layer.bounds is not None:
         west, south, east, north = layer.bounds
         document["boundingBox"] = {
@@ -324,7 +301,8 @@ class OgcApiService:
         except FormatError as exc:
             return json_error(exc.status, str(exc))
         base = public_base(request)
-        return json_document(self._documents.get((base, *key), lambda: encode(build(base))))
+        document = self._documents.get((base, *key), lambda: encode_json(build(base)))
+        return document_response(request, document, JSON)
 
     async def landing(self, request: web.Request) -> web.Response:
         """``GET /ogcapi``: the landing page."""
@@ -398,52 +376,70 @@ class OgcApiService:
         the upstream fails. The image is tileWidth x tileHeight of the set (/req/core/tc-success
         C). Without ``f`` the answer varies with ``Accept``, and says so in ``Vary``.
         """
+        ready = request.app[READY].answer(request, by_accept=True)
+        if ready is not None:
+            return ready
         pipeline = request.app[PIPELINE]
         info = request.match_info
         name, identifier = info["layer"], info["tms"]
-        layer = pipeline.layers.get(name)
-        if layer is None:
-            return json_error(404, f"unknown collection {name!r}")
-        if identifier not in layer.grids:
-            return json_error(404, f"{name!r} has no tileset in TileMatrixSet {identifier!r}")
         f = request.query.get("f")
+        accept = request.headers.get("Accept")
+        address = (info["tile_matrix"], info["tile_row"], info["tile_col"])
         try:
-            ext = tile_format(f, request.headers.get("Accept"), tuple(layer.config.formats))
+            tile = pipeline.resolve(
+                name,
+                identifier,
+                *address,
+                lambda formats: tile_format(f, accept, formats),
+                within_limits=True,
+            )
+        except UnknownLayer:
+            return json_error(404, f"unknown collection {name!r}")
+        except UnknownTileMatrixSet:
+            return json_error(404, f"{name!r} has no tileset in TileMatrixSet {identifier!r}")
         except FormatError as exc:
             return json_error(exc.status, str(exc))
-        address = (info["tile_matrix"], info["tile_row"], info["tile_col"])
-        if not all(part.isdigit() for part in address):
+        except InvalidTileAddress:
             return json_error(400, "tileMatrix, tileRow and tileCol must be whole numbers")
-        z, row, col = (int(part) for part in address)
-        try:
-            tile = pipeline.resolve(name, identifier, z, col, row, ext)
         except TileOutOfRange as exc:
+            if exc.scope == "limits":
+                z, row, col = (int(part) for part in address)
+                return json_error(
+                    404, f"tile {z}/{row}/{col} is outside the tileMatrixSetLimits of {name!r}"
+                )
             return json_error(404, str(exc))
-        if not pipeline.has_data(tile):
-            return json_error(
-                404, f"tile {z}/{row}/{col} is outside the tileMatrixSetLimits of {name!r}"
-            )
         try:
             result = await pipeline.get_tile(tile)
         except UpstreamError as exc:
             return upstream_error(name, exc)
+        layer = pipeline.layers[name]
         response = tile_response(request, result, layer.cache_control)
-        if f is None:
-            response.headers["Vary"] = "Accept"
+        extra = None if f is not None else {"Vary": "Accept"}
+        if extra:
+            response.headers.update(extra)
+        request.app[READY].remember(
+            request,
+            response,
+            result,
+            pipeline.key(tile),
+            result.entry.created + layer.config.ttl,
+            by_accept=True,
+            extra=extra,
+        )
         return response
 
     def routes(self) -> list[web.RouteDef]:
-        """The route table; ``/ogcapi/`` is the landing page too, because OWSLib asks for the
-        landing page URL with a trailing slash."""
-        prefix = "/ogcapi/collections/{layer}/map/tiles"
+        """The route table, relative to ``/ogcapi``; ``/ogcapi/`` is the landing page too,
+        because OWSLib asks for the landing page URL with a trailing slash."""
+        prefix = "/collections/{layer}/map/tiles"
         return [
-            web.get("/ogcapi", self.landing),
-            web.get("/ogcapi/", self.landing),
-            web.get("/ogcapi/conformance", self.conformance),
-            web.get("/ogcapi/tileMatrixSets", self.tile_matrix_sets),
-            web.get("/ogcapi/tileMatrixSets/{tms}", self.tile_matrix_set),
-            web.get("/ogcapi/collections", self.collections),
-            web.get("/ogcapi/collections/{layer}", self.collection),
+            web.get("", self.landing),
+            web.get("/", self.landing),
+            web.get("/conformance", self.conformance),
+            web.get("/tileMatrixSets", self.tile_matrix_sets),
+            web.get("/tileMatrixSets/{tms}", self.tile_matrix_set),
+            web.get("/collections", self.collections),
+            web.get("/collections/{layer}", self.collection),
             web.get(prefix, self.tilesets),
             web.get(prefix + "/{tms}", self.tileset),
             web.get(prefix + "/{tms}/{tile_matrix}/{tile_row}/{tile_col}", self.tile),
@@ -451,5 +447,6 @@ class OgcApiService:
 
 
 def routes() -> list[web.RouteDef]:
-    """The OGC API - Tiles route table (a fresh document cache for each application)."""
+    """The OGC API - Tiles route table, relative to ``/ogcapi`` (a fresh document cache for
+    each application)."""
     return OgcApiService().routes()

@@ -1,4 +1,5 @@
-"""TileJSON 3.0.0 for a layer's XYZ tiles: ``GET /tiles/<layer>/tilejson.json``.
+"""TileJSON 3.0.0 for a layer's XYZ tiles: ``GET /tiles/<layer>/tilejson.json`` (served by the
+``/tiles`` front with the XYZ tiles it describes).
 
 The document describes the WebMercatorQuad tiles of ``services/xyz.py`` (TileJSON has no other
 tiling scheme). Query parameters, both optional:
@@ -10,69 +11,33 @@ tiling scheme). Query parameters, both optional:
             field: a client keeps treating the tiles as 256 CSS pixels (MapLibre ``tileSize: 256``).
 
 The documents are built once per (layer, format, scale, public base URL) and kept in a bounded
-``DocumentCache``; ``ogcapi.py`` uses the same cache class and ``json_document``.
+``DocumentCache`` (``services.http``), gzip-compressed once for clients that accept it.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.grids import WEB_MERCATOR_QUAD, Grid
-from gateway.services.common import CONFIG, PIPELINE, json_error, public_base
+from gateway.services.http import (
+    CONFIG,
+    PIPELINE,
+    DocumentCache,
+    document_response,
+    encode_json,
+    json_error,
+    public_base,
+)
 from gateway.tiles import Layer
 
 TILEJSON_VERSION = "3.0.0"
-# Documents change only with the configuration; a short lifetime lets a redeployment show
-# (clients must honour it: TileJSON 3.0.0 section 5).
-DOCUMENT_CACHE_CONTROL = "public, max-age=60"
 _FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
 # Digits kept for center lon/lat: 1e-6 degree is about 0.1 m, finer than any tile pixel.
 _CENTER_DIGITS = 6
-
-
-class DocumentCache:
-    """Encoded documents by key, the least recently used dropped beyond ``size`` entries.
-
-    Keys start with the public base URL, which a client chooses through ``Host`` (or the
-    ``X-Forwarded-*`` headers with ``trust_proxy``): the bound keeps a client that cycles
-    through host names from growing the process's memory.
-    """
-
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
-        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
-
-    def get(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
-        """The document under ``key``, built with ``build()`` on the first request for it."""
-        body = self._entries.get(key)
-        if body is not None:
-            self._entries.move_to_end(key)
-            return body
-        body = self._entries[key] = build()
-        if len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        return body
-
-
-def encode(document: Any) -> bytes:
-    """``document`` as compact UTF-8 JSON."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def json_document(body: bytes) -> web.Response:
-    """A 200 ``application/json`` answer with the documents' short ``Cache-Control``."""
-    return web.Response(
-        body=body,
-        content_type="application/json",
-        headers={"Cache-Control": DOCUMENT_CACHE_CONTROL},
-    )
 
 
 def _mercator_y(lat: float) -> float:
@@ -179,13 +144,15 @@ class TileJSONService:
             return json_error(400, f"scale must be 1 or 2, not {scale_text!r}")
         base = public_base(request)
         description = request.app[CONFIG].service.abstract
-        body = self._documents.get(
+        document = self._documents.get(
             (base, name, ext, scale_text),
-            lambda: encode(tilejson(layer, grid, base, ext, int(scale_text), description)),
+            lambda: encode_json(tilejson(layer, grid, base, ext, int(scale_text), description)),
         )
-        return json_document(body)
+        # Clients must honour the documents' short freshness (TileJSON 3.0.0 section 5).
+        return document_response(request, document, "application/json")
 
 
 def routes() -> list[web.RouteDef]:
-    """The TileJSON route table (a fresh document cache for each application)."""
-    return [web.get("/tiles/{layer}/tilejson.json", TileJSONService().get)]
+    """The TileJSON route table, relative to ``/tiles`` (a fresh document cache for each
+    application)."""
+    return [web.get("/{layer}/tilejson.json", TileJSONService().get)]

@@ -7,7 +7,7 @@ from importlib.resources import files
 
 from aiohttp import web
 
-from gateway.services.common import PIPELINE
+from gateway.services.http import PIPELINE
 
 _WEB = files("gateway.web")
 

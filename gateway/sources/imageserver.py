@@ -8,36 +8,17 @@ some deployments answer an expired token with an HTML page (arcgis-rest.md secti
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
+from gateway.errors import UpstreamError
 from gateway.imaging import EXPORT_FORMATS, sniff_format
-
-log = logging.getLogger(__name__)
-
-_MAX_MESSAGE = 300
-
-
-class UpstreamError(Exception):
-    """The upstream failed to give a usable answer.
-
-    ``status`` is the HTTP status for the gateway's client (502, or 504 on timeout);
-    ``code`` is the upstream's own code (its ArcGIS error code or HTTP status) when it gave one;
-    ``message`` is safe to show to a client: it never holds the upstream URL or a token.
-    """
-
-    def __init__(self, status: int, code: int | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message[:_MAX_MESSAGE]
+from gateway.sources.http import Upstream, arcgis_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,27 +31,6 @@ class ExportedImage:
     last_modified: float | None
 
 
-def _arcgis_error(body: bytes) -> tuple[int | None, str] | None:
-    """``(code, message)`` of an ArcGIS error JSON body, else ``None`` (arcgis-rest.md s. 3)."""
-    if not body[:64].lstrip().startswith(b"{"):
-        return None
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    error = document.get("error") if isinstance(document, dict) else None
-    if not isinstance(error, dict):
-        return None
-    code = error.get("code")
-    message = str(error.get("message") or "error without a message")
-    details = error.get("details")
-    if isinstance(details, list) and details:
-        extra = "; ".join(str(item) for item in details if str(item) != message)
-        if extra:
-            message = f"{message} ({extra})"
-    return (code if isinstance(code, int) else None), message
-
-
 def validate_image(status: int, content_type: str, body: bytes, ext: str) -> None:
     """Raise ``UpstreamError`` (502) unless ``body`` is a real ``ext`` image.
 
@@ -78,7 +38,7 @@ def validate_image(status: int, content_type: str, body: bytes, ext: str) -> Non
     page (e.g. "Invalid Token" under 200, resource-proxy issue #301), ``Content-Type: image/*``,
     and the magic bytes of the requested format.
     """
-    error = _arcgis_error(body)
+    error = arcgis_error(body)
     if error is not None:
         code, message = error
         raise UpstreamError(502, code if code is not None else status, message)
@@ -110,16 +70,13 @@ def export_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 class ImageServerClient:
-    """exportImage and service info of one ImageServer (``service_url`` ends in ``/ImageServer``).
+    """exportImage and service info of one ImageServer (``service_url`` ends in
+    ``/ImageServer``), through ``upstream``: its origin's shared session, credentials and
+    timeout (see ``sources.http``)."""
 
-    ``session`` is shared by every client of the same upstream host for the process lifetime
-    (keep-alive pool); ``timeout`` is the total time in seconds for one call.
-    """
-
-    def __init__(self, service_url: str, session: aiohttp.ClientSession, timeout: float) -> None:
+    def __init__(self, service_url: str, upstream: Upstream) -> None:
         self.service_url = service_url.rstrip("/")
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.upstream = upstream
 
     async def export_image(
         self,
@@ -136,7 +93,7 @@ class ImageServerClient:
         ``format``; ``fixed`` are the layer's other parameters, already formatted.
         Raises ``UpstreamError``: 504 on timeout, 502 on any other failure.
         """
-        export_format, _ = EXPORT_FORMATS[ext]
+        export_format, content_type = EXPORT_FORMATS[ext]
         query = {
             "bbox": ",".join(repr(float(v)) for v in bbox),
             "bboxSR": str(wkid),
@@ -146,39 +103,22 @@ class ImageServerClient:
             "f": "image",
             **fixed,
         }
-        try:
-            async with self._session.get(
-                f"{self.service_url}/exportImage", params=query, timeout=self._timeout
-            ) as response:
-                body = await response.read()
-                status = response.status
-                content_type = response.headers.get("Content-Type", "")
-                last_modified = response.headers.get("Last-Modified")
-        except TimeoutError:
-            raise UpstreamError(504, None, f"no answer within {self._timeout.total:g} s") from None
-        except aiohttp.ClientError as exc:
-            # The exception text names the host; the client only learns the kind of failure.
-            log.warning("exportImage on %s failed: %s", self.service_url, exc)
-            raise UpstreamError(502, None, f"unreachable ({type(exc).__name__})") from None
-        validate_image(status, content_type, body, ext)
-        return ExportedImage(body, EXPORT_FORMATS[ext][1], _http_date(last_modified))
+        response = await self.upstream.get(f"{self.service_url}/exportImage", query)
+        validate_image(
+            response.status, response.headers.get("Content-Type", ""), response.body, ext
+        )
+        return ExportedImage(
+            response.body, content_type, _http_date(response.headers.get("Last-Modified"))
+        )
 
     async def service_info(self) -> dict[str, Any]:
         """The ImageServer root resource (``?f=json``) as a dict (ArcGIS REST "Image Service").
 
         Raises ``UpstreamError`` (502/504) when it cannot be read or is an error JSON.
         """
-        try:
-            async with self._session.get(
-                self.service_url, params={"f": "json"}, timeout=self._timeout
-            ) as response:
-                body = await response.read()
-                status = response.status
-        except TimeoutError:
-            raise UpstreamError(504, None, f"no answer within {self._timeout.total:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(502, None, f"unreachable ({type(exc).__name__})") from None
-        error = _arcgis_error(body)
+        response = await self.upstream.get(self.service_url, {"f": "json"})
+        status, body = response.status, response.body
+        error = arcgis_error(body)
         if error is not None:
             raise UpstreamError(502, error[0], error[1])
         if status >= 400:
@@ -235,13 +175,3 @@ def _http_date(value: str | None) -> float | None:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
-
-
-__all__ = [
-    "ExportedImage",
-    "ImageServerClient",
-    "UpstreamError",
-    "export_params",
-    "extent_wgs84",
-    "validate_image",
-]

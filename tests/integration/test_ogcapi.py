@@ -17,7 +17,7 @@ from PIL import Image
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from gateway.services.ogcapi import negotiate
+from gateway.services.http import negotiate
 from tests.conftest import MakeGateway
 from tests.integration.conftest import FakeUpstream
 

@@ -25,7 +25,8 @@ from gateway.cache.codec import TileEntry, encode_entry
 from gateway.cli import main
 from gateway.config import GatewayConfig
 from gateway.grids import GridRegistry, metatile
-from gateway.seed import SeedOptions, SeedState, run_seed
+from gateway.seed import SeedOptions, run_seed
+from gateway.seed.state import SeedState
 from tests.conftest import REPO, gateway_config
 from tests.integration.conftest import BEHAVIOURS, FakeUpstream, encode_image
 

@@ -12,7 +12,7 @@ from PIL import Image
 from pyproj import Transformer
 from rasterio.warp import transform_bounds
 
-from gateway.services.tilejson import DocumentCache
+from gateway.services.http import DocumentCache
 from tests.conftest import DATA, MakeGateway
 from tests.integration.conftest import FakeUpstream
 
@@ -223,6 +223,6 @@ def test_document_cache_keeps_the_most_recently_used() -> None:
         return name.encode()
 
     for key in ("a", "b", "a", "c", "a", "b"):
-        assert cache.get(key, lambda key=key: build(key)) == key.encode()
+        assert cache.get(key, lambda key=key: build(key)).body == key.encode()
     # "b" was the least recently used when "c" came in, so only it was built twice.
     assert built == ["a", "b", "c", "b"]

@@ -15,7 +15,7 @@ from lxml import etree
 from PIL import Image
 from pyproj import CRS, Transformer
 
-from gateway.services import wmts
+from gateway.services.wmts import capabilities
 from tests.conftest import REPO, MakeGateway
 from tests.integration.conftest import FakeUpstream
 
@@ -426,13 +426,13 @@ async def test_the_document_is_built_once_per_base_url(
     make_gateway: MakeGateway, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[bytes] = []
-    serialise = wmts._serialise
+    serialise = capabilities.serialise
 
     def counting(root: etree._Element) -> bytes:
         built.append(serialise(root))
         return built[-1]
 
-    monkeypatch.setattr(wmts, "_serialise", counting)
+    monkeypatch.setattr(capabilities, "serialise", counting)
     client = await make_gateway({"fake": layer(fake_upstream.url, maxzoom=2)})
     for path in (
         CAPS,

@@ -334,7 +334,7 @@ async def test_tiles_are_served_through_a_redis_outage_and_cached_again_after(
     assert (await client.get("/tiles/fake/2/1/0.png")).headers["X-Cache"] == "MISS"
     assert (await client.get("/tiles/fake/2/1/0.png")).headers["X-Cache"] == "HIT"
     assert redis.Redis.from_url(redis_process.url).dbsize() == 1
-    outage_logs = [r.getMessage() for r in caplog.records if r.name == "gateway.cache.store"]
+    outage_logs = [r.getMessage() for r in caplog.records if r.name == "gateway.cache.backend"]
     assert len([m for m in outage_logs if "unavailable" in m]) == 1
     assert len([m for m in outage_logs if "available again" in m]) == 1
 

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from gateway.cache.codec import TileEntry, decode_entry, encode_entry, strong_etag
-from gateway.cache.store import redact_url
-from gateway.sources.imageserver import UpstreamError, validate_image
+from gateway.cache.redis_client import redact_url
+from gateway.errors import UpstreamError
+from gateway.sources.imageserver import validate_image
 
 
 def png_bytes() -> bytes:

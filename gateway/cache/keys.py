@@ -1,0 +1,64 @@
+"""The cache's key layout, in one place: nobody else formats a key (architecture.md).
+
+Every key starts with the configured prefix:
+
+    <prefix>:<layer>:<generation>:<tms>:<z>:<x>:<y>:<scale>.<ext>          a tile
+    <prefix>:lock:<layer>:<generation>:<tms>:<z>:<col0>:<row0>:<scale>.<ext> a metatile's lock
+    <prefix>:purge:generation:<layer>     whole-layer purges of the layer (a counter)
+    <prefix>:purge:seq                    every purge (a counter)
+    <prefix>:purge:log                    the last partial purges (a list of JSON events)
+
+``generation`` is the layer's fingerprint and purge count, so a change of what the upstream is
+asked for, or a purge, never serves the old bytes. A key holds no token and no client identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """The keys under ``prefix`` (``cache.prefix`` of the config)."""
+
+    prefix: str
+
+    def tile(
+        self, layer: str, generation: str, tms: str, z: int, x: int, y: int, scale: int, ext: str
+    ) -> str:
+        """A tile's key: TileMatrixSet ``tms`` (a base set, never a ``_2x`` one), TileMatrix
+        ``z``, TileCol ``x``, TileRow ``y``, ``scale`` 1 or 2 and extension ``ext``."""
+        return f"{self.prefix}:{layer}:{generation}:{tms}:{z}:{x}:{y}:{scale}.{ext}"
+
+    def lock(
+        self,
+        layer: str,
+        generation: str,
+        tms: str,
+        z: int,
+        col0: int,
+        row0: int,
+        scale: int,
+        ext: str,
+    ) -> str:
+        """The coalescing lock of the metatile whose first tile is TileCol ``col0``, TileRow
+        ``row0`` of TileMatrix ``z``."""
+        return f"{self.prefix}:lock:{layer}:{generation}:{tms}:{z}:{col0}:{row0}:{scale}.{ext}"
+
+    def layer_tiles(self, layer: str) -> str:
+        """The start shared by every tile key of ``layer``, whatever its generation."""
+        return f"{self.prefix}:{layer}:"
+
+    def generation(self, layer: str) -> str:
+        """The counter of whole-layer purges of ``layer``."""
+        return f"{self.prefix}:purge:generation:{layer}"
+
+    @property
+    def purge_seq(self) -> str:
+        """The counter of every purge, which replicas poll."""
+        return f"{self.prefix}:purge:seq"
+
+    @property
+    def purge_log(self) -> str:
+        """The list of the last partial purges (JSON events, newest first)."""
+        return f"{self.prefix}:purge:log"

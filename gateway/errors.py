@@ -1,0 +1,105 @@
+"""What the tile pipeline and its sources raise, in one place.
+
+Every protocol front catches these and answers in its own language (architecture.md, "Errors,
+each in its client's own language"): the gateway's JSON for ``/tiles``, ``/ogcapi`` and the
+admin API, an OWS ExceptionReport for ``/wmts``. The errors carry the facts (which part of a
+tile address, its value, the allowed range) so that each front can word them its own way;
+``str()`` of each is the plain wording the JSON fronts use.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# The three parts of a tile address, spelled as WMTS spells its parameters (07-057r7
+# Table 29), which is also the exception locator WMTS reports.
+AddressPart = Literal["TileMatrix", "TileRow", "TileCol"]
+_MAX_MESSAGE = 300
+
+
+class UnknownLayer(LookupError):
+    """No layer of that name is configured. ``layer`` is the name asked for."""
+
+    def __init__(self, layer: str) -> None:
+        super().__init__(f"unknown layer {layer!r}")
+        self.layer = layer
+
+
+class UnknownTileMatrixSet(LookupError):
+    """The layer is not served in the TileMatrixSet ``tms`` (or, where TileMatrixSetLimits
+    count, has no tile with data in it). ``served`` lists the identifiers it is served in."""
+
+    def __init__(self, layer: str, tms: str, served: tuple[str, ...]) -> None:
+        super().__init__(f"layer {layer!r} is not served in TileMatrixSet {tms!r}")
+        self.layer = layer
+        self.tms = tms
+        self.served = served
+
+
+class UnsupportedFormat(ValueError):
+    """The tile format ``ext`` (``png``/``jpg``) is not one the layer offers (``offered``)."""
+
+    def __init__(self, layer: str, ext: str, offered: tuple[str, ...]) -> None:
+        super().__init__(f"layer {layer!r} offers {', '.join(offered)}, not {ext!r}")
+        self.layer = layer
+        self.ext = ext
+        self.offered = offered
+
+
+class InvalidTileAddress(ValueError):
+    """A TileMatrix, TileRow or TileCol that is not a whole number (``text`` as given)."""
+
+    def __init__(self, part: AddressPart, text: str) -> None:
+        super().__init__(f"{part} must be an integer, not {text!r}")
+        self.part = part
+        self.text = text
+
+
+class TileOutOfRange(LookupError):
+    """A TileMatrix, TileRow or TileCol outside what the layer serves.
+
+    ``part`` is the offending part (also the WMTS exception locator), ``value`` its value and
+    ``low``..``high`` the inclusive range allowed. ``scope`` says which range: ``matrix`` (the
+    TileMatrixSet's own matrix, or the layer's zoom range for ``TileMatrix``) or ``limits``
+    (the layer's TileMatrixSetLimits: the tiles that hold data, WMTS 07-057r7 section
+    7.2.4.6.3); ``z`` is the TileMatrix of a TileRow/TileCol.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        part: AddressPart,
+        *,
+        value: int | None = None,
+        low: int = 0,
+        high: int = -1,
+        z: int | None = None,
+        scope: Literal["matrix", "limits"] = "matrix",
+    ) -> None:
+        super().__init__(message)
+        self.part = part
+        self.value = value
+        self.low = low
+        self.high = high
+        self.z = z
+        self.scope = scope
+
+    @property
+    def locator(self) -> str:
+        """The WMTS exception locator: the parameter at fault."""
+        return self.part
+
+
+class UpstreamError(Exception):
+    """The upstream failed to give a usable answer.
+
+    ``status`` is the HTTP status for the gateway's client (502, or 504 on timeout);
+    ``code`` is the upstream's own code (its ArcGIS error code or HTTP status) when it gave one;
+    ``message`` is safe to show to a client: it never holds the upstream URL or a token.
+    """
+
+    def __init__(self, status: int, code: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message[:_MAX_MESSAGE]

@@ -1,0 +1,200 @@
+"""Upstream HTTP in one place: one keep-alive ``aiohttp.ClientSession`` per upstream origin,
+its pool size and timeouts, and the hook where credentials meet every upstream request.
+
+A ``Credentials`` provider adds its token to each request (``apply``). When ArcGIS rejects the
+token — HTTP 498/499, an ArcGIS error JSON with code 498/499 under any HTTP status (ArcGIS
+usually answers HTTP 200), or an HTML "Invalid Token" page (resource-proxy issue #301) — the
+provider is asked to ``refresh`` once and, if it got a new token, the request is sent once
+more (arcgis-rest.md sections 3 and 4). ``NoCredentials`` adds nothing and never retries; the
+real providers (static, generateToken, OAuth2) plug in here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from gateway.errors import UpstreamError
+
+log = logging.getLogger(__name__)
+
+# ArcGIS' codes for "token rejected" (498 Invalid Token) and "token required" (499).
+TOKEN_CODES = frozenset((498, 499))
+
+
+@dataclass
+class UpstreamRequest:
+    """One request to an upstream, as a credential provider may change it: ``url`` (no query),
+    ``params`` (query parameters) and ``headers``."""
+
+    url: str
+    params: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """What the upstream answered: HTTP ``status``, ``headers`` and the whole ``body``."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        """The media type of the body, lower case, without parameters ("" when absent)."""
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+class Credentials(Protocol):
+    """A credential provider of one upstream (see the module docstring)."""
+
+    async def apply(self, request: UpstreamRequest) -> None:
+        """Add the current credential (a ``token`` parameter or a header) to ``request``."""
+
+    async def refresh(self, rejected: UpstreamRequest) -> bool:
+        """Get a new credential after ``rejected`` was refused; whether there is one to retry
+        with. Raises ``UpstreamError`` when the token service fails."""
+
+
+class NoCredentials:
+    """The provider of an upstream that needs no credential: adds nothing, never retries."""
+
+    async def apply(self, request: UpstreamRequest) -> None:
+        """Nothing to add."""
+
+    async def refresh(self, rejected: UpstreamRequest) -> bool:
+        """No credential to renew: the rejection stands."""
+        return False
+
+
+def arcgis_error(body: bytes) -> tuple[int | None, str] | None:
+    """``(code, message)`` of an ArcGIS error JSON body, else ``None``.
+
+    The shape is ``{"error": {"code", "message", "details"}}`` (arcgis-rest.md section 3);
+    ``details`` that add to the message are appended to it.
+    """
+    if not body[:64].lstrip().startswith(b"{"):
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    message = str(error.get("message") or "error without a message")
+    details = error.get("details")
+    if isinstance(details, list) and details:
+        extra = "; ".join(str(item) for item in details if str(item) != message)
+        if extra:
+            message = f"{message} ({extra})"
+    return (code if isinstance(code, int) else None), message
+
+
+def token_rejected(response: UpstreamResponse) -> bool:
+    """Whether ``response`` is ArcGIS refusing the request's token (or asking for one): HTTP
+    498/499, an error JSON with code 498/499 (usually under HTTP 200), or a page that is not
+    an image and says "Invalid Token"."""
+    if response.status in TOKEN_CODES:
+        return True
+    error = arcgis_error(response.body)
+    if error is not None:
+        return error[0] in TOKEN_CODES
+    return not response.content_type.startswith("image/") and (
+        b"invalid token" in response.body[:4096].lower()
+    )
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url``: one keep-alive session is kept per origin."""
+    parsed = URL(url)
+    return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
+
+
+class Upstream:
+    """GET requests to one upstream origin through its shared ``session``, with
+    ``credentials`` applied and one refresh-and-retry when the token is rejected.
+
+    ``timeout`` bounds each request in seconds (all of it: connecting, waiting, reading).
+    """
+
+    def __init__(
+        self, session: aiohttp.ClientSession, credentials: Credentials, timeout: float
+    ) -> None:
+        self._session = session
+        self.credentials = credentials
+        self.timeout = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def get(self, url: str, params: Mapping[str, str]) -> UpstreamResponse:
+        """``GET url?params``, the whole body read.
+
+        Raises ``UpstreamError``: 504 when no answer came within the timeout, 502 when the
+        upstream cannot be reached (the message names the kind of failure, never the URL).
+        """
+        request = UpstreamRequest(url, dict(params))
+        await self.credentials.apply(request)
+        response = await self._send(request)
+        if token_rejected(response):
+            retry = UpstreamRequest(url, dict(params))
+            if await self.credentials.refresh(request):
+                await self.credentials.apply(retry)
+                response = await self._send(retry)
+        return response
+
+    async def _send(self, request: UpstreamRequest) -> UpstreamResponse:
+        try:
+            async with self._session.get(
+                request.url, params=request.params, headers=request.headers, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                return UpstreamResponse(response.status, response.headers, body)
+        except TimeoutError:
+            raise UpstreamError(504, None, f"no answer within {self.timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            # The exception text names the host; the client only learns the kind of failure.
+            log.warning("upstream request to %s failed: %s", URL(request.url).origin(), exc)
+            raise UpstreamError(502, None, f"unreachable ({type(exc).__name__})") from None
+
+
+class UpstreamPool:
+    """The keep-alive sessions of the process, one per upstream origin, made on first use.
+
+    ``connections`` bounds the open connections to each origin (requests beyond it wait for
+    one); ``agent`` is the User-Agent sent. ``close`` ends them all (at shutdown).
+    """
+
+    def __init__(self, connections: int = 100, agent: str = "tile-gateway/0.1") -> None:
+        self._connections = connections
+        self._agent = agent
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def upstream(
+        self, url: str, timeout: float, credentials: Credentials | None = None
+    ) -> Upstream:
+        """An ``Upstream`` for requests under ``url``, sharing its origin's session."""
+        origin = origin_of(url)
+        session = self._sessions.get(origin)
+        if session is None:
+            session = self._sessions[origin] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._connections, limit_per_host=self._connections
+                ),
+                headers={"User-Agent": self._agent},
+            )
+        return Upstream(session, credentials or NoCredentials(), timeout)
+
+    async def close(self) -> None:
+        """Close every session and its connections."""
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()

@@ -1,0 +1,194 @@
+"""A configured layer made ready to serve: its ImageServer client, fingerprint, HTTP
+freshness, TileMatrixSets, data extent and TileMatrixSetLimits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+
+from gateway.cache.codec import TileEntry, strong_etag
+from gateway.config import GatewayConfig, LayerConfig
+from gateway.errors import UpstreamError
+from gateway.grids import Grid, GridRegistry, TileLimits
+from gateway.imaging import EXPORT_FORMATS, empty_tile
+from gateway.sources.http import UpstreamPool
+from gateway.sources.imageserver import ImageServerClient, export_params, extent_wgs84
+
+log = logging.getLogger(__name__)
+
+# Part of every layer fingerprint: bump it when the gateway changes how it renders a tile, so
+# caches shared with older replicas are not read back as if they were the same bytes.
+PIPELINE_VERSION = 1
+# ArcGIS Server's own default limits, assumed until the service info says otherwise.
+DEFAULT_MAX_IMAGE = (15000, 4100)
+# Last-Modified of empty tiles: they never change while the process runs.
+_STARTED = time.time()
+
+
+class Layer:
+    """A configured layer made ready to serve: its source client, fingerprint, headers, the
+    TileMatrixSets it is served in, and its data extent.
+
+    ``bounds`` is ``(west, south, east, north)`` in degrees: from the config, else from the
+    upstream's service info (``load_service_info``), else ``None`` (unknown: every tile is
+    asked for). ``max_image`` is the upstream's maxImageWidth x maxImageHeight in pixels.
+    ``purges`` counts whole-layer purges; it is part of ``generation``, which is part of every
+    cache key of the layer.
+    """
+
+    def __init__(
+        self, name: str, config: LayerConfig, client: ImageServerClient, grids: GridRegistry
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.client = client
+        self.grids = {identifier: grids[identifier] for identifier in config.tile_matrix_sets}
+        self.fixed_params = export_params(config.export.model_dump(exclude_none=True))
+        self.fingerprint_hash = self.fingerprint(config)
+        self.purges = 0
+        self.generation = f"{self.fingerprint_hash}.0"
+        self.cache_control = f"public, max-age={config.ttl}" + "".join(
+            f", {name}={seconds}"
+            for name, seconds in (
+                ("stale-while-revalidate", config.stale_while_revalidate),
+                ("stale-if-error", config.stale_if_error),
+            )
+            if seconds
+        )
+        self.bounds: tuple[float, float, float, float] | None = config.bounds
+        self.max_image = DEFAULT_MAX_IMAGE
+        self._limits: dict[str, dict[int, TileLimits]] = {}
+        self._empty: dict[tuple[str, int], TileEntry] = {}
+
+    @staticmethod
+    def fingerprint(config: LayerConfig) -> str:
+        """A short hash of everything that changes the bytes of this layer's tiles."""
+        identity = {
+            "pipeline": PIPELINE_VERSION,
+            "url": config.service_url,
+            "wkid": config.web_mercator_wkid,
+            "export": config.export.model_dump(exclude_none=True),
+            "background": config.background,
+        }
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
+
+    def set_purges(self, purges: int) -> None:
+        """Adopt a purge count (from this or another replica): new keys, old ones age out."""
+        self.purges = purges
+        self.generation = f"{self.fingerprint_hash}.{purges}"
+
+    async def load_service_info(self) -> None:
+        """Read the data extent (unless configured) and maxImageWidth/maxImageHeight from the
+        upstream's service info (ArcGIS REST "Image Service" resource).
+
+        Raises ``UpstreamError`` when the upstream cannot be read; nothing changes then.
+        """
+        info = await self.client.service_info()
+        width, height = info.get("maxImageWidth"), info.get("maxImageHeight")
+        if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+            self.max_image = (width, height)
+        if self.config.bounds is None:
+            self.bounds = extent_wgs84(info)
+            self._limits.clear()
+
+    def meta_size(self, grid: Grid, scale: int) -> tuple[int, int]:
+        """Columns and rows of this layer's metatiles in ``grid`` at ``scale``: the configured
+        ``meta_size``, made smaller where the image would exceed the upstream's maximum."""
+        tile_px = grid.tile_size * scale
+        buffer = 2 * self.config.meta_buffer
+        columns = max(1, min(self.config.meta_size[0], (self.max_image[0] - buffer) // tile_px))
+        rows = max(1, min(self.config.meta_size[1], (self.max_image[1] - buffer) // tile_px))
+        return columns, rows
+
+    def wkid_for(self, grid: Grid) -> int:
+        """The WKID sent as bboxSR/imageSR for ``grid`` (Web Mercator's is configurable)."""
+        return self.config.web_mercator_wkid if grid.epsg == 3857 else grid.epsg
+
+    def zoom_range(self, grid: Grid) -> tuple[int, int]:
+        """The TileMatrix identifiers served in ``grid``: the layer's range within the set's."""
+        return max(self.config.minzoom, grid.minzoom), min(self.config.maxzoom, grid.maxzoom)
+
+    def tile_matrix_set_limits(self, grid: Grid) -> dict[int, TileLimits]:
+        """The layer's TileMatrixSetLimits in ``grid`` (WMTS 07-057r7 section 7.2.4.6.3, OGC
+        TMS 2.0 tileMatrixSetLimits): for each TileMatrix of the zoom range that holds data,
+        ``(min_col, max_col, min_row, max_row)`` inclusive; every tile of each matrix when the
+        data extent is unknown. Computed once per grid (and again when the extent is read)."""
+        limits = self._limits.get(grid.identifier)
+        if limits is None:
+            low, high = self.zoom_range(grid)
+            extent = None if self.bounds is None else grid.extent_from_wgs84(self.bounds)
+            limits = {}
+            for z in range(low, high + 1):
+                if self.bounds is None:
+                    width, height = grid.matrix_sizes[z]
+                    limits[z] = (0, width - 1, 0, height - 1)
+                elif extent is not None:
+                    found = grid.limits(extent, z)
+                    if found is not None:
+                        limits[z] = found
+            self._limits[grid.identifier] = limits
+        return limits
+
+    def limits(self, grid: Grid, z: int) -> TileLimits | None:
+        """The TileMatrixSetLimits of TileMatrix ``z`` of ``grid``; ``None`` when no tile of it
+        holds data, or ``z`` is outside the layer's zoom range."""
+        return self.tile_matrix_set_limits(grid).get(z)
+
+    def advertised_grids(self) -> tuple[str, ...]:
+        """The TileMatrixSets in which some tile holds data (those WMTS links), in order."""
+        return tuple(
+            identifier
+            for identifier, grid in self.grids.items()
+            if self.tile_matrix_set_limits(grid)
+        )
+
+    def has_data(self, grid: Grid, z: int, x: int, y: int) -> bool:
+        """Whether tile ``z/x/y`` of ``grid`` intersects the layer's data extent."""
+        limits = self.limits(grid, z)
+        return limits is not None and (limits[0] <= x <= limits[1] and limits[2] <= y <= limits[3])
+
+    def empty_entry(self, ext: str, size: int) -> TileEntry:
+        """The entry of a tile outside the data: transparent PNG or background-colour JPEG."""
+        key = (ext, size)
+        if key not in self._empty:
+            data = empty_tile(ext, size, self.config.background)
+            self._empty[key] = TileEntry(data, EXPORT_FORMATS[ext][1], strong_etag(data), _STARTED)
+        return self._empty[key]
+
+
+def build_layers(
+    config: GatewayConfig, upstreams: UpstreamPool, grids: GridRegistry
+) -> dict[str, Layer]:
+    """Ready layers for ``config``; each ImageServer client shares its origin's session of
+    ``upstreams``."""
+    timeout = config.server.upstream_timeout
+    return {
+        name: Layer(
+            name,
+            layer,
+            ImageServerClient(layer.service_url, upstreams.upstream(layer.service_url, timeout)),
+            grids,
+        )
+        for name, layer in config.layers.items()
+    }
+
+
+async def load_service_info(layers: list[Layer], timeout: float) -> None:
+    """Each layer's data extent and maximum image size from its upstream, concurrently, within
+    ``timeout`` seconds. A layer whose upstream does not answer keeps its configured bounds (or
+    none: every tile of the matrix is then asked for) and the default image limits."""
+
+    async def load(layer: Layer) -> None:
+        try:
+            await asyncio.wait_for(layer.load_service_info(), timeout)
+        except (UpstreamError, TimeoutError) as exc:
+            reason = (
+                exc.message if isinstance(exc, UpstreamError) else f"no answer in {timeout:g} s"
+            )
+            log.warning("layer %s: service info unavailable: %s", layer.name, reason)
+
+    await asyncio.gather(*(load(layer) for layer in layers))

@@ -1,0 +1,293 @@
+"""The tile pipeline: tile request -> cache -> exportImage on the layer's source -> cache.
+
+Every protocol front turns its URL into a ``TileRequest`` (``TilePipeline.resolve``) and calls
+``TilePipeline.get_tile``; this is where the cache and the upstream meet, so the same cache
+entry serves every protocol asking for the same tile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Literal
+
+from gateway.cache.coalesce import SingleFlight
+from gateway.cache.codec import TileEntry, strong_etag
+from gateway.cache.keys import KeyLayout
+from gateway.cache.store import TileCache
+from gateway.config import GatewayConfig
+from gateway.errors import UpstreamError
+from gateway.grids import GridRegistry, MetaTile, metatile
+from gateway.imaging import EXPORT_FORMATS, cut_metatile
+from gateway.sources.http import UpstreamPool
+from gateway.tiles.address import TileRequest, resolve
+from gateway.tiles.layer import Layer, build_layers
+
+log = logging.getLogger(__name__)
+
+CacheStatus = Literal["HIT", "MISS", "STALE"]
+
+
+@dataclass(frozen=True, slots=True)
+class TileResult:
+    """A tile answer: the entry, and ``HIT`` (no upstream call made for this request),
+    ``MISS`` (this request called the upstream) or ``STALE`` (served past its freshness)."""
+
+    entry: TileEntry
+    cache_status: CacheStatus
+
+
+class TilePipeline:
+    """Finds tiles in the cache or makes them, a metatile per exportImage call.
+
+    ``layers`` maps layer names to ready layers; ``cache`` is the tile store; ``keys`` its key
+    layout; ``grids`` every TileMatrixSet known; ``lock_lease`` the seconds a replica may hold
+    a metatile's lock.
+    """
+
+    def __init__(
+        self,
+        layers: dict[str, Layer],
+        cache: TileCache,
+        keys: KeyLayout,
+        grids: GridRegistry,
+        lock_lease: float = 30.0,
+    ) -> None:
+        self.layers = layers
+        self.cache = cache
+        self.keys = keys
+        self.grids = grids
+        self.flight = SingleFlight(cache, lock_lease)
+        self._refreshes: set[asyncio.Task[None]] = set()
+
+    def resolve(
+        self,
+        layer: str,
+        tms: str,
+        tile_matrix: int | str,
+        tile_row: int | str,
+        tile_col: int | str,
+        ext: str | Callable[[tuple[str, ...]], str],
+        scale: int = 1,
+        *,
+        within_limits: bool = False,
+        wmts: bool = False,
+    ) -> TileRequest:
+        """The checked request of a tile address (see ``tiles.address.resolve``, which says
+        what it raises)."""
+        return resolve(
+            self.layers,
+            layer,
+            tms,
+            tile_matrix,
+            tile_row,
+            tile_col,
+            ext,
+            scale,
+            within_limits=within_limits,
+            wmts=wmts,
+        )
+
+    def key(self, request: TileRequest) -> str:
+        """The cache key of ``request``."""
+        return self.keys.tile(
+            request.layer,
+            self.layers[request.layer].generation,
+            request.tms,
+            request.z,
+            request.x,
+            request.y,
+            request.scale,
+            request.ext,
+        )
+
+    def prepared(self, key: str) -> tuple[TileEntry, object] | None:
+        """The entry under ``key`` in the in-process tier with what a front prepared from it
+        (see ``prepare``), or ``None``: a hit that touches nothing but memory."""
+        l1 = self.cache.l1
+        return None if l1 is None else l1.prepared(key)
+
+    def prepare(self, key: str, entry: TileEntry, prepared: object) -> bool:
+        """Keep ``prepared`` (e.g. an answer's headers) with the in-process entry under ``key``
+        while it is still ``entry``; it goes when the entry goes (expiry, eviction, purge,
+        refresh). Whether it was kept."""
+        l1 = self.cache.l1
+        return l1 is not None and l1.prepare(key, entry, prepared)
+
+    async def get_tile(self, request: TileRequest) -> TileResult:
+        """The tile for a request from ``resolve``: an empty tile outside the data extent
+        (no I/O), else a fresh cached one, else a stale one inside ``stale_while_revalidate``
+        (refreshed in the background), else from the upstream through coalescing; when the
+        upstream fails, a stale one inside ``stale_if_error``.
+
+        Only validated images are stored. Raises ``UpstreamError`` (502/504) when the upstream
+        fails and no stale copy may stand in; nothing is cached then.
+        """
+        layer = self.layers[request.layer]
+        grid = self.grids[request.tms]
+        if not layer.has_data(grid, request.z, request.x, request.y):
+            return TileResult(layer.empty_entry(request.ext, grid.tile_size * request.scale), "HIT")
+        key = self.key(request)
+        config = layer.config
+        entry = await self.cache.get(key, config.storage_ttl)
+        age = 0.0
+        if entry is not None:
+            age = time.time() - entry.created
+            if age < config.ttl:
+                return TileResult(entry, "HIT")
+            if age < config.ttl + config.stale_while_revalidate:
+                self._refresh_later(request, key)
+                return TileResult(entry, "STALE")
+        try:
+            fresh, produced = await self._fetch(request, key)
+        except UpstreamError:
+            if entry is not None and age < config.ttl + config.stale_if_error:
+                return TileResult(entry, "STALE")
+            raise
+        return TileResult(fresh, "MISS" if produced else "HIT")
+
+    def lock_key(self, request: TileRequest, meta: MetaTile) -> str:
+        """The coalescing lock of the metatile ``meta`` of ``request``."""
+        return self.keys.lock(
+            request.layer,
+            self.layers[request.layer].generation,
+            request.tms,
+            meta.z,
+            meta.col0,
+            meta.row0,
+            request.scale,
+            request.ext,
+        )
+
+    def metatile_of(self, request: TileRequest) -> MetaTile:
+        """The metatile that holds the requested tile (see ``grids.metatile``)."""
+        layer = self.layers[request.layer]
+        grid = self.grids[request.tms]
+        return metatile(
+            grid,
+            request.z,
+            request.x,
+            request.y,
+            layer.meta_size(grid, request.scale),
+            layer.config.meta_buffer,
+            request.scale,
+        )
+
+    def metatile_keys(self, request: TileRequest, meta: MetaTile) -> list[str]:
+        """The cache keys of every tile of ``meta`` (all stored by one fetch)."""
+        return [self.key(replace(request, x=x, y=y)) for x, y, _ in meta.crops()]
+
+    async def _fetch(self, request: TileRequest, key: str) -> tuple[TileEntry, bool]:
+        return await self.fetch_metatile(request, self.metatile_of(request), key)
+
+    async def fetch_metatile(
+        self, request: TileRequest, meta: MetaTile, key: str
+    ) -> tuple[TileEntry, bool]:
+        """The fresh entry under ``key`` (a tile of ``meta``), from the cache or by fetching the
+        metatile through coalescing; ``True`` when this call made the upstream call.
+
+        Raises ``UpstreamError``.
+        """
+        config = self.layers[request.layer].config
+        return await self.flight.fetch(
+            self.lock_key(request, meta),
+            key,
+            lambda: self.produce(request, meta),
+            config.ttl,
+            config.storage_ttl,
+        )
+
+    async def produce(self, request: TileRequest, meta: MetaTile) -> dict[str, TileEntry]:
+        """One exportImage call for ``meta``: every tile of it by cache key (coalescing stores
+        them).
+
+        A 1 x 1 metatile without buffer keeps the upstream's bytes as they are; a larger one is
+        asked as PNG (lossless, with alpha) and cut and encoded per tile in a worker thread.
+        Raises ``UpstreamError``.
+        """
+        layer = self.layers[request.layer]
+        grid = self.grids[request.tms]
+        single = meta.cols == meta.rows == 1 and meta.width == meta.tile_px == meta.height
+        image = await layer.client.export_image(
+            meta.bbox,
+            layer.wkid_for(grid),
+            (meta.width, meta.height),
+            request.ext if single else "png",
+            layer.fixed_params,
+        )
+        crops = meta.crops()
+        if single:
+            tiles = [image.data]
+        else:
+            tiles = await asyncio.get_running_loop().run_in_executor(
+                None,
+                partial(
+                    cut_metatile,
+                    image.data,
+                    [box for _, _, box in crops],
+                    request.ext,
+                    png8=layer.config.png8,
+                    jpeg_quality=layer.config.jpeg_quality,
+                    background=layer.config.background,
+                ),
+            )
+        now = time.time()
+        content_type = EXPORT_FORMATS[request.ext][1]
+        return {
+            self.key(replace(request, x=col, y=row)): TileEntry(
+                data, content_type, strong_etag(data), now, image.last_modified
+            )
+            for (col, row, _), data in zip(crops, tiles, strict=True)
+        }
+
+    def _refresh_later(self, request: TileRequest, key: str) -> None:
+        """Start one background refresh of the request's metatile unless one is running."""
+        if self.flight.running(self.lock_key(request, self.metatile_of(request))):
+            return
+        task = asyncio.create_task(self._refresh(request, key))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(self, request: TileRequest, key: str) -> None:
+        try:
+            await self._fetch(request, key)
+        except UpstreamError as exc:
+            log.info("background refresh of %s failed: %s", key, exc.message)
+
+    async def close(self) -> None:
+        """Wait for background refreshes to end (at shutdown)."""
+        if self._refreshes:
+            await asyncio.gather(*self._refreshes, return_exceptions=True)
+
+
+@asynccontextmanager
+async def open_pipeline(
+    config: GatewayConfig, *, l1: bool = True, agent: str = "tile-gateway/0.1"
+) -> AsyncIterator[TilePipeline]:
+    """The pipeline of ``config``: its cache, one keep-alive session per upstream origin, the
+    TileMatrixSets and the layers; closed on exit (background refreshes awaited, cache and
+    sessions closed). ``l1`` False turns the in-process LRU off (a command that serves no tile
+    has no use for it); ``agent`` is the upstream User-Agent. Service info is not loaded: see
+    ``tiles.layer.load_service_info``."""
+    cache_config = config.cache if l1 else config.cache.model_copy(update={"l1_max_bytes": 0})
+    cache = TileCache(cache_config)
+    upstreams = UpstreamPool(config.server.upstream_connections, agent)
+    grids = GridRegistry(config.tile_matrix_sets)
+    pipeline = TilePipeline(
+        build_layers(config, upstreams, grids),
+        cache,
+        KeyLayout(config.cache.prefix),
+        grids,
+        config.cache.lock_lease,
+    )
+    try:
+        yield pipeline
+    finally:
+        await pipeline.close()
+        await cache.close()
+        await upstreams.close()
