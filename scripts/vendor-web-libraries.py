@@ -11,7 +11,7 @@ file; a wrong pin is printed with the right value and fails the run.
 
 To change a version: pin it in tests/browser/package.json, run
 ``npm install --prefix tests/browser`` (updates the lock file), run this script, then put the
-hashes it prints into viewer.js's LIBRARIES. ``--check`` writes nothing: it fails when the
+pins it prints into viewer.js's LIBRARIES. ``--check`` writes nothing: it fails when the
 committed folder differs from what the registry's packages give.
 
 Needs ``npm``; exit status 0 when all is well, 1 on any mismatch or failure.
@@ -179,7 +179,9 @@ def build(target: Path) -> None:
 
 
 def check_pins(vendor: Path) -> list[str]:
-    """What is wrong with viewer.js's pins against the files in ``vendor``: one line each."""
+    """What is wrong with viewer.js's pins against the files in ``vendor``, one line each,
+    followed (when anything is) by the pins of every vendored script and stylesheet as
+    viewer.js's LIBRARIES should hold them."""
     problems = []
     pins = PIN.findall(VIEWER_JS.read_text())
     if not pins:
@@ -192,6 +194,13 @@ def check_pins(vendor: Path) -> list[str]:
         actual = sri(path.read_bytes(), algorithm)
         if actual != f"{algorithm}-{digest}":
             problems.append(f'viewer.js: ["{file}", "{actual}"] (it has {algorithm}-{digest})')
+    if problems:
+        problems.append("the vendored scripts and stylesheets, pinned:")
+        problems += [
+            f'  ["{path.relative_to(vendor).as_posix()}", "{sri(path.read_bytes())}"],'
+            for path in sorted(vendor.glob("*@*/**/*"))
+            if path.suffix in (".js", ".css")
+        ]
     return problems
 
 
