@@ -282,13 +282,39 @@ class LayerConfig(_Strict):
         return self.ttl + max(self.stale_while_revalidate, self.stale_if_error)
 
 
+class ViewerConfig(_Strict):
+    """Where the viewer page (``GET /``) loads Leaflet, OpenLayers and MapLibre GL from.
+
+    ``libraries: local`` (the default) serves them from the gateway itself, at
+    ``/vendor/<name>@<version>/<path>`` (the npm packages' files in ``gateway/web/vendor``), so
+    the viewer needs no internet access. ``cdn`` has the browser fetch the same files from
+    ``cdn_url``: a base URL under which ``<name>@<version>/<path>`` is that file of the npm
+    package, served with CORS (unpkg, or jsDelivr's ``https://cdn.jsdelivr.net/npm/``). The
+    viewer checks both with the same Subresource Integrity hashes. A ``cdn_url`` without a
+    trailing slash gets one; a query or fragment is refused.
+    """
+
+    libraries: Literal["local", "cdn"] = "local"
+    cdn_url: AnyHttpUrl = AnyHttpUrl("https://unpkg.com/")
+
+    @field_validator("cdn_url")
+    @classmethod
+    def _folder_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if value.query is not None or value.fragment is not None:
+            raise ValueError("must be a folder URL, without a query or fragment")
+        # Package paths are resolved against it: without the slash its last segment would go.
+        text = str(value)
+        return value if text.endswith("/") else AnyHttpUrl(text + "/")
+
+
 class GatewayConfig(_Strict):
-    """The whole configuration: server, service metadata, cache, custom TileMatrixSets and the
-    layers keyed by their URL name."""
+    """The whole configuration: server, service metadata, cache, the viewer, custom
+    TileMatrixSets and the layers keyed by their URL name."""
 
     server: ServerConfig = ServerConfig()
     service: ServiceConfig = ServiceConfig()
     cache: CacheConfig = CacheConfig()
+    viewer: ViewerConfig = ViewerConfig()
     tile_matrix_sets: dict[str, TileMatrixSetConfig] = {}
     layers: Annotated[dict[str, LayerConfig], Field(min_length=1)]
 

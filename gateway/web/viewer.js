@@ -3,11 +3,13 @@
 // capabilities, in the TileMatrixSet chosen) or MapLibre GL (TileJSON), and copy-paste
 // snippets for those three, QGIS and GDAL. Plain script, no build step.
 //
-// The libraries come from unpkg, pinned, with Subresource Integrity: the hashes are those of
-// the files of the npm packages that tests/browser/package-lock.json installs (unpkg serves
-// them byte for byte). Each library is loaded the first time it is shown. MapLibre stays on
-// 5.x: it is the last line with a one-file UMD build (v6 is ES modules only, whose imported
-// chunks an integrity attribute on the entry script does not cover).
+// The libraries come from the gateway itself (vendor/, the default) or from a CDN, as the
+// page's tile-gateway-libraries meta tag says (viewer.libraries in the config). Both hold the
+// npm packages' files byte for byte, so one set of Subresource Integrity hashes checks either:
+// the hashes of the files in gateway/web/vendor (scripts/vendor-web-libraries.py checks them).
+// Each library is loaded the first time it is shown. MapLibre stays on 5.x: it is the last
+// line with a one-file UMD build (v6 is ES modules only, whose imported chunks an integrity
+// attribute on the entry script does not cover).
 const LIBRARIES = {
   leaflet: {
     title: "Leaflet",
@@ -35,7 +37,6 @@ const LIBRARIES = {
     ],
   },
 };
-const CDN = "https://unpkg.com/";
 const MIME = { png: "image/png", jpg: "image/jpeg" };
 // Metres per pixel at zoom 0 of the 256-pixel Web Mercator pyramid; the shared view keeps
 // that zoom scale, whatever the library or projection shows it.
@@ -43,6 +44,9 @@ const ZOOM0_RESOLUTION = 156543.03392804097;
 // Everything absolute is built on the page's own folder, so the viewer works behind a proxy
 // that serves the gateway under a path prefix.
 const BASE = new URL(".", location.href).href;
+// A relative base ("vendor/") is on the page's folder too; a CDN's is absolute.
+const LIBRARY_BASE = new URL(
+  document.querySelector('meta[name="tile-gateway-libraries"]').content, BASE).href;
 
 // Counters read by the browser tests (tests/browser) and shown to the user; show() starts
 // a fresh set for each map. idle: the library has drawn all it loaded.
@@ -72,17 +76,18 @@ function once(key, make) {
 function loadLibrary(client) {
   return once(client, () => Promise.all(LIBRARIES[client].files.map(([file, integrity]) =>
     new Promise((resolve, reject) => {
+      const url = LIBRARY_BASE + file;
       const css = file.endsWith(".css");
       const element = document.createElement(css ? "link" : "script");
       element.integrity = integrity;
-      element.crossOrigin = "anonymous"; // integrity checks need a CORS request
+      element.crossOrigin = "anonymous"; // integrity checks on a CDN need a CORS request
       element.onload = resolve;
-      element.onerror = () => reject(new Error(`cannot load ${CDN}${file}`));
+      element.onerror = () => reject(new Error(`cannot load ${url}`));
       if (css) {
         element.rel = "stylesheet";
-        element.href = CDN + file;
+        element.href = url;
       } else {
-        element.src = CDN + file;
+        element.src = url;
       }
       document.head.append(element);
     }))));

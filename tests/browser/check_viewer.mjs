@@ -25,10 +25,11 @@ function usage(message) {
   process.exit(2);
 }
 
-// Runs in the page: the viewer says its library has finished drawing what it loaded.
-function viewerIdle() {
+// Runs in the page: the viewer says its library has finished drawing what it loaded, or
+// that something failed (a library that cannot load never gets to draw).
+function viewerSettled() {
   const stats = window.viewerStats;
-  return Boolean(stats && stats.idle && stats.loaded > 0);
+  return Boolean(stats && ((stats.idle && stats.loaded > 0) || stats.errors > 0));
 }
 
 // Runs in the page (Leaflet only): the colour at each place, read from the decoded tile itself.
@@ -87,10 +88,18 @@ function samplePlaces(places) {
   });
 }
 
-// Runs in the page: what the side panel offers.
+// Runs in the page: what the side panel offers, and the library files the viewer asked for.
 function readPanel() {
   const box = document.getElementById("map").getBoundingClientRect();
   return {
+    status: document.getElementById("status").textContent,
+    libraries: [...document.head.querySelectorAll("script[src], link[rel=stylesheet]")].map(
+      (element) => ({
+        url: element.src || element.href,
+        integrity: element.integrity,
+        crossOrigin: element.crossOrigin,
+      }),
+    ),
     mapRect: [box.left, box.top, box.width, box.height],
     tileMatrixSets: [...document.querySelectorAll("#tms option")].map((option) => option.value),
     snippets: Object.fromEntries(
@@ -116,7 +125,7 @@ printReport("check_viewer.mjs", async () => {
     screenshot,
     dpr,
     viewport: { width: 1024, height: 768 },
-    ready: viewerIdle,
+    ready: viewerSettled,
     inspect: async (page, report) => {
       report.stats = await page.evaluate(() => ({ ...window.viewerStats }));
       Object.assign(report, await page.evaluate(readPanel));

@@ -3,28 +3,31 @@
 // playwright-core, record its network traffic and console, wait until the page says it is
 // done and the network has gone quiet, then hand the page to the caller for its own readings.
 //
+// Nothing leaves the machine: only the page's own origin and the allowed ones, all on
+// loopback, are reached; every other request is aborted and listed in the report's
+// blockedRequests, so a test sees any attempt to go off-site (a CDN, a font, a telemetry ping).
+//
 // The report is printed as ONE JSON line on stdout with exit status 0 even for a broken page:
 // the verdict belongs to the Python test, which needs the whole report to explain a failure.
 
-import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
 import { chromium } from "playwright-core";
 
-export const NODE_MODULES = path.join(path.dirname(fileURLToPath(import.meta.url)), "node_modules");
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const TIMEOUT_MS = Number(process.env.BROWSER_TIMEOUT_MS || 30000);
 // Libraries fade tiles in (Leaflet 200 ms) and may ask for more once one is shown, so the
 // network has to stay quiet a little longer than that before the picture counts as final.
 const QUIET_MS = 500;
+// Chromium sends everything but loopback through this proxy, where nothing listens: should a
+// request slip past the route below (a worker's, a prefetch), it fails instead of going out.
+const NOWHERE_PROXY = "http://127.0.0.1:9";
 
-const CONTENT_TYPES = {
-  ".js": "application/javascript; charset=utf-8",
-  ".css": "text/css; charset=utf-8",
-  ".png": "image/png",
-  ".map": "application/json",
-};
+/** 127.0.0.0/8, localhost or [::1]: the only hosts a page under test may reach. */
+export function isLoopback(url) {
+  const { hostname } = new URL(url);
+  return hostname === "localhost" || hostname === "[::1]" || /^127(\.\d{1,3}){3}$/.test(hostname);
+}
 
 /** Command line: positional arguments plus `--name value` options with the given defaults. */
 export function parseArgs(argv, defaults, usage) {
@@ -45,48 +48,8 @@ export function parseArgs(argv, defaults, usage) {
 }
 
 /**
- * The machine has no internet: answer `https://unpkg.com/<package>@<version>/<file>` from the
- * installed npm package, byte for byte, so the page's SRI hashes still verify. A version other
- * than the installed one is refused like any other off-site URL: the page pins what the lock
- * file installs, or its test fails.
- */
-function unpkgFile(url) {
-  const match = /^https:\/\/unpkg\.com\/((?:@[^/]+\/)?[^@/]+)@([^/]+)\/(.+)$/.exec(
-    url.origin + url.pathname,
-  );
-  if (!match) return null;
-  const [, name, version, file] = match;
-  const root = path.join(NODE_MODULES, name);
-  const manifest = path.join(root, "package.json");
-  if (!existsSync(manifest) || JSON.parse(readFileSync(manifest, "utf8")).version !== version) {
-    return null;
-  }
-  const resolved = path.resolve(root, file);
-  return resolved.startsWith(root + path.sep) && existsSync(resolved) ? resolved : null;
-}
-
-async function answerOffsite(route, report) {
-  const file = unpkgFile(new URL(route.request().url()));
-  if (file === null) {
-    // Refused at once: a failed request explains itself, a hang on an unreachable host does not.
-    report.blockedRequests.push(route.request().url());
-    await route.abort("blockedbyclient");
-    return;
-  }
-  await route.fulfill({
-    status: 200,
-    body: readFileSync(file),
-    headers: {
-      "Content-Type": CONTENT_TYPES[path.extname(file)] || "application/octet-stream",
-      // The page loads libraries with crossorigin: without CORS the SRI check fails.
-      "Access-Control-Allow-Origin": "*",
-    },
-  });
-}
-
-/**
  * Opens `url` and returns the report. `allowedOrigins` may be fetched for real (the page's own
- * origin always is); unpkg.com URLs are answered from node_modules; anything else is blocked.
+ * origin always is); they and the page must be on loopback. Anything else is blocked.
  * `ready` runs in the page (polled) until true; `inspect(page, report)` then adds its
  * readings to the report, before the screenshot is taken.
  */
@@ -100,7 +63,10 @@ export async function runPage({
   inspect,
 }) {
   const target = new URL(url);
-  const allowed = new Set([target.origin, ...allowedOrigins]);
+  const allowed = new Set([target.origin, ...allowedOrigins.map((other) => new URL(other).origin)]);
+  for (const origin of allowed) {
+    if (!isLoopback(origin)) throw new Error(`${origin} is not on loopback: refusing to reach it`);
+  }
   const report = {
     url: target.href,
     dpr,
@@ -134,6 +100,7 @@ export async function runPage({
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        `--proxy-server=${NOWHERE_PROXY}`,
       ],
       timeout: TIMEOUT_MS,
     });
@@ -173,9 +140,14 @@ export async function runPage({
       }
     });
     page.on("pageerror", (error) => report.consoleErrors.push(`uncaught: ${error.message}`));
-    await page.route(
+    // On the context, not the page: requests of workers and popups are caught too.
+    await context.route(
       (candidate) => !allowed.has(candidate.origin),
-      (route) => answerOffsite(route, report),
+      async (route) => {
+        // Refused at once: a failed request explains itself, a hang on a host does not.
+        report.blockedRequests.push(route.request().url());
+        await route.abort("blockedbyclient");
+      },
     );
 
     await page.goto(target.href, { waitUntil: "load", timeout: TIMEOUT_MS });
@@ -214,6 +186,7 @@ async function describe(request, report) {
     status: null,
     contentType: null,
     allowOrigin: null,
+    cacheControl: null,
     xCache: null,
   };
   try {
@@ -224,6 +197,7 @@ async function describe(request, report) {
       entry.status = response.status();
       entry.contentType = headers["content-type"] ?? null;
       entry.allowOrigin = headers["access-control-allow-origin"] ?? null;
+      entry.cacheControl = headers["cache-control"] ?? null;
       entry.xCache = headers["x-cache"] ?? null;
     }
   } catch (error) {

@@ -1,8 +1,10 @@
 """The viewer page in a real browser, against a real ``tile-gateway demo`` process.
 
 ``check_viewer.mjs`` drives Debian's Chromium through playwright-core and reports what the page
-did; these tests judge the report and the screenshot. Missing tools (node, npm, chromium) make
-the tests fail, never skip (see harness.py).
+did; these tests judge the report and the screenshot. The browser reaches loopback only (see
+driver.mjs): the viewer must work with the map libraries the gateway serves itself, and with
+``viewer.libraries: cdn`` it must ask the CDN for the same files. Missing tools (node, npm,
+chromium) make the tests fail, never skip (see harness.py).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import re
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,6 +39,13 @@ pytestmark = pytest.mark.browser
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 VIEWER_JS = REPO / "gateway" / "web" / "viewer.js"
+VENDOR = REPO / "gateway" / "web" / "vendor"
+# viewer.js's pins: ["<name>@<version>/<path>", "<algorithm>-<base64 digest>"].
+PIN_RE = re.compile(r'\["([^"]+@[^"/]+/[^"]+)",\s*"(sha\d+-[^"]+)"\]')
+# The viewer's clients and the npm package each loads.
+PACKAGES = {"leaflet": "leaflet", "openlayers": "ol", "maplibre": "maplibre-gl"}
+IMMUTABLE = "public, max-age=31536000, immutable"
+LIBRARY_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 CHECK_VIEWER = HERE / "check_viewer.mjs"
 STARTUP_TIMEOUT = 60.0
 TILE_RE = re.compile(r"^/tiles/(?P<layer>[^/]+)/(?P<z>\d+)/(?P<x>\d+)/(?P<y>\d+)(?P<r>@2x)?\.jpg$")
@@ -113,13 +124,38 @@ def demo() -> Iterator[DemoProcess]:
         reader.join(timeout=5)
 
 
-def run_viewer(demo: DemoProcess, screenshot: Path, *args: str) -> dict[str, Any]:
-    """Run ``check_viewer.mjs`` on the demo's viewer and return its JSON report."""
+def run_viewer(
+    demo: DemoProcess, screenshot: Path, *args: str, url: str | None = None
+) -> dict[str, Any]:
+    """Run ``check_viewer.mjs`` on the demo's viewer (or the viewer at ``url``, in front of
+    the demo) and return its JSON report."""
     return run_driver(
         CHECK_VIEWER,
-        [demo.url, str(screenshot), *args],
+        [url or demo.url, str(screenshot), *args],
         lambda: f"gateway output:\n{demo.output()}",
     )
+
+
+def sri(body: bytes, algorithm: str) -> str:
+    """The Subresource Integrity value of ``body``: ``<algorithm>-<base64 digest>``."""
+    return f"{algorithm}-{base64.b64encode(hashlib.new(algorithm, body).digest()).decode()}"
+
+
+def pins(client: str | None = None) -> list[tuple[str, str]]:
+    """viewer.js's ``(file, integrity)`` pins in its order, all or those of one client."""
+    found: list[tuple[str, str]] = PIN_RE.findall(VIEWER_JS.read_text())
+    if client is None:
+        return found
+    return [pin for pin in found if pin[0].startswith(f"{PACKAGES[client]}@")]
+
+
+def expected_libraries(base: str, client: str) -> list[dict[str, str]]:
+    """The ``<link>``/``<script>`` elements the viewer must add for ``client``: each pinned
+    file under ``base``, with its integrity and a CORS request."""
+    return [
+        {"url": base + file, "integrity": integrity, "crossOrigin": "anonymous"}
+        for file, integrity in pins(client)
+    ]
 
 
 def describe(report: dict[str, Any], demo: DemoProcess) -> str:
@@ -132,14 +168,19 @@ def describe(report: dict[str, Any], demo: DemoProcess) -> str:
 
 
 def gateway_requests(report: dict[str, Any], demo: DemoProcess) -> list[dict[str, Any]]:
-    """The requests the page sent to the gateway (not to the CDN)."""
+    """The requests the page sent to the gateway."""
     origin = demo.url.rstrip("/")
     return [request for request in report["requests"] if request["url"].startswith(origin)]
 
 
-def assert_page_healthy(report: dict[str, Any], demo: DemoProcess, client: str) -> None:
-    """What every mode shares: the library finished, tiles loaded, nothing failed anywhere."""
+def assert_page_healthy(
+    report: dict[str, Any], demo: DemoProcess, client: str, page: str | None = None
+) -> None:
+    """What every mode shares: the library finished, tiles loaded, nothing failed anywhere,
+    and every request, the library's files first, went to the viewer's own folder (``page``,
+    the demo's by default): nothing was even tried off the machine."""
     why = describe(report, demo)
+    page = page or demo.url
     stats = report["stats"]
     assert report["timedOut"] is None, why
     assert stats["layer"] == "bluemarble", why
@@ -149,6 +190,16 @@ def assert_page_healthy(report: dict[str, Any], demo: DemoProcess, client: str) 
     assert report["consoleErrors"] == [], why
     assert report["failedRequests"] == [], why
     assert report["blockedRequests"] == [], why
+    outside = [r["url"] for r in report["requests"] if not r["url"].startswith(page)]
+    assert outside == [], f"requests outside {page}: {outside}{why}"
+    assert report["libraries"] == expected_libraries(page + "vendor/", client), why
+    answers = {request["url"]: request for request in report["requests"]}
+    for library in report["libraries"]:
+        answer = answers.get(library["url"])
+        assert answer is not None, f"{library['url']} was not loaded{why}"
+        assert answer["status"] == 200, f"{answer}{why}"
+        assert answer["contentType"] == LIBRARY_TYPES[Path(answer["path"]).suffix], why
+        assert answer["cacheControl"] == IMMUTABLE, f"{answer}{why}"
 
 
 def assert_xyz_tiles(report: dict[str, Any], demo: DemoProcess, *, retina: bool) -> None:
@@ -223,21 +274,51 @@ def assert_screenshot(report: dict[str, Any], demo: DemoProcess, path: Path) -> 
         )
 
 
-def test_viewer_pins_the_npm_packages_by_sri() -> None:
-    """Every CDN file of viewer.js is one of the lock file's package files, and its integrity
-    attribute is that file's hash: what the browser tests load is what users load."""
+def test_vendored_files_are_the_npm_packages_files() -> None:
+    """gateway/web/vendor holds one folder per library, at the version of the lock file, and
+    each of its files is the installed npm package's file byte for byte; its README names the
+    package's licence and every file with its size and hash."""
     browser_tools()
-    pins = re.findall(r'\["([^"]+@[^"/]+/[^"]+)",\s*"(sha\d+)-([^"]+)"\]', VIEWER_JS.read_text())
-    assert len(pins) == 6, pins  # a script and a stylesheet per library
-    assert {pin[0].split("@")[0] for pin in pins} == {"leaflet", "ol", "maplibre-gl"}, pins
-    for file, algorithm, digest in pins:
-        package, rest = file.split("@", 1)
-        version, path = rest.split("/", 1)
-        manifest = json.loads((NODE_MODULES / package / "package.json").read_text())
-        assert manifest["version"] == version, f"{file}: package-lock.json has {manifest}"
-        body = (NODE_MODULES / package / path).read_bytes()
-        actual = base64.b64encode(hashlib.new(algorithm, body).digest()).decode()
-        assert actual == digest, f"{file}: integrity {algorithm}-{digest}, file {actual}"
+    readme = (VENDOR / "README.md").read_text()
+    folders = sorted(path for path in VENDOR.iterdir() if path.is_dir())
+    versions = {}
+    for name in PACKAGES.values():
+        manifest = json.loads((NODE_MODULES / name / "package.json").read_text())
+        versions[name] = manifest["version"]
+        assert f"| {name} | {manifest['version']} | {manifest['license']} |" in readme
+    assert [folder.name for folder in folders] == sorted(f"{n}@{v}" for n, v in versions.items())
+    for folder in folders:
+        name = folder.name.rsplit("@", 1)[0]
+        files = sorted(path for path in folder.rglob("*") if path.is_file())
+        assert any(path.name.startswith("LICENSE") for path in files), f"{folder}: no licence"
+        for path in files:
+            relative = path.relative_to(folder).as_posix()
+            original = NODE_MODULES / name / relative
+            body = path.read_bytes()
+            assert original.is_file(), f"{path}: {name} has no {relative}"
+            assert body == original.read_bytes(), f"{path} differs from {original}"
+            row = f"| `{folder.name}/{relative}` | {len(body)} | `{sri(body, 'sha384')}` |"
+            assert row in readme, f"vendor/README.md lacks {row}"
+
+
+def test_viewer_pins_the_vendored_files_by_sri() -> None:
+    """Every library file of viewer.js is vendored and its integrity attribute is that file's
+    hash, so one pin checks the gateway's copy and a CDN's alike; and every vendored script
+    and stylesheet is one the viewer loads."""
+    found = pins()
+    assert len(found) == 6, found  # a script and a stylesheet per library
+    assert {file.split("@")[0] for file, _ in found} == set(PACKAGES.values()), found
+    for file, integrity in found:
+        path = VENDOR / file
+        assert path.is_file(), f"viewer.js loads {file}, which is not in {VENDOR}"
+        algorithm = integrity.split("-", 1)[0]
+        assert sri(path.read_bytes(), algorithm) == integrity, f"{file}: pinned {integrity}"
+    assets = {
+        path.relative_to(VENDOR).as_posix()
+        for path in VENDOR.rglob("*")
+        if path.suffix in LIBRARY_TYPES
+    }
+    assert assets == {file for file, _ in found}
 
 
 def test_tile_cache_miss_then_hit(demo: DemoProcess) -> None:
@@ -350,3 +431,114 @@ def test_viewer_maplibre_from_tilejson(demo: DemoProcess, tmp_path: Path) -> Non
     assert "/tiles/bluemarble/tilejson.json" in paths, why
     assert_xyz_tiles(report, demo, retina=False)
     assert_screenshot(report, demo, screenshot)
+
+
+# --- where the libraries come from -----------------------------------------------------------
+
+PREFIX = "/maps/"
+# Headers the proxy sets itself, or that describe only its hop.
+HOP_BY_HOP = {"connection", "content-length", "date", "server", "transfer-encoding"}
+
+
+@pytest.fixture(scope="module")
+def prefixed_viewer(demo: DemoProcess) -> Iterator[str]:
+    """The demo's viewer behind a reverse proxy that serves it under ``/maps/`` on a port of
+    its own: what the page asks for resolves against its folder, or fails here."""
+    upstream = demo.url
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not self.path.startswith(PREFIX):
+                self.send_error(404, "outside the proxied prefix")
+                return
+            request = urllib.request.Request(upstream + self.path.removeprefix(PREFIX))
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    status, headers, body = answer.status, answer.headers, answer.read()
+            except urllib.error.HTTPError as error:
+                status, headers, body = error.code, error.headers, error.read()
+            self.send_response(status)
+            for name, value in headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the driver's report lists every request."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, name="prefix-proxy", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_viewer_behind_a_path_prefix(
+    demo: DemoProcess, prefixed_viewer: str, tmp_path: Path
+) -> None:
+    """Behind a proxy's path prefix the viewer loads its libraries, layer list and tiles
+    through that prefix (the page's folder), never from the gateway's root."""
+    screenshot = tmp_path / "viewer-prefixed.png"
+    report = run_viewer(demo, screenshot, url=prefixed_viewer)
+    assert_page_healthy(report, demo, "leaflet", page=prefixed_viewer)
+    assert_screenshot(report, demo, screenshot)
+
+
+@pytest.mark.parametrize(
+    ("viewer", "client", "base"),
+    [
+        ({"libraries": "cdn"}, "leaflet", "https://unpkg.com/"),
+        (
+            {"libraries": "cdn", "cdn_url": "https://cdn.example.org/npm"},
+            "maplibre",
+            "https://cdn.example.org/npm/",
+        ),
+    ],
+    ids=["default-cdn-leaflet", "custom-cdn-maplibre"],
+)
+def test_viewer_asks_the_cdn_when_configured(
+    start_gateway: Callable[[dict[str, Any]], str],
+    tmp_path: Path,
+    viewer: dict[str, str],
+    client: str,
+    base: str,
+) -> None:
+    """With ``viewer.libraries: cdn`` the page asks ``viewer.cdn_url`` for the library files,
+    with the same integrity attributes, and not the gateway. The browser is kept off the
+    network, so those requests are blocked and the viewer says it cannot load the library."""
+    gateway = start_gateway(
+        {
+            "viewer": viewer,
+            "layers": {
+                "bluemarble": {
+                    "url": "${IMAGESERVER}/bluemarble/ImageServer",
+                    "formats": ["jpg", "png"],
+                    "maxzoom": 9,
+                }
+            },
+        }
+    )
+    report = run_driver(
+        CHECK_VIEWER, [f"{gateway}/", str(tmp_path / "cdn.png"), "--hash", f"bluemarble/{client}"]
+    )
+    summary = {key: value for key, value in report.items() if key != "snippets"}
+    why = f"\nreport: {json.dumps(summary, indent=1)}"
+    expected = expected_libraries(base, client)
+    assert report["timedOut"] is None, why
+    assert report["libraries"] == expected, why
+    assert sorted(report["blockedRequests"]) == sorted(e["url"] for e in expected), why
+    # Nothing else failed: only the blocked library files.
+    failed = sorted(line.split(": ", 1) for line in report["failedRequests"])
+    assert [url for url, _ in failed] == sorted(e["url"] for e in expected), why
+    assert all(error.startswith("net::ERR_BLOCKED_BY_CLIENT") for _, error in failed), why
+    assert [r["url"] for r in report["requests"] if not r["url"].startswith(gateway)] == [], why
+    assert not any("/vendor/" in r["url"] for r in report["requests"]), why
+    stats = report["stats"]
+    assert (stats["client"], stats["loaded"], stats["errors"]) == (client, 0, 1), why
+    assert "cannot load " + base in report["status"], why

@@ -366,6 +366,8 @@ def test_map_client(case: Case, gateway_url: str, page_origin: str, tmp_path: Pa
     assert report["consoleErrors"] == [], why
     assert report["failedRequests"] == [], why
     assert report["blockedRequests"] == [], why
+    elsewhere = [r["url"] for r in report["requests"] if not r["url"].startswith(f"{page_origin}/")]
+    assert [url for url in elsewhere if not url.startswith(f"{gateway_url}/")] == [], why
 
     # The page is on another origin, and every request to the gateway was a CORS one.
     assert stats["info"]["pageOrigin"] == page_origin != gateway_url, why
