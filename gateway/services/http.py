@@ -41,8 +41,8 @@ NO_STORE = {"Cache-Control": "no-store"}
 READ_METHODS = "GET, HEAD, OPTIONS"
 # Documents change only with the configuration: a short freshness lets a redeployment show.
 DOCUMENT_CACHE_CONTROL = "public, max-age=60"
-# Smaller documents gain too little from gzip to pay for the header.
-_GZIP_MIN_BYTES = 1024
+# Smaller documents gain too little from gzip to pay for its header and the CPU.
+_GZIP_MIN_BYTES = 256
 
 RenderError = Callable[[web.Request, int, str], web.Response]
 """A front's error format: ``(request, status, message) -> response``."""
@@ -247,7 +247,7 @@ class Document:
 
     @classmethod
     def of(cls, body: bytes) -> Document:
-        """``body`` and, for documents of 1 KiB and more, its gzip encoding (made once)."""
+        """``body`` and, for documents of 256 bytes and more, its gzip encoding (made once)."""
         if len(body) < _GZIP_MIN_BYTES:
             return cls(body, None)
         return cls(body, gzip.compress(body, compresslevel=6, mtime=0))
