@@ -224,7 +224,11 @@ class LayerConfig(_Strict):
     Metatiles: ``meta_size`` ``[columns, rows]`` of tiles fetched in one exportImage call (never
     larger than the upstream's maxImageWidth/maxImageHeight) with ``meta_buffer`` extra pixels
     around it, cut and encoded per tile: PNG (``png8`` quantises to 256 colours) or JPEG at
-    ``jpeg_quality``. Stale serving: for ``stale_while_revalidate`` seconds past its ``ttl`` a
+    ``jpeg_quality``. A metatile is fetched in ``metatile_format``: with ``auto``, as JPEG (at
+    ``export.compressionQuality`` when set, else ``metatile_jpeg_quality``) for JPEG tiles of a
+    layer whose ``background`` is black (what ArcGIS paints where a JPEG has no data), else as
+    PNG, which keeps transparency; the upstream renders and sends a JPEG at a fraction of a
+    PNG's cost. Stale serving: for ``stale_while_revalidate`` seconds past its ``ttl`` a
     tile is still served while one background refresh runs; for ``stale_if_error`` seconds
     past it, it is served when the upstream fails (RFC 5861 semantics).
     """
@@ -248,6 +252,8 @@ class LayerConfig(_Strict):
     meta_buffer: Annotated[int, Field(ge=0, le=512)] = 0
     png8: bool = False
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+    metatile_format: Literal["auto", "png", "jpg"] = "auto"
+    metatile_jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
     stale_while_revalidate: Annotated[int, Field(ge=0)] = 0
     stale_if_error: Annotated[int, Field(ge=0)] = 0
 

@@ -72,6 +72,12 @@ class Layer:
             "wkid": config.web_mercator_wkid,
             "export": config.export.model_dump(exclude_none=True),
             "background": config.background,
+            "encoding": [
+                config.png8,
+                config.jpeg_quality,
+                config.metatile_format,
+                config.metatile_jpeg_quality,
+            ],
         }
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
@@ -103,6 +109,24 @@ class Layer:
         columns = max(1, min(self.config.meta_size[0], (self.max_image[0] - buffer) // tile_px))
         rows = max(1, min(self.config.meta_size[1], (self.max_image[1] - buffer) // tile_px))
         return columns, rows
+
+    def metatile_format(self, ext: str) -> str:
+        """The format (``png``/``jpg``) metatiles of ``ext`` tiles are asked in: the configured
+        ``metatile_format``, or with ``auto`` JPEG for JPEG tiles on a black background (ArcGIS
+        paints no-data black in a JPEG, which is then what the tile shows anyway) and PNG
+        wherever transparency counts."""
+        chosen = self.config.metatile_format
+        if chosen != "auto":
+            return chosen
+        return "jpg" if ext == "jpg" and self.config.background.lower() == "#000000" else "png"
+
+    def metatile_params(self, fmt: str) -> dict[str, str]:
+        """The fixed exportImage parameters of a metatile fetched as ``fmt``: a JPEG one
+        carries ``compressionQuality`` (arcgis-rest.md section 1.1), the ``export`` one when
+        configured, else ``metatile_jpeg_quality``."""
+        if fmt != "jpg" or "compressionQuality" in self.fixed_params:
+            return self.fixed_params
+        return {**self.fixed_params, "compressionQuality": str(self.config.metatile_jpeg_quality)}
 
     def wkid_for(self, grid: Grid) -> int:
         """The WKID sent as bboxSR/imageSR for ``grid`` (Web Mercator's is configurable)."""

@@ -207,18 +207,20 @@ class TilePipeline:
         them).
 
         A 1 x 1 metatile without buffer keeps the upstream's bytes as they are; a larger one is
-        asked as PNG (lossless, with alpha) and cut and encoded per tile in a worker thread.
+        asked in the layer's metatile format (``Layer.metatile_format``: JPEG for JPEG tiles
+        where no transparency counts, else PNG) and cut and encoded per tile in a worker thread.
         Raises ``UpstreamError``.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
         single = meta.cols == meta.rows == 1 and meta.width == meta.tile_px == meta.height
+        fmt = request.ext if single else layer.metatile_format(request.ext)
         image = await layer.client.export_image(
             meta.bbox,
             layer.wkid_for(grid),
             (meta.width, meta.height),
-            request.ext if single else "png",
-            layer.fixed_params,
+            fmt,
+            layer.fixed_params if single else layer.metatile_params(fmt),
         )
         crops = meta.crops()
         if single:

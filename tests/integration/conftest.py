@@ -42,18 +42,25 @@ def _image_answer(query: MultiDict[str]) -> web.Response:
     )
 
 
-def gradient_png(width: int, height: int) -> bytes:
-    """An RGBA PNG whose pixel (x, y) is (x % 256, y % 256, (x // 256) * 16 + y // 256, 255):
-    every pixel of a metatile says where it is."""
+def gradient_png(width: int, height: int, fmt: str = "png") -> bytes:
+    """An RGBA PNG (or with ``fmt`` ``jpg`` an RGB JPEG at quality 95) whose pixel (x, y) is
+    (x % 256, y % 256, (x // 256) * 16 + y // 256, 255): every pixel of a metatile says where
+    it is."""
     xs, ys = np.meshgrid(np.arange(width), np.arange(height))
     rgba = np.stack([xs % 256, ys % 256, (xs // 256) * 16 + ys // 256, np.full_like(xs, 255)], -1)
     buffer = io.BytesIO()
-    Image.fromarray(rgba.astype(np.uint8), "RGBA").save(buffer, "PNG")
+    image = Image.fromarray(rgba.astype(np.uint8), "RGBA")
+    if fmt == "jpg":
+        image.convert("RGB").save(buffer, "JPEG", quality=95)
+    else:
+        image.save(buffer, "PNG")
     return buffer.getvalue()
 
 
 async def _gradient(query: MultiDict[str]) -> web.Response:
     width, height = (int(v) for v in query["size"].split(","))
+    if query["format"].startswith("jpg"):
+        return web.Response(body=gradient_png(width, height, "jpg"), content_type="image/jpeg")
     return web.Response(body=gradient_png(width, height), content_type="image/png")
 
 

