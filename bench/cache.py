@@ -1315,15 +1315,43 @@ def report(
 # --------------------------------------------------------------------------- main
 
 
+def add_hit_options(p: argparse.ArgumentParser) -> None:
+    """The wrk load of the hit runs (also bench/peers.py's)."""
+    p.add_argument("--duration", default="5s", help="wrk duration of each hit run (default 5s)")
+    p.add_argument("--rounds", type=int, default=6, help="runs of each side per comparison (6)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections for hits (32)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads for hits (1)")
+
+
+def add_machine_options(p: argparse.ArgumentParser) -> None:
+    """CPU pinning and the wrk and redis-server executables (also bench/peers.py's)."""
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the servers under test and wrk to separate CPUs (default on)",
+    )
+    p.add_argument("--server-cpu", default="1", help="CPU of the servers under test (1)")
+    p.add_argument("--load-cpu", default="0", help="CPU of wrk and Redis (0)")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="wrk executable")
+    p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+
+
+def check_tools(args: argparse.Namespace, *more: str) -> None:
+    """Exit unless wrk, redis-server, taskset (when pinning) and ``more`` are on the PATH."""
+    for tool in (args.wrk, args.redis_server, *more):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} not found")
+    if args.pin and shutil.which("taskset") is None:
+        raise SystemExit("bench: taskset not found (or use --no-pin)")
+
+
 def parser() -> argparse.ArgumentParser:
     """Command-line options."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--duration", default="5s", help="wrk duration of each hit run (default 5s)")
-    p.add_argument("--rounds", type=int, default=6, help="runs of each side per comparison (6)")
-    p.add_argument("--connections", type=int, default=32, help="wrk connections for hits (32)")
-    p.add_argument("--threads", type=int, default=1, help="wrk threads for hits (1)")
+    add_hit_options(p)
     p.add_argument("--cold-duration", default="4s", help="wrk duration of each cold run (4s)")
     p.add_argument("--cold-list", type=int, default=3000, help="tiles per cold run list (3000)")
     p.add_argument("--burst", type=int, default=500, help="concurrent requests in (c) (500)")
@@ -1339,27 +1367,14 @@ def parser() -> argparse.ArgumentParser:
         default="redis,memory",
         help="cache backends of the (d) gateway, comma-separated (redis,memory)",
     )
-    p.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="pin the (a)/(b) servers and wrk to separate CPUs (default on)",
-    )
-    p.add_argument("--server-cpu", default="1", help="CPU of the servers under test (1)")
-    p.add_argument("--load-cpu", default="0", help="CPU of wrk and Redis (0)")
-    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="wrk executable")
-    p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    add_machine_options(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement and print the report; 0 when every bound holds."""
     args = parser().parse_args(argv)
-    for tool in (args.wrk, args.redis_server):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"bench: {tool} not found")
-    if args.pin and shutil.which("taskset") is None:
-        raise SystemExit("bench: taskset not found (or use --no-pin)")
+    check_tools(args)
     parse_duration(args.duration)
     first_zoom, _, last_zoom = args.seed_zoom.partition("-")
     args.fill_zoom = int(last_zoom or first_zoom)
