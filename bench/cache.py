@@ -205,7 +205,9 @@ def shell(command: Sequence[str]) -> str:
     out = []
     for part in command:
         text = str(part).replace(str(ROOT) + "/", "")
-        out.append(f"'{text}'" if (not text or any(c in text for c in " *?[]{}$|;&<>'")) else text)
+        out.append(
+            f"'{text}'" if (not text or any(c in text for c in " *?[]{}()$|;&<>'\"")) else text
+        )
     return " ".join(out)
 
 
@@ -1295,21 +1297,34 @@ def report(
             else "(less than the 64 MiB L1: L1 is NOT full; seed more zoom levels)."
         ),
         "",
+        *commands_section(
+            bench,
+            [
+                "# wrk, one of each kind (all of them are in the results folder, wrk-*.txt)",
+                shell(hits_l1.gateway[0].command),
+                shell(memory["fill"].command),
+                shell(colds[0].gateway[0].command),
+                shell(colds[0].direct[0].command),
+                *(seed.command for seed in seeds),
+            ],
+        ),
+    ]
+    return "\n".join(lines) + "\n", ok
+
+
+def commands_section(bench: Bench, more: Sequence[str]) -> list[str]:
+    """The report's "Commands" section: the whole benchmark, every server it started, then
+    the lines ``more``."""
+    return [
         "### Commands",
         "",
         "```sh",
         "# the whole benchmark",
         shell([bench.python, *sys.argv]),
         *(f"# {what}\n{command}" for what, command in bench.commands),
-        "# wrk, one of each kind (all of them are in the results folder, wrk-*.txt)",
-        shell(hits_l1.gateway[0].command),
-        shell(memory["fill"].command),
-        shell(colds[0].gateway[0].command),
-        shell(colds[0].direct[0].command),
-        *(seed.command for seed in seeds),
+        *more,
         "```",
     ]
-    return "\n".join(lines) + "\n", ok
 
 
 # --------------------------------------------------------------------------- main
