@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-cache clean
+.PHONY: demo test lint bench bench-cache bench-peers clean
 
 # Each stamp records that the virtualenv holds the extras of one target for this pyproject.
 $(VENV)/.demo-installed: pyproject.toml
@@ -44,6 +44,10 @@ bench: $(VENV)/.bench-installed
 ## bench-cache: the cache benchmarks a-f against bare baselines (needs wrk and redis-server)
 bench-cache: $(VENV)/.bench-installed
 	$(BIN)/python bench/cache.py
+
+## bench-peers: the gateway side by side with MapProxy 7 and nginx (needs wrk, redis-server, nginx)
+bench-peers: $(VENV)/.bench-installed
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) tests/browser/node_modules .pytest_cache .ruff_cache

@@ -205,7 +205,9 @@ def shell(command: Sequence[str]) -> str:
     out = []
     for part in command:
         text = str(part).replace(str(ROOT) + "/", "")
-        out.append(f"'{text}'" if (not text or any(c in text for c in " *?[]{}$|;&<>'")) else text)
+        out.append(
+            f"'{text}'" if (not text or any(c in text for c in " *?[]{}()$|;&<>'\"")) else text
+        )
     return " ".join(out)
 
 
@@ -359,6 +361,75 @@ class Bench:
             port,
             lambda: listeners(port) >= 1,
             record=record,
+        )
+
+
+def start_redis(bench: Bench) -> tuple[Any, str, str]:
+    """The run's own ``redis-server`` (nothing saved, pinned with the load): a redis-py
+    client, its URL and its version."""
+    import redis as redis_py
+
+    port = free_port()
+    bench.start(
+        "redis",
+        bench.pinned(
+            [
+                bench.args.redis_server,
+                *("--port", str(port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            bench.args.load_cpu,
+        ),
+        port,
+        lambda: redis_py.Redis(port=port).ping(),
+        record="Redis of the run",
+    )
+    redis = redis_py.Redis(port=port)
+    return redis, f"redis://127.0.0.1:{port}/0", f"Redis {redis.info('server')['redis_version']}"
+
+
+def start_upstream(bench: Bench) -> Server:
+    """The reference ImageServer with the exportImage counter (``bench/servers.py upstream``)."""
+    port = free_port()
+    return bench.start(
+        "imageserver",
+        [bench.python, str(SERVERS), "upstream", "--port", str(port)],
+        port,
+        bench.http_ready(f"http://127.0.0.1:{port}/_bench/stats"),
+        record="reference ImageServer with exportImage counter",
+    )
+
+
+def upstream_stats(upstream: Server) -> dict[str, Any]:
+    """The counters of ``bench/servers.py upstream`` (exportImage calls, bytes, kinds)."""
+    return dict(fetch_json(f"{upstream.url}/_bench/stats"))
+
+
+@dataclass(frozen=True)
+class UpstreamUse:
+    """What the ImageServer answered between two ``upstream_stats``: exportImage calls, bytes
+    of their answers, and both by kind (format, size, SRs) with the latest query of each."""
+
+    calls: int
+    bytes: int
+    kinds: dict[str, dict[str, Any]]
+
+    @classmethod
+    def between(cls, before: dict[str, Any], after: dict[str, Any]) -> UpstreamUse:
+        """The use from counters ``before`` to counters ``after``."""
+        kinds = {}
+        for kind, now in after["kinds"].items():
+            then = before["kinds"].get(kind, {"calls": 0, "bytes": 0})
+            if now["calls"] > then["calls"]:
+                kinds[kind] = {
+                    "calls": now["calls"] - then["calls"],
+                    "bytes": now["bytes"] - then["bytes"],
+                    "example": now["example"],
+                }
+        return cls(
+            after["export"] - before["export"],
+            after["export_bytes"] - before["export_bytes"],
+            kinds,
         )
 
 
@@ -796,11 +867,11 @@ def measure_burst(
     worker_pids = workers_of(gateway.pid) if workers > 1 else [gateway.pid]
     path = tile_path("", LAYER, *tile, EXT)
     fetch_json(f"{upstream.url}/_bench/delay?seconds={bench.args.upstream_delay}", "POST")
-    before = fetch_json(f"{upstream.url}/_bench/stats")["export"]
+    before = upstream_stats(upstream)["export"]
     log_start = gateway.log.stat().st_size
     answers, sent, started = asyncio.run(burst(gateway.port, path, bench.args.burst))
     time.sleep(1.5)  # anything late (a second fetch, a lock poll) would show by now
-    calls = fetch_json(f"{upstream.url}/_bench/stats")["export"] - before
+    calls = upstream_stats(upstream)["export"] - before
     fetch_json(f"{upstream.url}/_bench/delay?seconds=0", "POST")
     parsed = [parse_answer(raw) for _, raw in answers]
     bodies = {body for status, _, body in parsed if status == 200}
@@ -885,7 +956,7 @@ def measure_cold(
     calls = 0
 
     def exports() -> int:
-        return int(fetch_json(f"{upstream.url}/_bench/stats")["export"])
+        return int(upstream_stats(upstream)["export"])
 
     for r in range(bench.args.rounds):
         shift = r % len(targets)
@@ -941,11 +1012,13 @@ def measure_cold(
 
 @dataclass
 class SeedResult:
-    """The summary of one ``tile-gateway seed`` run, and the exportImage calls counted."""
+    """The summary of one ``tile-gateway seed`` run, what the ImageServer counted meanwhile,
+    and the run's wall time (process start to exit, seconds)."""
 
     meta: tuple[int, int]
     summary: dict[str, str]
-    counted_calls: int
+    upstream: UpstreamUse
+    wall: float
     command: str
 
     def number(self, name: str) -> float:
@@ -960,8 +1033,10 @@ def measure_seed(
     meta: tuple[int, int],
     prefix: str,
     zoom: str,
+    options: Sequence[str] = (),
 ) -> SeedResult:
-    """(e): ``python -m gateway seed`` of zoom ``zoom`` on a fresh prefix, ``meta`` metatiles."""
+    """(e): ``python -m gateway seed`` of zoom ``zoom`` on a fresh prefix, ``meta`` metatiles;
+    ``options`` are more ``seed`` options (``--format``, ``--concurrency``...)."""
     name = f"seed-{meta[0]}x{meta[1]}"
     config = bench.out / f"{name}.yaml"
     config.write_text(
@@ -970,13 +1045,15 @@ def measure_seed(
     )
     command = [bench.python, "-m", "gateway", "--log-level", "WARNING", "seed"]
     command += ["--config", str(config), "--layer", LAYER, "--zoom", zoom]
-    command += ["--state", str(bench.out / f"{name}.state.json")]
+    command += ["--state", str(bench.out / f"{name}.state.json"), *options]
     bench.note(f"{name}: {shell(command)}")
-    before = fetch_json(f"{upstream.url}/_bench/stats")["export"]
+    before = upstream_stats(upstream)
+    started = time.monotonic()
     result = subprocess.run(
         command, capture_output=True, text=True, env=bench.env, cwd=ROOT, check=False
     )
-    calls = fetch_json(f"{upstream.url}/_bench/stats")["export"] - before
+    wall = time.monotonic() - started
+    after = upstream_stats(upstream)
     (bench.out / f"{name}.txt").write_text(shell(command) + "\n\n" + result.stdout + result.stderr)
     if result.returncode != 0:
         raise SystemExit(
@@ -988,7 +1065,13 @@ def measure_seed(
         if sep:
             summary[key.strip()] = value.strip()
     bench.note(f"{name}: {summary}")
-    return SeedResult(meta, summary, calls, shell(command))
+    return SeedResult(
+        meta,
+        summary,
+        UpstreamUse.between(before, after),
+        wall,
+        shell(command),
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -1183,7 +1266,7 @@ def report(
     for seed in seeds:
         s = seed.summary
         lines.append(
-            f"| {seed.meta[0]}x{seed.meta[1]} | {s['upstream calls']} | {seed.counted_calls} | "
+            f"| {seed.meta[0]}x{seed.meta[1]} | {s['upstream calls']} | {seed.upstream.calls} | "
             f"{s['tiles written']} | {s['bytes']} | {s['elapsed']} | {s['tiles/s']} | "
             f"{s['metatiles']} |"
         )
@@ -1214,24 +1297,68 @@ def report(
             else "(less than the 64 MiB L1: L1 is NOT full; seed more zoom levels)."
         ),
         "",
+        *commands_section(
+            bench,
+            [
+                "# wrk, one of each kind (all of them are in the results folder, wrk-*.txt)",
+                shell(hits_l1.gateway[0].command),
+                shell(memory["fill"].command),
+                shell(colds[0].gateway[0].command),
+                shell(colds[0].direct[0].command),
+                *(seed.command for seed in seeds),
+            ],
+        ),
+    ]
+    return "\n".join(lines) + "\n", ok
+
+
+def commands_section(bench: Bench, more: Sequence[str]) -> list[str]:
+    """The report's "Commands" section: the whole benchmark, every server it started, then
+    the lines ``more``."""
+    return [
         "### Commands",
         "",
         "```sh",
         "# the whole benchmark",
         shell([bench.python, *sys.argv]),
         *(f"# {what}\n{command}" for what, command in bench.commands),
-        "# wrk, one of each kind (all of them are in the results folder, wrk-*.txt)",
-        shell(hits_l1.gateway[0].command),
-        shell(memory["fill"].command),
-        shell(colds[0].gateway[0].command),
-        shell(colds[0].direct[0].command),
-        *(seed.command for seed in seeds),
+        *more,
         "```",
     ]
-    return "\n".join(lines) + "\n", ok
 
 
 # --------------------------------------------------------------------------- main
+
+
+def add_hit_options(p: argparse.ArgumentParser) -> None:
+    """The wrk load of the hit runs (also bench/peers.py's)."""
+    p.add_argument("--duration", default="5s", help="wrk duration of each hit run (default 5s)")
+    p.add_argument("--rounds", type=int, default=6, help="runs of each side per comparison (6)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections for hits (32)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads for hits (1)")
+
+
+def add_machine_options(p: argparse.ArgumentParser) -> None:
+    """CPU pinning and the wrk and redis-server executables (also bench/peers.py's)."""
+    p.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the servers under test and wrk to separate CPUs (default on)",
+    )
+    p.add_argument("--server-cpu", default="1", help="CPU of the servers under test (1)")
+    p.add_argument("--load-cpu", default="0", help="CPU of wrk and Redis (0)")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="wrk executable")
+    p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+
+
+def check_tools(args: argparse.Namespace, *more: str) -> None:
+    """Exit unless wrk, redis-server, taskset (when pinning) and ``more`` are on the PATH."""
+    for tool in (args.wrk, args.redis_server, *more):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} not found")
+    if args.pin and shutil.which("taskset") is None:
+        raise SystemExit("bench: taskset not found (or use --no-pin)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -1239,10 +1366,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--duration", default="5s", help="wrk duration of each hit run (default 5s)")
-    p.add_argument("--rounds", type=int, default=6, help="runs of each side per comparison (6)")
-    p.add_argument("--connections", type=int, default=32, help="wrk connections for hits (32)")
-    p.add_argument("--threads", type=int, default=1, help="wrk threads for hits (1)")
+    add_hit_options(p)
     p.add_argument("--cold-duration", default="4s", help="wrk duration of each cold run (4s)")
     p.add_argument("--cold-list", type=int, default=3000, help="tiles per cold run list (3000)")
     p.add_argument("--burst", type=int, default=500, help="concurrent requests in (c) (500)")
@@ -1258,27 +1382,14 @@ def parser() -> argparse.ArgumentParser:
         default="redis,memory",
         help="cache backends of the (d) gateway, comma-separated (redis,memory)",
     )
-    p.add_argument(
-        "--pin",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="pin the (a)/(b) servers and wrk to separate CPUs (default on)",
-    )
-    p.add_argument("--server-cpu", default="1", help="CPU of the servers under test (1)")
-    p.add_argument("--load-cpu", default="0", help="CPU of wrk and Redis (0)")
-    p.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="wrk executable")
-    p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    add_machine_options(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement and print the report; 0 when every bound holds."""
     args = parser().parse_args(argv)
-    for tool in (args.wrk, args.redis_server):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"bench: {tool} not found")
-    if args.pin and shutil.which("taskset") is None:
-        raise SystemExit("bench: taskset not found (or use --no-pin)")
+    check_tools(args)
     parse_duration(args.duration)
     first_zoom, _, last_zoom = args.seed_zoom.partition("-")
     args.fill_zoom = int(last_zoom or first_zoom)
@@ -1286,41 +1397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = RESULTS_DIR / f"cache-{started:%Y%m%dT%H%M%SZ}"
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args, out_dir)
-    import redis as redis_py
-
     with bench.stack:
-        redis_port = free_port()
-        bench.start(
-            "redis",
-            bench.pinned(
-                [
-                    args.redis_server,
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ],
-                args.load_cpu,
-            ),
-            redis_port,
-            lambda: redis_py.Redis(port=redis_port).ping(),
-            record="Redis of the run",
-        )
-        redis = redis_py.Redis(port=redis_port)
-        redis_version = f"Redis {redis.info('server')['redis_version']}"
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        upstream_port = free_port()
-        upstream = bench.start(
-            "imageserver",
-            [bench.python, str(SERVERS), "upstream", "--port", str(upstream_port)],
-            upstream_port,
-            bench.http_ready(f"http://127.0.0.1:{upstream_port}/_bench/stats"),
-            record="reference ImageServer with exportImage counter",
-        )
+        redis, redis_url, redis_version = start_redis(bench)
+        upstream = start_upstream(bench)
 
         seeds = [
             measure_seed(bench, upstream, redis_url, (4, 4), "seed4", args.seed_zoom),

@@ -15,11 +15,19 @@ installed, like ``tile-gateway serve``, with aiohttp's access log off (the gatew
 ``--log-level WARNING``, which turns its access log off too).
 
 ``upstream`` is the reference ImageServer (``imageserver.app.create_app``, built-in services,
-asyncio loop and no access log) with a middleware that counts ``exportImage`` calls and can
-hold each one back for a while, controlled through two extra routes::
+asyncio loop and no access log) with a middleware that counts ``exportImage`` calls and the
+bytes of their answers, and can hold each one back for a while, controlled through two extra
+routes::
 
-    GET  /_bench/stats               {"export": <calls so far>, "delay": <seconds>}
+    GET  /_bench/stats               {"export": <calls so far>, "export_bytes": <body bytes>,
+                                      "kinds": {<kind>: {"calls", "bytes", "example"}},
+                                      "delay": <seconds>}
     POST /_bench/delay?seconds=S     hold every later exportImage S seconds before rendering
+
+A call's kind is its ``format``, ``size``, ``bboxSR`` and ``imageSR`` (``format=jpeg
+size=1024,1024 bboxSR=3857 imageSR=3857``); ``example`` is the latest query of that kind, so a
+benchmark can show what the client it just ran really asked for. Counting in the server itself
+costs a dict update per call, where a counting proxy in front would add a hop to every call.
 
 ``proxy`` is the floor of any gateway for cold misses: one aiohttp ``ClientSession.get`` to the
 upstream per request (keep-alive pool, like the gateway's), the body answered as it came, no
@@ -109,17 +117,28 @@ def upstream_app() -> web.Application:
     from imageserver.app import create_app
     from imageserver.config import load_config
 
-    state = {"export": 0, "delay": 0.0}
+    state: dict[str, Any] = {"export": 0, "export_bytes": 0, "kinds": {}, "delay": 0.0}
 
     @web.middleware
     async def count(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path.lower().endswith("/exportimage"):
-            state["export"] += 1
-            if state["delay"]:
-                await asyncio.sleep(state["delay"])
-        return await handler(request)
+        if not request.path.lower().endswith("/exportimage"):
+            return await handler(request)
+        state["export"] += 1
+        if state["delay"]:
+            await asyncio.sleep(state["delay"])
+        response = await handler(request)
+        # exportImage answers with a body in memory (web.Response); f=image is the image itself.
+        size = response.content_length or 0
+        query = request.query
+        kind = " ".join(f"{k}={query.get(k, '-')}" for k in ("format", "size", "bboxSR", "imageSR"))
+        found = state["kinds"].setdefault(kind, {"calls": 0, "bytes": 0})
+        found["example"] = request.path_qs
+        found["calls"] += 1
+        found["bytes"] += size
+        state["export_bytes"] += size
+        return response
 
     async def stats(_request: web.Request) -> web.Response:
         return web.json_response(state)
