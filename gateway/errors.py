@@ -9,6 +9,7 @@ tile address, its value, the allowed range) so that each front can word them its
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 # The three parts of a tile address, spelled as WMTS spells its parameters (07-057r7
@@ -25,34 +26,39 @@ class UnknownLayer(LookupError):
         self.layer = layer
 
 
-class UnknownTileMatrixSet(LookupError):
-    """The layer is not served in the TileMatrixSet ``tms`` (or, where TileMatrixSetLimits
-    count, has no tile with data in it). ``served`` lists the identifiers it is served in."""
+@dataclass(eq=False)
+class NotOffered(Exception):
+    """What was ``asked`` for is not among what the layer offers (``offered``, in order)."""
 
-    def __init__(self, layer: str, tms: str, served: tuple[str, ...]) -> None:
-        super().__init__(f"layer {layer!r} is not served in TileMatrixSet {tms!r}")
-        self.layer = layer
-        self.tms = tms
-        self.served = served
+    layer: str
+    asked: str
+    offered: tuple[str, ...]
 
 
-class UnsupportedFormat(ValueError):
-    """The tile format ``ext`` (``png``/``jpg``) is not one the layer offers (``offered``)."""
+class UnknownTileMatrixSet(NotOffered, LookupError):
+    """The layer is not served in the TileMatrixSet ``asked`` (or, where TileMatrixSetLimits
+    count, has no tile with data in it); ``offered`` are the sets it is served in."""
 
-    def __init__(self, layer: str, ext: str, offered: tuple[str, ...]) -> None:
-        super().__init__(f"layer {layer!r} offers {', '.join(offered)}, not {ext!r}")
-        self.layer = layer
-        self.ext = ext
-        self.offered = offered
+    def __str__(self) -> str:
+        return f"layer {self.layer!r} is not served in TileMatrixSet {self.asked!r}"
 
 
+class UnsupportedFormat(NotOffered, ValueError):
+    """The tile format ``asked`` (``png``/``jpg``) is not one the layer ``offered``."""
+
+    def __str__(self) -> str:
+        return f"layer {self.layer!r} offers {', '.join(self.offered)}, not {self.asked!r}"
+
+
+@dataclass(eq=False)
 class InvalidTileAddress(ValueError):
     """A TileMatrix, TileRow or TileCol that is not a whole number (``text`` as given)."""
 
-    def __init__(self, part: AddressPart, text: str) -> None:
-        super().__init__(f"{part} must be an integer, not {text!r}")
-        self.part = part
-        self.text = text
+    part: AddressPart
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.part} must be an integer, not {self.text!r}"
 
 
 class TileOutOfRange(LookupError):

@@ -51,7 +51,7 @@ def seed_request(pipeline: TilePipeline, options: SeedOptions) -> TileRequest:
     except UnknownTileMatrixSet as exc:
         raise SeedError(
             f"layer {options.layer!r} is not served in TileMatrixSet {options.tms!r} "
-            f"(it is in: {', '.join(exc.served)})"
+            f"(it is in: {', '.join(exc.offered)})"
         ) from None
     except UnsupportedFormat as exc:
         raise SeedError(str(exc)) from None

@@ -50,11 +50,9 @@ class Seeder:
     def __init__(
         self, pipeline: TilePipeline, plan: SeedPlan, state: SeedState, options: SeedOptions
     ) -> None:
-        self.pipeline = pipeline
-        self.plan = plan
-        self.state = state
-        self.options = options
+        self.pipeline, self.plan, self.state, self.options = pipeline, plan, state, options
         self.stats = SeedStats()
+        # The signal that stopped the run, if one did.
         self.signal: int | None = None
         self._layer = pipeline.layers[plan.template.layer]
         self._stopping = asyncio.Event()

@@ -30,7 +30,7 @@ from cachetools import LRUCache
 
 from gateway.config import GatewayConfig
 from gateway.errors import UpstreamError
-from gateway.tiles import TilePipeline, TileResult
+from gateway.tiles import TilePipeline, TileRequest, TileResult
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +335,37 @@ def tile_response(request: web.Request, result: TileResult, cache_control: str) 
     if _not_modified(request, entry.etag, modified):
         headers = {k: v for k, v in response.headers.items() if k != "Content-Type"}
         return web.Response(status=304, headers=headers)
+    return response
+
+
+async def serve_tile(
+    request: web.Request,
+    tile: TileRequest,
+    ready: ReadyAnswers,
+    *,
+    by_accept: bool = False,
+    extra: dict[str, str] | None = None,
+) -> web.Response:
+    """The answer for a resolved tile: from the request app's pipeline (``tile_response``,
+    with the front's ``extra`` headers), its hits prepared in ``ready`` for next time.
+
+    Raises ``UpstreamError`` (each front answers it in its own format).
+    """
+    pipeline = request.app[PIPELINE]
+    result = await pipeline.get_tile(tile)
+    layer = pipeline.layers[tile.layer]
+    response = tile_response(request, result, layer.cache_control)
+    if extra:
+        response.headers.update(extra)
+    ready.remember(
+        request,
+        response,
+        result,
+        pipeline.key(tile),
+        result.entry.created + layer.config.ttl,
+        by_accept=by_accept,
+        extra=extra,
+    )
     return response
 
 

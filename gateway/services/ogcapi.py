@@ -53,7 +53,7 @@ from gateway.services.http import (
     json_error,
     negotiate,
     public_base,
-    tile_response,
+    serve_tile,
     upstream_error,
 )
 from gateway.tiles import Layer, TilePipeline
@@ -337,21 +337,24 @@ class OgcApiService:
         layers = request.app[PIPELINE].layers
         return self._document(request, ("collections",), lambda base: collections(layers, base))
 
-    async def collection(self, request: web.Request) -> web.Response:
-        """``GET /ogcapi/collections/<layer>``; 404 for an unknown layer."""
+    def _layer_document(
+        self, request: web.Request, kind: str, build: Callable[[Layer, str], Any]
+    ) -> web.Response:
+        """The ``kind`` document of the request's layer, ``build(layer, base)``; 404 for an
+        unknown layer."""
         name = request.match_info["layer"]
         layer = request.app[PIPELINE].layers.get(name)
         if layer is None:
             return json_error(404, f"unknown collection {name!r}")
-        return self._document(request, ("collection", name), lambda base: collection(layer, base))
+        return self._document(request, (kind, name), lambda base: build(layer, base))
+
+    async def collection(self, request: web.Request) -> web.Response:
+        """``GET /ogcapi/collections/<layer>``; 404 for an unknown layer."""
+        return self._layer_document(request, "collection", collection)
 
     async def tilesets(self, request: web.Request) -> web.Response:
         """``GET /ogcapi/collections/<layer>/map/tiles``; 404 for an unknown layer."""
-        name = request.match_info["layer"]
-        layer = request.app[PIPELINE].layers.get(name)
-        if layer is None:
-            return json_error(404, f"unknown collection {name!r}")
-        return self._document(request, ("tilesets", name), lambda base: tilesets(layer, base))
+        return self._layer_document(request, "tilesets", tilesets)
 
     async def tileset(self, request: web.Request) -> web.Response:
         """``GET /ogcapi/collections/<layer>/map/tiles/<tms>``; 404 for an unknown layer or a
@@ -409,24 +412,16 @@ class OgcApiService:
                 )
             return json_error(404, str(exc))
         try:
-            result = await pipeline.get_tile(tile)
+            return await serve_tile(
+                request,
+                tile,
+                request.app[READY],
+                by_accept=True,
+                # Without f the format came from Accept (tile_format).
+                extra=None if f is not None else {"Vary": "Accept"},
+            )
         except UpstreamError as exc:
             return upstream_error(name, exc)
-        layer = pipeline.layers[name]
-        response = tile_response(request, result, layer.cache_control)
-        extra = None if f is not None else {"Vary": "Accept"}
-        if extra:
-            response.headers.update(extra)
-        request.app[READY].remember(
-            request,
-            response,
-            result,
-            pipeline.key(tile),
-            result.entry.created + layer.config.ttl,
-            by_accept=True,
-            extra=extra,
-        )
-        return response
 
     def routes(self) -> list[web.RouteDef]:
         """The route table, relative to ``/ogcapi``; ``/ogcapi/`` is the landing page too,

@@ -23,7 +23,7 @@ from gateway.services.http import (
     PIPELINE,
     ReadyAnswers,
     json_error,
-    tile_response,
+    serve_tile,
     upstream_error,
 )
 
@@ -60,7 +60,7 @@ async def get_tile(request: web.Request) -> web.Response:
     except (UnknownLayer, UnknownTileMatrixSet, TileOutOfRange) as exc:
         return json_error(404, str(exc))
     except UnsupportedFormat as exc:
-        if exc.ext in _EXTENSIONS.values():
+        if exc.asked in _EXTENSIONS.values():
             return json_error(400, str(exc))
         if not given_ext:
             return json_error(400, _ADDRESS)
@@ -70,15 +70,9 @@ async def get_tile(request: web.Request) -> web.Response:
     if retina and tms.endswith(RETINA):
         return json_error(400, f"{tms} already has 512-pixel tiles: ask without @2x")
     try:
-        result = await pipeline.get_tile(tile)
+        return await serve_tile(request, tile, request.app[READY])
     except UpstreamError as exc:
         return upstream_error(layer, exc)
-    config = pipeline.layers[layer]
-    response = tile_response(request, result, config.cache_control)
-    request.app[READY].remember(
-        request, response, result, pipeline.key(tile), result.entry.created + config.config.ttl
-    )
-    return response
 
 
 def routes() -> list[web.RouteDef]:

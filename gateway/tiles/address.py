@@ -63,86 +63,92 @@ def _number(part: AddressPart, value: int | str, signed: bool) -> int | None:
     return None if len(value.lstrip("-")) > _MAX_DIGITS else int(value)
 
 
-def resolve(
-    layers: Mapping[str, Layer],
-    layer: str,
-    tms: str,
-    tile_matrix: int | str,
-    tile_row: int | str,
-    tile_col: int | str,
-    ext: str | Callable[[tuple[str, ...]], str],
-    scale: int = 1,
-    *,
-    within_limits: bool = False,
-    wmts: bool = False,
-) -> TileRequest:
-    """The checked ``TileRequest`` of a tile address.
+class TileAddresses:
+    """The tile addresses of ``layers`` (ready layers by name): ``resolve`` checks one."""
 
-    ``tms`` is any TileMatrixSet identifier the layer is served in (a ``_2x`` set becomes its
-    base at twice the ``scale``); ``tile_matrix`` is a TileMatrix identifier (text, as WMTS
-    sends it) or its zoom level; ``tile_row``/``tile_col`` count from the top-left tile, as
-    text (ASCII digits) or ints; with ``wmts`` they are WMTS values: ``tile_matrix`` must be
-    one of the set's TileMatrix identifiers exactly (07-057r7 section 7.2.4.6.3: "03" is not
-    "3"), and TileRow/TileCol may carry a minus (then out of range). ``ext`` is the
-    tile format (``png``/``jpg``), or a function choosing it from the layer's formats (content
-    negotiation), which may raise a front's own error. With ``within_limits`` the tile must
-    lie inside the layer's TileMatrixSetLimits (the tiles holding data, which WMTS and OGC API
-    - Tiles advertise); without, any tile of the layer's matrices is valid (XYZ serves empty
-    tiles outside).
+    def __init__(self, layers: Mapping[str, Layer]) -> None:
+        self.layers = layers
 
-    Checks in this order and raises, for the first fault: ``UnknownLayer``;
-    ``UnknownTileMatrixSet`` (with ``within_limits`` also for a set where the layer has no
-    data at all); ``UnsupportedFormat``; ``InvalidTileAddress`` (TileMatrix, TileRow, TileCol
-    that are not whole numbers, in that order); ``TileOutOfRange`` for the TileMatrix (outside
-    the layer's zoom range, or with no data), then the TileRow, then the TileCol (outside the
-    matrix, then outside the limits).
-    """
-    found = layers.get(layer)
-    if found is None:
-        raise UnknownLayer(layer)
-    grid = found.grids.get(tms)
-    if grid is None or (within_limits and not found.tile_matrix_set_limits(grid)):
-        served = found.advertised_grids() if within_limits else tuple(found.grids)
-        raise UnknownTileMatrixSet(layer, tms, served)
-    formats = tuple(found.config.formats)
-    if not isinstance(ext, str):
-        ext = ext(formats)
-    if ext not in formats:
-        raise UnsupportedFormat(layer, ext, formats)
-    if isinstance(tile_matrix, str) and tile_matrix in grid.matrix_ids:
-        z: int | None = grid.matrix_ids[tile_matrix]
-    elif wmts:
-        raise InvalidTileAddress("TileMatrix", str(tile_matrix))
-    else:
-        z = _number("TileMatrix", tile_matrix, wmts)
-    row = _number("TileRow", tile_row, wmts)
-    col = _number("TileCol", tile_col, wmts)
-    low, high = found.zoom_range(grid)
-    if z is None or not low <= z <= high:
-        raise TileOutOfRange(
-            f"TileMatrix {tile_matrix if z is None else z} is outside {low}..{high} "
-            f"for {layer!r} in {tms}",
-            "TileMatrix",
-            value=z,
-            low=low,
-            high=high,
-        )
-    width, height = grid.matrix_sizes[z]
-    limits = found.limits(grid, z) if within_limits else None
-    if within_limits and limits is None:
-        raise TileOutOfRange(
-            f"TileMatrix {z} of {tms} holds no data of {layer!r}",
-            "TileMatrix",
-            value=z,
-            low=low,
-            high=high,
-            scope="limits",
-        )
-    rows = None if limits is None else (limits[2], limits[3])
-    cols = None if limits is None else (limits[0], limits[1])
-    y = _index("TileRow", row, tile_row, height, rows, z, layer)
-    x = _index("TileCol", col, tile_col, width, cols, z, layer)
-    return TileRequest(layer, grid.base, z, x, y, ext, grid.scale * scale)
+    def resolve(
+        self,
+        layer: str,
+        tms: str,
+        tile_matrix: int | str,
+        tile_row: int | str,
+        tile_col: int | str,
+        ext: str | Callable[[tuple[str, ...]], str],
+        scale: int = 1,
+        *,
+        within_limits: bool = False,
+        wmts: bool = False,
+    ) -> TileRequest:
+        """The checked ``TileRequest`` of a tile address.
+
+        ``tms`` is any TileMatrixSet identifier the layer is served in (a ``_2x`` set becomes its
+        base at twice the ``scale``); ``tile_matrix`` is a TileMatrix identifier (text, as WMTS
+        sends it) or its zoom level; ``tile_row``/``tile_col`` count from the top-left tile, as
+        text (ASCII digits) or ints; with ``wmts`` they are WMTS values: ``tile_matrix`` must be
+        one of the set's TileMatrix identifiers exactly (07-057r7 section 7.2.4.6.3: "03" is not
+        "3"), and TileRow/TileCol may carry a minus (then out of range). ``ext`` is the
+        tile format (``png``/``jpg``), or a function choosing it from the layer's formats (content
+        negotiation), which may raise a front's own error. With ``within_limits`` the tile must
+        lie inside the layer's TileMatrixSetLimits (the tiles holding data, which WMTS and OGC API
+        - Tiles advertise); without, any tile of the layer's matrices is valid (XYZ serves empty
+        tiles outside).
+
+        Checks in this order and raises, for the first fault: ``UnknownLayer``;
+        ``UnknownTileMatrixSet`` (with ``within_limits`` also for a set where the layer has no
+        data at all); ``UnsupportedFormat``; ``InvalidTileAddress`` (TileMatrix, TileRow, TileCol
+        that are not whole numbers, in that order); ``TileOutOfRange`` for the TileMatrix (outside
+        the layer's zoom range, or with no data), then the TileRow, then the TileCol (outside the
+        matrix, then outside the limits).
+        """
+        found = self.layers.get(layer)
+        if found is None:
+            raise UnknownLayer(layer)
+        grid = found.grids.get(tms)
+        if grid is None or (within_limits and not found.tile_matrix_set_limits(grid)):
+            served = found.advertised_grids() if within_limits else tuple(found.grids)
+            raise UnknownTileMatrixSet(layer, tms, served)
+        formats = tuple(found.config.formats)
+        if not isinstance(ext, str):
+            ext = ext(formats)
+        if ext not in formats:
+            raise UnsupportedFormat(layer, ext, formats)
+        if isinstance(tile_matrix, str) and tile_matrix in grid.matrix_ids:
+            z: int | None = grid.matrix_ids[tile_matrix]
+        elif wmts:
+            raise InvalidTileAddress("TileMatrix", str(tile_matrix))
+        else:
+            z = _number("TileMatrix", tile_matrix, wmts)
+        row = _number("TileRow", tile_row, wmts)
+        col = _number("TileCol", tile_col, wmts)
+        low, high = found.zoom_range(grid)
+        if z is None or not low <= z <= high:
+            raise TileOutOfRange(
+                f"TileMatrix {tile_matrix if z is None else z} is outside {low}..{high} "
+                f"for {layer!r} in {tms}",
+                "TileMatrix",
+                value=z,
+                low=low,
+                high=high,
+            )
+        width, height = grid.matrix_sizes[z]
+        limits = found.limits(grid, z) if within_limits else None
+        if within_limits and limits is None:
+            raise TileOutOfRange(
+                f"TileMatrix {z} of {tms} holds no data of {layer!r}",
+                "TileMatrix",
+                value=z,
+                low=low,
+                high=high,
+                scope="limits",
+            )
+        rows = None if limits is None else (limits[2], limits[3])
+        cols = None if limits is None else (limits[0], limits[1])
+        y = _index("TileRow", row, tile_row, height, rows, z, layer)
+        x = _index("TileCol", col, tile_col, width, cols, z, layer)
+        return TileRequest(layer, grid.base, z, x, y, ext, grid.scale * scale)
 
 
 def _index(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -25,7 +25,7 @@ from gateway.errors import UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
 from gateway.imaging import EXPORT_FORMATS, cut_metatile
 from gateway.sources.http import UpstreamPool
-from gateway.tiles.address import TileRequest, resolve
+from gateway.tiles.address import TileAddresses, TileRequest
 from gateway.tiles.layer import Layer, build_layers
 
 log = logging.getLogger(__name__)
@@ -63,48 +63,30 @@ class TilePipeline:
         self.keys = keys
         self.grids = grids
         self.flight = SingleFlight(cache, lock_lease)
+        # The checked request of a tile address (``tiles.address.TileAddresses.resolve``).
+        self.resolve = TileAddresses(layers).resolve
         self._refreshes: set[asyncio.Task[None]] = set()
 
-    def resolve(
-        self,
-        layer: str,
-        tms: str,
-        tile_matrix: int | str,
-        tile_row: int | str,
-        tile_col: int | str,
-        ext: str | Callable[[tuple[str, ...]], str],
-        scale: int = 1,
-        *,
-        within_limits: bool = False,
-        wmts: bool = False,
-    ) -> TileRequest:
-        """The checked request of a tile address (see ``tiles.address.resolve``, which says
-        what it raises)."""
-        return resolve(
-            self.layers,
-            layer,
-            tms,
-            tile_matrix,
-            tile_row,
-            tile_col,
-            ext,
-            scale,
-            within_limits=within_limits,
-            wmts=wmts,
+    def _place(
+        self, request: TileRequest, col: int, row: int
+    ) -> tuple[str, str, str, int, int, int, int, str]:
+        """What a key of ``request`` at TileCol ``col``, TileRow ``row`` is made of: layer,
+        generation, TileMatrixSet, TileMatrix, col, row, scale, extension."""
+        generation = self.layers[request.layer].generation
+        return (
+            request.layer,
+            generation,
+            request.tms,
+            request.z,
+            col,
+            row,
+            request.scale,
+            request.ext,
         )
 
     def key(self, request: TileRequest) -> str:
         """The cache key of ``request``."""
-        return self.keys.tile(
-            request.layer,
-            self.layers[request.layer].generation,
-            request.tms,
-            request.z,
-            request.x,
-            request.y,
-            request.scale,
-            request.ext,
-        )
+        return self.keys.tile(*self._place(request, request.x, request.y))
 
     def prepared(self, key: str) -> tuple[TileEntry, object] | None:
         """The entry under ``key`` in the in-process tier with what a front prepared from it
@@ -153,16 +135,7 @@ class TilePipeline:
 
     def lock_key(self, request: TileRequest, meta: MetaTile) -> str:
         """The coalescing lock of the metatile ``meta`` of ``request``."""
-        return self.keys.lock(
-            request.layer,
-            self.layers[request.layer].generation,
-            request.tms,
-            meta.z,
-            meta.col0,
-            meta.row0,
-            request.scale,
-            request.ext,
-        )
+        return self.keys.lock(*self._place(request, meta.col0, meta.row0))
 
     def metatile_of(self, request: TileRequest) -> MetaTile:
         """The metatile that holds the requested tile (see ``grids.metatile``)."""

@@ -23,15 +23,8 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway.errors import (
-    InvalidTileAddress,
-    TileOutOfRange,
-    UnknownLayer,
-    UnknownTileMatrixSet,
-    UnsupportedFormat,
-    UpstreamError,
-)
-from gateway.services.http import PIPELINE, ReadyAnswers, negotiate, tile_response
+from gateway import errors
+from gateway.services.http import PIPELINE, ReadyAnswers, negotiate, serve_tile
 from gateway.services.wmts import kvp as kvp_encoding
 from gateway.services.wmts.capabilities import CAPABILITIES_PATH, MEDIA_TYPES, STYLE, contents_of
 from gateway.services.wmts.ows import (
@@ -85,22 +78,22 @@ def locate(
             within_limits=True,
             wmts=True,
         )
-    except UnknownLayer:
+    except errors.UnknownLayer:
         raise WmtsError(400, invalid("Layer", f"no layer {layer!r}")) from None
-    except UnknownTileMatrixSet as exc:
-        served = ", ".join(exc.served)
+    except errors.UnknownTileMatrixSet as exc:
+        served = ", ".join(exc.offered)
         raise WmtsError(
             400,
             invalid(
                 "TileMatrixSet", f"layer {layer!r} is served in {served}, not {tile_matrix_set!r}"
             ),
         ) from None
-    except UnsupportedFormat as exc:
+    except errors.UnsupportedFormat as exc:
         offered = ", ".join(MEDIA_TYPES[ext] for ext in exc.offered)
         raise WmtsError(
             400, invalid("Format", f"layer {layer!r} offers {offered}, not {media_type!r}")
         ) from None
-    except (InvalidTileAddress, TileOutOfRange) as exc:
+    except (errors.InvalidTileAddress, errors.TileOutOfRange) as exc:
         if exc.part == "TileMatrix":
             raise WmtsError(
                 400,
@@ -109,7 +102,7 @@ def locate(
                     f"layer {layer!r} has no TileMatrix {tile_matrix!r} in {tile_matrix_set}",
                 ),
             ) from None
-        if isinstance(exc, InvalidTileAddress):
+        if isinstance(exc, errors.InvalidTileAddress):
             raise WmtsError(400, invalid(exc.part, str(exc))) from None
         shown = (
             exc.value
@@ -133,10 +126,9 @@ def locate(
 async def _serve(request: web.Request, tile: TileRequest) -> web.StreamResponse:
     """The tile from the pipeline (ETag/304 like XYZ); an upstream failure is NoApplicableCode
     with the upstream's status (502/504), code and message, never its URL."""
-    pipeline = request.app[PIPELINE]
     try:
-        result = await pipeline.get_tile(tile)
-    except UpstreamError as exc:
+        return await serve_tile(request, tile, request.app[READY])
+    except errors.UpstreamError as exc:
         code = "" if exc.code is None else f" (code {exc.code})"
         raise WmtsError(
             exc.status,
@@ -146,12 +138,6 @@ async def _serve(request: web.Request, tile: TileRequest) -> web.StreamResponse:
                 f"the upstream of layer {tile.layer!r} failed{code}: {exc.message}",
             ),
         ) from None
-    layer = pipeline.layers[tile.layer]
-    response = tile_response(request, result, layer.cache_control)
-    request.app[READY].remember(
-        request, response, result, pipeline.key(tile), result.entry.created + layer.config.ttl
-    )
-    return response
 
 
 async def kvp(request: web.Request) -> web.StreamResponse:
