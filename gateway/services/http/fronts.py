@@ -1,0 +1,155 @@
+"""Fronts as aiohttp sub-applications: the app keys they read, public URLs, their error
+formats (routing misses and unexpected errors included) and CORS on every answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.config import GatewayConfig
+from gateway.errors import UpstreamError
+from gateway.tiles import TilePipeline
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", GatewayConfig)
+PIPELINE = web.AppKey("pipeline", TilePipeline)
+NO_STORE = {"Cache-Control": "no-store"}
+# Methods every front answers, and so lists in its preflights.
+READ_METHODS = "GET, HEAD, OPTIONS"
+RenderError = Callable[[web.Request, int, str], web.Response]
+"""A front's error format: ``(request, status, message) -> response``."""
+
+
+def public_base(request: web.Request) -> str:
+    """The gateway's public base URL, without a trailing slash, for absolute URLs in documents.
+
+    ``server.public_url`` when configured; else, with ``server.trust_proxy``, the
+    ``X-Forwarded-Proto``/``X-Forwarded-Host``/``X-Forwarded-Prefix`` headers (first value of
+    each); else the request's own scheme and Host.
+    """
+    server = request.app[CONFIG].server
+    if server.public_url is not None:
+        return str(server.public_url).rstrip("/")
+    scheme, host, prefix = request.scheme, request.host, ""
+    if server.trust_proxy:
+        headers = request.headers
+        scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
+        host = headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+        prefix = headers.get("X-Forwarded-Prefix", "").split(",")[0].strip().rstrip("/")
+        if prefix and not prefix.startswith("/"):
+            prefix = "/" + prefix
+    return f"{scheme}://{host}{prefix}"
+
+
+def varies_with_proxy(request: web.Request) -> bool:
+    """Whether absolute URLs in a document depend on ``X-Forwarded-*`` request headers."""
+    server = request.app[CONFIG].server
+    return server.trust_proxy and server.public_url is None
+
+
+def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    """``{"error": {"code": status, "message": ..., **extra}}`` with ``Cache-Control: no-store``.
+
+    The gateway's own error format for ``/tiles``, ``/ogcapi`` and the admin routes
+    (architecture.md, "Errors, each in its client's own language").
+    """
+    return web.json_response(
+        {"error": {"code": status, "message": message, **extra}}, status=status, headers=NO_STORE
+    )
+
+
+def render_json_error(request: web.Request, status: int, message: str) -> web.Response:
+    """``json_error`` as a front's ``RenderError``."""
+    return json_error(status, message)
+
+
+def upstream_error(layer: str, exc: UpstreamError) -> web.Response:
+    """The JSON answer to a failed upstream: its status (502/504), the layer, and the
+    upstream's own code and message, never its URL or a token."""
+    return json_error(
+        exc.status,
+        f"the upstream of layer {layer!r} failed: {exc.message}",
+        layer=layer,
+        upstream={"code": exc.code, "message": exc.message},
+    )
+
+
+def _cors_middleware(
+    allow_origin: str, methods: str, render: RenderError, *, root: bool = False
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Middleware: CORS headers on every answer (errors too), preflights for ``methods``, and
+    HTTP errors (routing misses among them) and unexpected exceptions rendered with ``render``;
+    the latter are logged with their traceback and answered 500 without details. With
+    ``root``, requests a sub-application serves pass through untouched: it has its own."""
+    cors = {
+        "Access-Control-Allow-Origin": allow_origin,
+        "Access-Control-Expose-Headers": "ETag, X-Cache, Content-Length",
+    }
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if root and len(request.match_info.apps) > 1:
+            return await handler(request)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Methods": methods,
+                    "Access-Control-Allow-Headers": request.headers.get(
+                        "Access-Control-Request-Headers", ""
+                    ),
+                    "Access-Control-Max-Age": "86400",
+                },
+            )
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    exc.headers.update(cors)
+                    raise
+                response = render(request, exc.status, exc.reason)
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                response = render(request, 500, "internal error")
+        response.headers.update(cors)
+        return response
+
+    return middleware
+
+
+def front_app(
+    config: GatewayConfig,
+    routes: Iterable[web.RouteDef],
+    render: RenderError,
+    methods: str = READ_METHODS,
+) -> web.Application:
+    """A protocol front as a sub-application: ``routes`` (relative to the prefix it is mounted
+    at; ``""`` is the prefix itself), errors in the format of ``render``, preflights allowing
+    ``methods``."""
+    app = web.Application(
+        middlewares=[_cors_middleware(config.server.cors_allow_origin, methods, render)]
+    )
+    app[CONFIG] = config
+    app.add_routes(routes)
+    return app
+
+
+def root_app(config: GatewayConfig, routes: Iterable[web.RouteDef]) -> web.Application:
+    """The application the fronts are mounted on: its own ``routes`` and every path no front
+    takes answer with JSON errors; requests a front takes are left to it."""
+    app = web.Application(
+        middlewares=[
+            _cors_middleware(
+                config.server.cors_allow_origin, READ_METHODS, render_json_error, root=True
+            )
+        ]
+    )
+    app[CONFIG] = config
+    app.add_routes(routes)
+    return app

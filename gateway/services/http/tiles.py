@@ -1,0 +1,158 @@
+"""Tile answers for every front: headers, conditional requests, and ready answers to repeated
+hits prepared on the tile's in-process cache entry."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple, cast
+
+from aiohttp import web
+
+from gateway.services.http.fronts import PIPELINE
+from gateway.tiles import TilePipeline, TileRequest, TileResult
+
+
+class _Ready(NamedTuple):
+    headers: dict[str, str]
+    fresh_until: float  # epoch seconds
+
+
+def _not_modified(request: web.Request, etag: str, modified: int) -> bool:
+    """Whether a conditional GET/HEAD may be answered 304 (RFC 9110 section 13.2.2): the
+    ``If-None-Match`` tags (weak comparison) if there are any, else ``If-Modified-Since``
+    against ``modified`` (epoch seconds, as sent in ``Last-Modified``)."""
+    tags = request.if_none_match
+    if tags is not None:
+        value = etag.strip('"')
+        return any(tag.value == "*" or tag.value == value for tag in tags)
+    since = request.if_modified_since
+    return since is not None and modified <= since.timestamp()
+
+
+def tile_response(request: web.Request, result: TileResult, cache_control: str) -> web.Response:
+    """The HTTP answer for a tile: 200 with the bytes and ``Content-Type``, ``ETag``,
+    ``Last-Modified`` (the upstream's time, else when the tile was made), ``Cache-Control``
+    and ``X-Cache``; 304 without a body when a conditional request matches."""
+    entry = result.entry
+    response = web.Response(
+        body=entry.data,
+        headers={"Content-Type": entry.content_type, "Cache-Control": cache_control},
+    )
+    # Last-Modified has whole seconds: rounding up keeps If-Modified-Since comparisons true to
+    # what the client was sent.
+    modified = math.ceil(entry.upstream_time or entry.created)
+    response.etag = entry.etag.strip('"')
+    response.last_modified = modified
+    response.headers["X-Cache"] = result.cache_status
+    if _not_modified(request, entry.etag, modified):
+        headers = {k: v for k, v in response.headers.items() if k != "Content-Type"}
+        return web.Response(status=304, headers=headers)
+    return response
+
+
+async def serve_tile(
+    request: web.Request,
+    tile: TileRequest,
+    ready: ReadyAnswers,
+    *,
+    by_accept: bool = False,
+    extra: dict[str, str] | None = None,
+) -> web.Response:
+    """The answer for a resolved tile: from the request app's pipeline (``tile_response``,
+    with the front's ``extra`` headers), its hits prepared in ``ready`` for next time.
+
+    Raises ``UpstreamError`` (each front answers it in its own format).
+    """
+    pipeline = request.app[PIPELINE]
+    result = await pipeline.get_tile(tile)
+    layer = pipeline.layers[tile.layer]
+    response = tile_response(request, result, layer.cache_control)
+    if extra:
+        response.headers.update(extra)
+    ready.remember(
+        request,
+        response,
+        result,
+        pipeline.key(tile),
+        result.entry.created + layer.config.ttl,
+        by_accept=by_accept,
+        extra=extra,
+    )
+    return response
+
+
+class ReadyAnswers:
+    """Ready answers to repeated tile hits: the tile key of each request target seen, and on
+    the tile's in-process cache entry (``TilePipeline.prepare``) the answer's headers and the
+    end of the entry's freshness (epoch seconds).
+
+    A hit of a target seen before is then a dict lookup, an L1 lookup and a ``web.Response`` of
+    prebuilt headers, instead of parsing, resolving and keying the tile again: a front's own
+    work is most of a hit's cost (bench/README.md, figure a). The target is the raw path and
+    query, plus the ``Accept`` header for a front whose answer depends on it. The headers live
+    on the L1 entry, so whatever drops or replaces the entry (expiry, eviction, purges, a
+    refresh) drops them too; past freshness, or for a conditional request, the request takes
+    the full path. ``max_targets`` bounds the target table (oldest forgotten first).
+    """
+
+    def __init__(self, pipeline: TilePipeline, max_targets: int = 100_000) -> None:
+        self._pipeline = pipeline
+        self._targets: dict[str, tuple[str, dict[str, str] | None]] = {}
+        self._max_targets = max_targets
+
+    @staticmethod
+    def _target(request: web.Request, by_accept: bool) -> str:
+        if by_accept:
+            return f"{request.raw_path}\n{request.headers.get('Accept', '')}"
+        return request.raw_path
+
+    def answer(self, request: web.Request, by_accept: bool = False) -> web.Response | None:
+        """The 200 answer to ``request`` from a prepared entry, or ``None``."""
+        found = self._targets.get(self._target(request, by_accept))
+        if found is None:
+            return None
+        headers = request.headers
+        if "If-None-Match" in headers or "If-Modified-Since" in headers:
+            return None
+        key, extra = found
+        prepared = self._pipeline.prepared(key)
+        if prepared is None:
+            return None
+        entry, ready = prepared
+        ready = cast(_Ready, ready)
+        if time.time() >= ready.fresh_until:
+            return None
+        response = web.Response(body=entry.data, headers=ready.headers)
+        if extra:
+            response.headers.update(extra)
+        return response
+
+    def remember(
+        self,
+        request: web.Request,
+        response: web.Response,
+        result: TileResult,
+        key: str,
+        fresh_until: float,
+        *,
+        by_accept: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Prepare the answers of later hits of the request's target from ``response`` (the
+        200 answer of ``result``, a fresh tile under ``key``, fresh until ``fresh_until``);
+        ``extra`` are headers only this front adds. Nothing is kept unless ``result`` is a
+        200 non-stale answer whose entry is in L1 (not, e.g., an empty tile outside the data)."""
+        if response.status != 200 or result.cache_status == "STALE":
+            return
+        headers = {k: v for k, v in response.headers.items() if k not in (extra or {})}
+        headers["X-Cache"] = "HIT"
+        ready = _Ready(headers, fresh_until)
+        prepared = self._pipeline.prepared(key)
+        if prepared is None and not self._pipeline.prepare(key, result.entry, ready):
+            return
+        target = self._target(request, by_accept)
+        if self._targets.get(target) != (key, extra):
+            if len(self._targets) >= self._max_targets:
+                del self._targets[next(iter(self._targets))]
+            self._targets[target] = (key, extra)
