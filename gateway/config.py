@@ -283,8 +283,8 @@ class LayerConfig(_Strict):
         return str(self.url).rstrip("/")
 
     @property
-    def storage_ttl(self) -> int:
-        """Seconds a tile is kept: its freshness plus the longer stale window."""
+    def lifetime(self) -> int:
+        """Seconds a tile is stored: its freshness (``ttl``) plus the longer stale window."""
         return self.ttl + max(self.stale_while_revalidate, self.stale_if_error)
 
 

@@ -36,14 +36,14 @@ TileLimits = tuple[int, int, int, int]
 class Grid:
     """One advertised TileMatrixSet.
 
-    ``tms`` is its morecantile definition (with 512-pixel tiles for a ``_2x`` set), ``base``
-    the identifier of the set whose tiles it shares, ``scale`` 1 or 2, ``epsg`` the EPSG code
-    sent as bboxSR/imageSR (CRS84 is sent as 4326, whose exportImage bbox is lon/lat too), and
-    ``tile_size`` the tile width and height in pixels.
+    ``definition`` is its morecantile TileMatrixSet (with 512-pixel tiles for a ``_2x`` set),
+    ``base`` the identifier of the set whose tiles it shares, ``scale`` 1 or 2, ``epsg`` the
+    EPSG code sent as bboxSR/imageSR (CRS84 is sent as 4326, whose exportImage bbox is lon/lat
+    too), and ``tile_size`` the tile width and height in pixels.
     """
 
     identifier: str
-    tms: TileMatrixSet
+    definition: TileMatrixSet
     base: str
     scale: int
     epsg: int
@@ -55,12 +55,12 @@ class Grid:
     @property
     def minzoom(self) -> int:
         """The first TileMatrix identifier (an integer here)."""
-        return self.tms.minzoom
+        return self.definition.minzoom
 
     @property
     def maxzoom(self) -> int:
         """The last TileMatrix identifier."""
-        return self.tms.maxzoom
+        return self.definition.maxzoom
 
     @cached_property
     def matrix_sizes(self) -> dict[int, tuple[int, int]]:
@@ -70,19 +70,22 @@ class Grid:
         ``matrix(z)`` builds its answer anew on each call.
         """
         return {
-            z: (self.tms.matrix(z).matrixWidth, self.tms.matrix(z).matrixHeight)
-            for z in range(self.tms.minzoom, self.tms.maxzoom + 1)
+            z: (self.definition.matrix(z).matrixWidth, self.definition.matrix(z).matrixHeight)
+            for z in range(self.definition.minzoom, self.definition.maxzoom + 1)
         }
 
     @cached_property
     def crs(self) -> CRS:
         """The CRS of the set (pyproj), in its authority's axis order."""
-        return self.tms.crs._pyproj_crs
+        return self.definition.crs._pyproj_crs
 
     @cached_property
     def matrix_ids(self) -> dict[str, int]:
         """The zoom level of each TileMatrix identifier (``"5"`` -> 5 in the OGC sets)."""
-        return {self.tms.matrix(z).id: z for z in range(self.tms.minzoom, self.tms.maxzoom + 1)}
+        return {
+            self.definition.matrix(z).id: z
+            for z in range(self.definition.minzoom, self.definition.maxzoom + 1)
+        }
 
     def bbox(self, z: int, x: int, y: int) -> tuple[float, float, float, float]:
         """The tile's ``(xmin, ymin, xmax, ymax)`` in CRS units, easting/northing (lon/lat) order.
@@ -90,7 +93,7 @@ class Grid:
         That is the order of an exportImage ``bbox`` whatever the CRS's axis order
         (arcgis-rest.md section 2.2); the tile is assumed valid (see ``check``).
         """
-        bounds = self.tms.xy_bounds(morecantile.Tile(x, y, z))
+        bounds = self.definition.xy_bounds(morecantile.Tile(x, y, z))
         return (bounds.left, bounds.bottom, bounds.right, bounds.top)
 
     def _origin(self, z: int) -> tuple[float, float, float, float]:
@@ -120,7 +123,7 @@ class Grid:
     ) -> tuple[float, float, float, float] | None:
         """``bounds`` (west, south, east, north in degrees) in this set's CRS, x/y order,
         clipped to the set's own geographic area; ``None`` when they do not meet."""
-        area = self.tms.bbox  # lon/lat of the whole matrix set
+        area = self.definition.bbox  # lon/lat of the whole matrix set
         west, south = max(bounds[0], area.left), max(bounds[1], area.bottom)
         east, north = min(bounds[2], area.right), min(bounds[3], area.top)
         if west >= east or south >= north:
@@ -151,12 +154,12 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
-def _retina(tms: TileMatrixSet) -> TileMatrixSet:
-    """``tms`` with 512-pixel tiles over the same matrices: each scale denominator and cell size
-    halved, the matrix sizes and origins kept."""
-    model = tms.model_dump(exclude_none=True)
-    model["id"] = f"{tms.id}{RETINA}"
-    model["title"] = f"{tms.title or tms.id}, 512-pixel tiles"
+def _retina(definition: TileMatrixSet) -> TileMatrixSet:
+    """``definition`` with 512-pixel tiles over the same matrices: each scale denominator and
+    cell size halved, the matrix sizes and origins kept."""
+    model = definition.model_dump(exclude_none=True)
+    model["id"] = f"{definition.id}{RETINA}"
+    model["title"] = f"{definition.title or definition.id}, 512-pixel tiles"
     model.pop("uri", None)
     model.pop("wellKnownScaleSet", None)
     for matrix in model["tileMatrices"]:
@@ -181,13 +184,13 @@ def _custom(identifier: str, config: TileMatrixSetConfig) -> TileMatrixSet:
     )
 
 
-def _epsg(tms: TileMatrixSet) -> int:
-    crs: CRS = tms.crs._pyproj_crs
+def _epsg(definition: TileMatrixSet) -> int:
+    crs: CRS = definition.crs._pyproj_crs
     if crs.equals(CRS.from_user_input("OGC:CRS84")):
         return 4326
     code = crs.to_epsg()
     if code is None:
-        raise ValueError(f"{tms.id}: its CRS has no EPSG code to send as bboxSR/imageSR")
+        raise ValueError(f"{definition.id}: its CRS has no EPSG code to send as bboxSR/imageSR")
     return code
 
 
@@ -200,12 +203,12 @@ class GridRegistry:
         bases = {name: morecantile.tms.get(name) for name in _BUILTIN_BASES}
         bases.update({name: _custom(name, config) for name, config in (custom or {}).items()})
         self._grids: dict[str, Grid] = {}
-        for name, tms in bases.items():
-            epsg = _epsg(tms)
-            size = tms.matrix(tms.minzoom).tileWidth
-            self._grids[name] = Grid(name, tms, name, 1, epsg, size)
+        for name, definition in bases.items():
+            epsg = _epsg(definition)
+            size = definition.matrix(definition.minzoom).tileWidth
+            self._grids[name] = Grid(name, definition, name, 1, epsg, size)
             self._grids[f"{name}{RETINA}"] = Grid(
-                f"{name}{RETINA}", _retina(tms), name, 2, epsg, size * 2
+                f"{name}{RETINA}", _retina(definition), name, 2, epsg, size * 2
             )
 
     def __getitem__(self, identifier: str) -> Grid:

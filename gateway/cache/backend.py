@@ -46,9 +46,9 @@ class Backend(Protocol):
         """The entries under ``keys``, ``None`` where missing."""
 
     async def set_many(
-        self, items: Sequence[tuple[str, TileEntry]], ttl: int, unlock: tuple[str, str] | None
+        self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
     ) -> None:
-        """Store entries for ``ttl`` seconds, then release the lock ``unlock`` (key, token)
+        """Store entries for ``lifetime`` seconds, then release the lock ``unlock`` (key, token)
         if given and still held with that token."""
 
     async def delete_many(self, keys: Sequence[str]) -> int:

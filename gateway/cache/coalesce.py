@@ -47,13 +47,13 @@ class SingleFlight:
         return lock_key in self._inflight
 
     async def fetch(
-        self, lock_key: str, key: str, produce: Produce, ttl: float, keep: int
+        self, lock_key: str, key: str, produce: Produce, freshness: float, lifetime: int
     ) -> tuple[TileEntry, bool]:
         """The entry for ``key`` and whether this call fetched it from the upstream.
 
-        An entry younger than ``ttl`` seconds in the cache is used as it is; else
+        An entry younger than ``lifetime`` seconds in the cache is used as it is; else
         ``produce()`` calls the upstream and returns every tile of the metatile by key, and
-        they are stored for ``keep`` seconds. Raises what ``produce`` raises (to this caller
+        they are stored for ``lifetime`` seconds. Raises what ``produce`` raises (to this caller
         and to the callers waiting on it); nothing is stored then.
         """
         while True:
@@ -61,14 +61,14 @@ class SingleFlight:
             if future is None:
                 break
             tiles = await asyncio.shield(future)
-            entry = tiles.get(key) or await self._ready(key, ttl, keep)
+            entry = tiles.get(key) or await self._ready(key, freshness, lifetime)
             if entry is not None:
                 return entry, False
             # The leader only saw another replica's tiles, not ours: look again.
         future = asyncio.get_running_loop().create_future()
         self._inflight[lock_key] = future
         try:
-            tiles, produced = await self._lead(lock_key, key, produce, ttl, keep)
+            tiles, produced = await self._lead(lock_key, key, produce, freshness, lifetime)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # marks it retrieved: with no waiter, nothing is left to log
@@ -79,18 +79,18 @@ class SingleFlight:
             del self._inflight[lock_key]
         return tiles[key], produced
 
-    async def _ready(self, key: str, ttl: float, keep: int) -> TileEntry | None:
-        entry = await self.cache.get(key, keep)
-        return entry if entry is not None and _fresh(entry, ttl) else None
+    async def _ready(self, key: str, freshness: float, lifetime: int) -> TileEntry | None:
+        entry = await self.cache.get(key, lifetime)
+        return entry if entry is not None and _fresh(entry, freshness) else None
 
     async def _lead(
-        self, lock_key: str, key: str, produce: Produce, ttl: float, keep: int
+        self, lock_key: str, key: str, produce: Produce, freshness: float, lifetime: int
     ) -> tuple[dict[str, TileEntry], bool]:
         token = f"{self._process}.{next(self._count)}"
-        found = await self.cache.get_or_lock(key, keep, lock_key, token, self.lease)
+        found = await self.cache.get_or_lock(key, lifetime, lock_key, token, self.lease)
         while True:
             if isinstance(found, TileEntry):
-                if _fresh(found, ttl):
+                if _fresh(found, freshness):
                     return {key: found}, False
                 # A stale copy (kept for stale serving): the lock alone decides who refreshes.
                 found = await self.cache.try_lock(lock_key, token, self.lease)
@@ -100,16 +100,16 @@ class SingleFlight:
                 except BaseException:
                     await self.cache.unlock(lock_key, token)
                     raise
-                await self.cache.set_many(list(tiles.items()), keep, unlock=(lock_key, token))
+                await self.cache.set_many(list(tiles.items()), lifetime, unlock=(lock_key, token))
                 return tiles, True
             # Another process fetches: wait for its tiles, or for its lock to go.
             while await self.cache.locked(lock_key):
                 await asyncio.sleep(self.poll)
-                entry = await self._ready(key, ttl, keep)
+                entry = await self._ready(key, freshness, lifetime)
                 if entry is not None:
                     return {key: entry}, False
-            found = await self.cache.get_or_lock(key, keep, lock_key, token, self.lease)
+            found = await self.cache.get_or_lock(key, lifetime, lock_key, token, self.lease)
 
 
-def _fresh(entry: TileEntry, ttl: float) -> bool:
-    return time.time() - entry.created < ttl
+def _fresh(entry: TileEntry, freshness: float) -> bool:
+    return time.time() - entry.created < freshness

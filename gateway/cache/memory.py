@@ -36,10 +36,10 @@ class MemoryBackend:
         return list(await self._store.multi_get(list(keys))) if keys else []
 
     async def set_many(
-        self, items: Sequence[tuple[str, TileEntry]], ttl: int, unlock: tuple[str, str] | None
+        self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
     ) -> None:
-        """Store entries for ``ttl`` seconds (there are no locks to release)."""
-        await self._store.multi_set(list(items), ttl=ttl)
+        """Store entries for ``lifetime`` seconds (there are no locks to release)."""
+        await self._store.multi_set(list(items), ttl=lifetime)
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete keys; how many there were."""

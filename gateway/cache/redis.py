@@ -164,9 +164,9 @@ class RedisBackend:
         return await self._call("get", fetch, [None] * len(keys))
 
     async def set_many(
-        self, items: Sequence[tuple[str, TileEntry]], ttl: int, unlock: tuple[str, str] | None
+        self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
     ) -> None:
-        """Store entries for ``ttl`` seconds (value and expiry of each in one SET EX) in one
+        """Store entries for ``lifetime`` seconds (value and expiry of each in one SET EX) in one
         round trip, then release the lock ``unlock`` (key, token) if still ours: one script on
         a single node or Sentinel, a pipeline per node and an unlock on a Cluster. Failures
         are logged and swallowed (the lock then expires with its lease)."""
@@ -176,7 +176,7 @@ class RedisBackend:
                 "set",
                 lambda: self._store_and_unlock(
                     keys=[*(key for key, _ in items), lock_key],
-                    args=[ttl, token, *(encode_entry(entry) for _, entry in items)],
+                    args=[lifetime, token, *(encode_entry(entry) for _, entry in items)],
                 ),
                 None,
             )
@@ -185,11 +185,11 @@ class RedisBackend:
         async def store() -> None:
             if len(items) == 1:
                 key, entry = items[0]
-                await self.redis.set(key, encode_entry(entry), ex=ttl)
+                await self.redis.set(key, encode_entry(entry), ex=lifetime)
                 return
             pipe = self.redis.pipeline(transaction=False)
             for key, entry in items:
-                pipe.set(key, encode_entry(entry), ex=ttl)
+                pipe.set(key, encode_entry(entry), ex=lifetime)
             await pipe.execute()
 
         await self._call("set", store, None)

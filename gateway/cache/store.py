@@ -48,9 +48,9 @@ class TileCache:
         """Whether the last operation reached the backend."""
         return self.store.available
 
-    async def get(self, key: str, keep: int) -> TileEntry | None:
+    async def get(self, key: str, lifetime: int) -> TileEntry | None:
         """The entry under ``key`` from L1, else from the backend (then kept in L1 until its
-        creation time plus ``keep`` seconds); ``None`` when absent, unreadable or the cache is
+        creation time plus ``lifetime`` seconds); ``None`` when absent, unreadable or the cache is
         down."""
         if self.l1 is not None:
             entry = self.l1.get(key)
@@ -58,7 +58,7 @@ class TileCache:
                 return entry
         entry = await self.store.get(key)
         if entry is not None and self.l1 is not None:
-            self.l1.put(key, entry, entry.created + keep)
+            self.l1.put(key, entry, entry.created + lifetime)
         return entry
 
     async def get_many(self, keys: Sequence[str]) -> list[TileEntry | None]:
@@ -68,15 +68,15 @@ class TileCache:
     async def set_many(
         self,
         items: Sequence[tuple[str, TileEntry]],
-        ttl: int,
+        lifetime: int,
         unlock: tuple[str, str] | None = None,
     ) -> None:
-        """Store entries for ``ttl`` seconds here and in the backend, then release the lock
+        """Store entries for ``lifetime`` seconds here and in the backend, then release the lock
         ``unlock`` (key, token) if given and still ours."""
         if self.l1 is not None:
             for key, entry in items:
-                self.l1.put(key, entry, entry.created + ttl)
-        await self.store.set_many(items, ttl, unlock)
+                self.l1.put(key, entry, entry.created + lifetime)
+        await self.store.set_many(items, lifetime, unlock)
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Delete keys from L1 and the backend; how many the backend had."""
@@ -86,7 +86,7 @@ class TileCache:
         return await self.store.delete_many(keys)
 
     async def get_or_lock(
-        self, key: str, keep: int, lock_key: str, token: str, lease: float
+        self, key: str, lifetime: int, lock_key: str, token: str, lease: float
     ) -> TileEntry | bool:
         """The entry under ``key`` if the cache has one (kept in L1 as ``get`` does; no lock
         taken then), else whether the lock ``lock_key`` is now ours for ``lease`` seconds."""
@@ -96,7 +96,7 @@ class TileCache:
                 return entry
         found = await self.store.get_or_lock(key, lock_key, token, lease)
         if isinstance(found, TileEntry) and self.l1 is not None:
-            self.l1.put(key, found, found.created + keep)
+            self.l1.put(key, found, found.created + lifetime)
         return found
 
     async def try_lock(self, key: str, token: str, lease: float) -> bool:

@@ -121,7 +121,7 @@ def registered_uri(grid: Grid) -> str | None:
     morecantile gives WGS1984Quad the URI of WorldCRS84Quad (same matrices, but CRS84 is
     lon/lat where EPSG:4326 is lat/lon); a URI naming another set is not this set's.
     """
-    uri = grid.tms.uri
+    uri = grid.definition.uri
     return uri if uri is not None and uri.rsplit("/", 1)[-1] == grid.identifier else None
 
 
@@ -132,7 +132,7 @@ def tile_matrix_set_document(grid: Grid) -> dict[str, Any]:
     for the EPSG:4326 set WGS1984Quad); a ``_2x`` set has 512-pixel tiles and half the scale
     denominators of its base; an unregistered set carries no ``uri``.
     """
-    document: dict[str, Any] = grid.tms.model_dump(mode="json", exclude_none=True)
+    document: dict[str, Any] = grid.definition.model_dump(mode="json", exclude_none=True)
     if registered_uri(grid) is None:
         document.pop("uri", None)
     return document
@@ -177,7 +177,7 @@ def tile_matrix_sets(grids: dict[str, Grid], base: str) -> dict[str, Any]:
     root = f"{base}/ogcapi/tileMatrixSets"
     items = []
     for identifier, grid in grids.items():
-        item: dict[str, Any] = {"id": identifier, "title": grid.tms.title or identifier}
+        item: dict[str, Any] = {"id": identifier, "title": grid.definition.title or identifier}
         uri = registered_uri(grid)
         if uri is not None:
             item["uri"] = uri
@@ -222,7 +222,7 @@ def tileset_summary(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "title": f"{_title(layer)}, {grid.identifier}",
         "dataType": "map",
-        "crs": grid.tms.crs.model_dump(mode="json"),
+        "crs": grid.definition.crs.model_dump(mode="json"),
     }
     uri = registered_uri(grid)
     if uri is not None:

@@ -60,7 +60,7 @@ def bounds_and_center(layer: Layer, grid: Grid) -> tuple[list[float], list[float
     of the layer's range at which the bounds still fit in one tile (so a client's first view
     shows all the data).
     """
-    area = grid.tms.bbox
+    area = grid.definition.bbox
     west, south, east, north = layer.bounds or (area.left, area.bottom, area.right, area.top)
     west, east = (min(max(v, area.left), area.right) for v in (west, east))
     south, north = (min(max(v, area.bottom), area.top) for v in (south, north))

@@ -116,7 +116,7 @@ class TilePipeline:
             return TileResult(layer.empty_entry(request.ext, grid.tile_size * request.scale), "HIT")
         key = self.key(request)
         config = layer.config
-        entry = await self.cache.get(key, config.storage_ttl)
+        entry = await self.cache.get(key, config.lifetime)
         age = 0.0
         if entry is not None:
             age = time.time() - entry.created
@@ -172,7 +172,7 @@ class TilePipeline:
             key,
             lambda: self.produce(request, meta),
             config.ttl,
-            config.storage_ttl,
+            config.lifetime,
         )
 
     async def produce(self, request: TileRequest, meta: MetaTile) -> dict[str, TileEntry]:

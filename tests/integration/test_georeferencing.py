@@ -95,7 +95,7 @@ async def test_projected_raster_tile_matches_the_source(
     with rasterio.open(path) as source:
         data = source.read().transpose(1, 2, 0)
         west, south, east, north = transform_bounds(source.crs, "EPSG:4326", *source.bounds)
-        tms = GridRegistry()["WebMercatorQuad"].tms
+        tms = GridRegistry()["WebMercatorQuad"].definition
         centre = tms.tile((west + east) / 2, (south + north) / 2, 9)
         z, x, y = centre.z, centre.x, centre.y
         tile = await fetch_tile(client, f"/tiles/rgb/{z}/{x}/{y}.{ext}")

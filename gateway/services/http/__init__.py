@@ -7,10 +7,11 @@
 - ``documents``: content negotiation (``negotiate``, RFC 9110 section 12.5.1), a bounded
   document cache whose documents are gzip-compressed once for clients that accept it
   (``DocumentCache``, ``document_response``).
-- ``tiles``: tile answers (``tile_response``, ``serve_tile``): ETag, Last-Modified, Cache-Control, ``X-Cache``, and
-  conditional requests (``If-None-Match``, else ``If-Modified-Since``: RFC 9110 section
-  13.2.2); tiles are never compressed. ``ReadyAnswers`` answers repeated hits of a request
-  target from headers prepared on the tile's in-process cache entry.
+- ``tiles``: tile answers (``tile_response``, ``serve_tile``): ETag, Last-Modified,
+  Cache-Control, ``X-Cache``, and conditional requests (``If-None-Match``, else
+  ``If-Modified-Since``: RFC 9110 section 13.2.2); tiles are never compressed.
+  ``ReadyAnswers`` answers repeated hits of a request target from headers prepared on the
+  tile's in-process cache entry.
 """
 
 from gateway.services.http.documents import (

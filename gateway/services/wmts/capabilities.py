@@ -100,7 +100,7 @@ class Contents:
             boxes: dict[tuple[str, bool], list[Bounds]] = {}
             for identifier, grid in layer.grids.items():
                 matrices = {
-                    grid.tms.matrix(z).id: (z, limits)
+                    grid.definition.matrix(z).id: (z, limits)
                     for z, limits in layer.tile_matrix_set_limits(grid).items()
                 }
                 if matrices:
@@ -283,12 +283,12 @@ def _tile_matrix_set(
     WellKnownScaleSet is only claimed for WebMercatorQuad, which is GoogleMapsCompatible
     (Annex E.4); WorldCRS84Quad is not GoogleCRS84Quad (2x1 tiles at TileMatrix 0, not 1x1).
     """
-    tms = grid.tms
+    definition = grid.definition
     element = child(contents, _wmts("TileMatrixSet"))
-    child(element, ows("Title"), tms.title or identifier)
+    child(element, ows("Title"), definition.title or identifier)
     child(element, ows("Identifier"), identifier)
     crs, lat_first = _crs(grid)
-    area = tms.xy_bbox
+    area = definition.xy_bbox
     box = child(element, ows("BoundingBox"), crs=crs)
     child(box, ows("LowerCorner"), _coordinates(area.left, area.bottom, swap=lat_first))
     child(box, ows("UpperCorner"), _coordinates(area.right, area.top, swap=lat_first))
@@ -296,7 +296,7 @@ def _tile_matrix_set(
     if identifier == WEB_MERCATOR_QUAD:
         child(element, _wmts("WellKnownScaleSet"), _GOOGLE_MAPS_COMPATIBLE)
     for z in zooms:
-        matrix = tms.matrix(z)
+        matrix = definition.matrix(z)
         matrix_element = child(element, _wmts("TileMatrix"))
         child(matrix_element, ows("Identifier"), matrix.id)
         child(matrix_element, _wmts("ScaleDenominator"), repr(float(matrix.scaleDenominator)))
@@ -330,9 +330,9 @@ def _crs(grid: Grid) -> tuple[str, bool]:
     ``urn:ogc:def:crs:OGC:1.3:CRS84`` (OGC 07-092r3 section 7). Raises ``ValueError`` for a CRS
     without such a URI (the config only allows EPSG codes).
     """
-    match = _OGC_CRS_URI.fullmatch(grid.tms.crs.srs)
+    match = _OGC_CRS_URI.fullmatch(grid.definition.crs.srs)
     if match is None:
-        raise ValueError(f"{grid.identifier}: no OGC CRS URI for {grid.tms.crs.srs!r}")
+        raise ValueError(f"{grid.identifier}: no OGC CRS URI for {grid.definition.crs.srs!r}")
     authority, version, code = match.groups()
     urn = f"urn:ogc:def:crs:{authority}:{'' if version == '0' else version}:{code}"
     return urn, grid.crs.axis_info[0].direction in ("north", "south")
@@ -342,13 +342,13 @@ def _extent(grid: Grid, bounds: Bounds | None) -> Bounds | None:
     """The data extent in the set's CRS, x/y order, clipped to the set (its whole area when
     ``bounds`` is unknown); ``None`` when they do not meet."""
     if bounds is None:
-        area = grid.tms.xy_bbox
+        area = grid.definition.xy_bbox
         return (area.left, area.bottom, area.right, area.top)
     return grid.extent_from_wgs84(bounds)
 
 
 def _lon_lat_area(grid: Grid) -> Bounds:
-    area = grid.tms.bbox  # the whole matrix set in lon/lat
+    area = grid.definition.bbox  # the whole matrix set in lon/lat
     return (area.left, area.bottom, area.right, area.top)
 
 
