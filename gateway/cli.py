@@ -20,7 +20,7 @@ from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.resources import open_pipeline
 from gateway.seed import SeedOptions, run_seed
 from gateway.tiles import UnknownLayer, UnknownTileMatrixSet
-from gateway.workers import run, serve, serve_forever, start_site, url_host
+from gateway.workers import PortInUse, run, serve, serve_forever, start_site, url_host
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -48,16 +48,29 @@ async def _demo(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
-    upstream, upstream_port = await start_site(
-        create_imageserver(load_imageserver_config(None)), args.host, args.imageserver_port
-    )
+    try:
+        upstream, upstream_port = await start_site(
+            create_imageserver(load_imageserver_config(None)), args.host, args.imageserver_port
+        )
+    except PortInUse as exc:
+        raise SystemExit(
+            f"tile-gateway demo: the reference ImageServer {exc}; choose another with "
+            "make demo IMAGESERVER_PORT=<port> (or tile-gateway demo --imageserver-port <port>)"
+        ) from None
     # The demo config points its layers at ${IMAGESERVER_URL}: this process's own ImageServer.
     os.environ["IMAGESERVER_URL"] = f"http://{url_host(args.host)}:{upstream_port}"
     config = _load_or_exit(args.config)
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"host": args.host, "port": args.port})}
     )
-    gateway, port = await start_site(create_app(config), args.host, args.port)
+    try:
+        gateway, port = await start_site(create_app(config), args.host, args.port)
+    except PortInUse as exc:
+        await upstream.cleanup()
+        raise SystemExit(
+            f"tile-gateway demo: the gateway {exc}; choose another with "
+            "make demo PORT=<port> (or tile-gateway demo --port <port>)"
+        ) from None
     base = f"http://{url_host(args.host)}:{port}"
     print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
     print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
@@ -90,6 +103,13 @@ def _at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return _argument(parse)
+
+
+def _port(text: str) -> int:
+    """A TCP port number (0: any free port). Raises ``ValueError`` outside 0-65535."""
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise ValueError(f"{text!r} is not a port number from 0 to 65535")
+    return int(text)
 
 
 async def _purge(config: GatewayConfig, spec: PurgeSpec) -> int:
@@ -172,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", required=True, help="path of the YAML configuration")
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--port", type=_argument(_port), help="listen port (overrides server.port)")
     serve.add_argument(
         "--workers",
         type=_at_least(1),
@@ -194,10 +214,12 @@ def _parser() -> argparse.ArgumentParser:
         "--config", default=str(DEMO_CONFIG), help="gateway config (default: %(default)s)"
     )
     demo.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
-    demo.add_argument("--port", type=int, default=8080, help="gateway port (default: %(default)s)")
+    demo.add_argument(
+        "--port", type=_argument(_port), default=8080, help="gateway port (default: %(default)s)"
+    )
     demo.add_argument(
         "--imageserver-port",
-        type=int,
+        type=_argument(_port),
         default=8081,
         help="reference ImageServer port (default: %(default)s)",
     )
@@ -349,6 +371,11 @@ def main(argv: list[str] | None = None) -> None:
         run(_demo(args))
     except KeyboardInterrupt:
         pass
+    except PortInUse as exc:  # from serve: the demo names which of its ports, and how to move it
+        raise SystemExit(
+            f"tile-gateway serve: {exc}; choose another with --port <port> "
+            f"(or server.port in {args.config})"
+        ) from None
     except OSError as exc:
         print(f"tile-gateway: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(1) from None
