@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 # The demo config ships in the repository's config/ folder, beside the package.
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _load_or_exit(path: str | Path) -> GatewayConfig:
@@ -178,11 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tile-gateway",
         description="XYZ tiles from ArcGIS Image Services (exportImage), cached in memory/Redis.",
     )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("TILE_GATEWAY_LOG_LEVEL", "INFO"),
-        help="logging level: DEBUG, INFO, WARNING, ERROR (default INFO)",
-    )
+    _log_level_option(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -336,15 +333,47 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("file", help="path of the YAML configuration")
+    # Also after the command, where users put it; SUPPRESS keeps one given before it.
+    for command in commands.choices.values():
+        _log_level_option(command, argparse.SUPPRESS)
     return parser
 
 
+def _log_level_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        default=default,
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default: $TILE_GATEWAY_LOG_LEVEL, else "
+        "INFO); before or after the command",
+    )
+
+
+def _log_level(parser: argparse.ArgumentParser, given: str | None) -> str:
+    """The level of ``--log-level``, else of ``TILE_GATEWAY_LOG_LEVEL``, else INFO; a bad
+    variable is a usage error (exit status 2)."""
+    if given is not None:
+        return given
+    text = os.environ.get("TILE_GATEWAY_LOG_LEVEL", "")
+    level = text.upper() or "INFO"
+    if level not in LOG_LEVELS:
+        parser.error(
+            f"environment variable TILE_GATEWAY_LOG_LEVEL: invalid level {text!r} "
+            f"(choose from {', '.join(LOG_LEVELS)})"
+        )
+    return level
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``tile-gateway``; exit status 2 for an invalid configuration (``seed``
-    has its own statuses, see its ``--help``)."""
-    args = _parser().parse_args(argv)
+    """Entry point of ``tile-gateway``; exit status 2 for bad arguments or an invalid
+    configuration, 1 when a port is in use (``seed`` has its own statuses, see its ``--help``)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.log_level = _log_level(parser, args.log_level)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "check-config":
         config = _load_or_exit(args.file)
@@ -367,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
                 config = config.model_copy(
                     update={"server": config.server.model_copy(update=overrides)}
                 )
-            raise SystemExit(serve(config, args.workers, args.log_level.upper()))
+            raise SystemExit(serve(config, args.workers, args.log_level))
         run(_demo(args))
     except KeyboardInterrupt:
         pass

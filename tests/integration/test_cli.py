@@ -1,5 +1,5 @@
 """The command line as a new user meets it: ``make demo`` and its ports, busy ports, what the
-install steps say. Real processes and real sockets."""
+install steps say, and ``--log-level`` anywhere on the line. Real processes and real sockets."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, free_port
+
+LEVELS = "'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'"
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -246,3 +248,66 @@ def test_install_test_deps_says_it_runs_npm_ci(tmp_path: Path) -> None:
         "playwright-core, with their dependencies) into tests/browser/node_modules with npm ci",
         "npm called with: ci --prefix tests/browser --no-audit --no-fund --loglevel=error",
     ]
+
+
+def test_log_level_after_the_command(tmp_path: Path) -> None:
+    assert cli("check-config", "config/demo.yaml", "--log-level", "warning").returncode == 0
+    config = tmp_path / "gw.yaml"
+    upstream = f"http://127.0.0.1:{free_port()}/arcgis/rest/services/a/ImageServer"
+    config.write_text(yaml.safe_dump({"layers": {"a": {"url": upstream}}}))
+
+    def startup_log(*args: str) -> str:
+        """What serve logs until it listens; the unreachable upstream makes it warn."""
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args, "--port", str(port)],
+            cwd=REPO,
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            return "".join(read_until(process, "tile-gateway listening on"))
+        finally:
+            stop(process)
+
+    assert "service info unavailable" in startup_log("serve", "--config", str(config))
+    quiet = startup_log("serve", "--config", str(config), "--log-level", "ERROR")
+    assert "service info unavailable" not in quiet, quiet
+    # After the command it wins over one given before it.
+    both = startup_log(
+        "--log-level", "ERROR", "serve", "--config", str(config), "--log-level", "WARNING"
+    )
+    assert "service info unavailable" in both
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--log-level", "LOUD", "check-config", "config/demo.yaml"),
+        ("check-config", "config/demo.yaml", "--log-level", "LOUD"),
+    ],
+)
+def test_a_bad_log_level_is_a_usage_error(args: tuple[str, ...]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(
+        f"error: argument --log-level: invalid choice: 'LOUD' (choose from {LEVELS})"
+    )
+    assert result.stderr.startswith("usage: tile-gateway")
+
+
+def test_a_bad_log_level_variable_is_a_usage_error() -> None:
+    result = cli("check-config", "config/demo.yaml", TILE_GATEWAY_LOG_LEVEL="LOUD")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "tile-gateway: error: environment variable TILE_GATEWAY_LOG_LEVEL: invalid level 'LOUD' "
+        "(choose from DEBUG, INFO, WARNING, ERROR, CRITICAL)"
+    )
+    given = cli(
+        "check-config", "config/demo.yaml", "--log-level", "info", TILE_GATEWAY_LOG_LEVEL="LOUD"
+    )
+    assert given.returncode == 0, given.stderr
+    assert cli("check-config", "config/demo.yaml", TILE_GATEWAY_LOG_LEVEL="debug").returncode == 0
