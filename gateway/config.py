@@ -319,7 +319,8 @@ class GatewayConfig(_Strict):
 def substitute_env(value: Any, environ: dict[str, str] | None = None) -> Any:
     """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree.
 
-    Raises ``ConfigError`` when a referenced variable is unset and has no default.
+    Raises ``ConfigError`` when a referenced variable is unset (or empty) and has no default;
+    the message names the variable and how to set it.
     """
     env = os.environ if environ is None else environ
 
@@ -329,7 +330,10 @@ def substitute_env(value: Any, environ: dict[str, str] | None = None) -> Any:
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"environment variable {name} is referenced but not set")
+        raise ConfigError(
+            f"environment variable {name} is referenced but not set: set it (export {name}=...) "
+            f"or give the reference a default in the file: ${{{name}:-default}}"
+        )
 
     if isinstance(value, str):
         return _ENV_REF.sub(replace, value)

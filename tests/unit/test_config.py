@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,8 +64,12 @@ def test_environment_substitution() -> None:
     assert substitute_env({"a": ["${HOST}/x", "${NOPE:-dflt}", "${EMPTY:-e}"]}, env) == {
         "a": ["gis.internal/x", "dflt", "e"]
     }
-    with pytest.raises(ConfigError, match="NOPE"):
+    with pytest.raises(ConfigError) as caught:
         substitute_env("${NOPE}", env)
+    assert str(caught.value) == (
+        "environment variable NOPE is referenced but not set: set it (export NOPE=...) "
+        "or give the reference a default in the file: ${NOPE:-default}"
+    )
 
 
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,6 +91,54 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_example_validates_as_its_header_says() -> None:
+    header = []
+    for line in (REPO / "config" / "example.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.removeprefix("#").strip())
+    # The command with the variable assignments before it, as a user would copy it.
+    [command] = [
+        match.group(0)
+        for line in header
+        if (match := re.search(r"([A-Z_][A-Z0-9_]*=\S+\s+)*tile-gateway check-config \S+", line))
+    ]
+    # Only what the header sets: none of the variables it uses may come from this environment.
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ARCGIS_URL")}
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=REPO,
+        env={**env, "PATH": f"{bin_dir}:{env['PATH']}", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{command}\n{result.stderr}"
+    assert result.stdout.startswith("config/example.yaml: OK, 2 layer(s): imagery, false-colour")
+
+
+def test_check_config_names_an_unset_variable_and_how_to_set_it() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ARCGIS_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "config/example.yaml"],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "tile-gateway: invalid configuration: config/example.yaml: environment variable "
+        "REDIS_URL is referenced but not set: set it (export REDIS_URL=...) or give the "
+        "reference a default in the file: ${REDIS_URL:-default}"
+    ]
 
 
 def test_check_config_cli(tmp_path: Path) -> None:
