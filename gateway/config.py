@@ -26,6 +26,8 @@ from pydantic import (
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
+from gateway.redis_url import check_redis_url
+
 LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -171,6 +173,8 @@ class CacheConfig(_Strict):
             raise ValueError(
                 "must start with redis://, rediss://, redis+sentinel:// or redis+cluster://"
             )
+        # Here, so that check-config rejects what the cache would only fail on at start-up.
+        check_redis_url(value)
         return value
 
     @model_validator(mode="after")

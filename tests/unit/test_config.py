@@ -59,6 +59,65 @@ def test_invalid_config_names_the_field(data: object, message: str) -> None:
     assert str(caught.value).startswith(f"gw.yaml: {message}"), str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost:99999/0", "port '99999' is not a number from 1 to 65535"),
+        ("redis://localhost:abc/0", "port 'abc' is not a number from 1 to 65535"),
+        ("redis://localhost:0/0", "port '0' is not a number from 1 to 65535"),
+        ("rediss://gw:secret@redis:65536/2", "port '65536' is not a number from 1 to 65535"),
+        ("redis://[::1]:99999/0", "port '99999' is not a number from 1 to 65535"),
+        ("redis+sentinel://s1:26379,s2:99999/mymaster", "port '99999' is not a number"),
+        ("redis+sentinel://s1:abc/mymaster/0", "port 'abc' is not a number"),
+        ("redis+cluster://n1:7000,n2:99999", "port '99999' is not a number"),
+        ("rediss+cluster://n1:abc", "port 'abc' is not a number"),
+        ("redis://localhost:6379/abc", "the database 'abc' (the URL's path) is not a whole number"),
+        ("redis://localhost:6379/-1", "the database '-1' (the URL's path) is not a whole number"),
+        ("redis://localhost:6379/1/2", "the database '1/2' (the URL's path) is not a whole number"),
+        ("redis://localhost:6379?db=x", "Invalid value for 'db' in connection URL."),
+        ("redis://localhost:6379?db=-1", "the database number must not be negative"),
+        ("redis+sentinel://s1:26379/mymaster/x", "the database after the service must be a number"),
+    ],
+)
+def test_redis_url_is_checked_as_the_cache_reads_it(url: str, message: str) -> None:
+    data = {"cache": {"redis_url": url}, "layers": {"a": {"url": URL}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "gw.yaml")
+    assert str(caught.value).startswith(f"gw.yaml: cache.redis_url: {message}")
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://localhost:6379/15",
+        "redis://[::1]:6379/0",
+        "redis://[::1]/0",
+        "rediss://gw:p%40ss@redis:6380/2?ssl_ca_certs=/etc/ssl/redis-ca.pem",
+        "redis://localhost:65535?db=3",
+        "redis+sentinel://s1:26379,s2:26380/mymaster/3",
+        "rediss+cluster://:pw@n1:7000,n2:7001",
+    ],
+)
+def test_good_redis_urls_pass(url: str) -> None:
+    data = {"cache": {"redis_url": url}, "layers": {"a": {"url": URL}}}
+    assert parse_config(data).cache.redis_url == url
+
+
+def test_check_config_rejects_a_bad_redis_port(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"cache:\n  redis_url: redis://localhost:99999/0\nlayers:\n  a:\n    url: {URL}\n"
+    )
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tile-gateway: invalid configuration: {config}: cache.redis_url: "
+        "port '99999' is not a number from 1 to 65535"
+    ]
+
+
 def test_environment_substitution() -> None:
     env = {"HOST": "gis.internal", "EMPTY": ""}
     assert substitute_env({"a": ["${HOST}/x", "${NOPE:-dflt}", "${EMPTY:-e}"]}, env) == {
