@@ -19,7 +19,7 @@ from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
-from gateway.server import run, serve, serve_forever, start_site, url_host
+from gateway.server import PortInUse, run, serve, serve_forever, start_site, url_host
 from gateway.tiles import open_pipeline
 
 log = logging.getLogger("gateway")
@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 # The demo config ships in the repository's config/ folder, beside the package.
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _load_or_exit(path: str | Path) -> GatewayConfig:
@@ -48,16 +49,29 @@ async def _demo(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
-    upstream, upstream_port = await start_site(
-        create_imageserver(load_imageserver_config(None)), args.host, args.imageserver_port
-    )
+    try:
+        upstream, upstream_port = await start_site(
+            create_imageserver(load_imageserver_config(None)), args.host, args.imageserver_port
+        )
+    except PortInUse as exc:
+        raise SystemExit(
+            f"tile-gateway demo: the reference ImageServer {exc}; choose another with "
+            "make demo IMAGESERVER_PORT=<port> (or tile-gateway demo --imageserver-port <port>)"
+        ) from None
     # The demo config points its layers at ${IMAGESERVER_URL}: this process's own ImageServer.
     os.environ["IMAGESERVER_URL"] = f"http://{url_host(args.host)}:{upstream_port}"
     config = _load_or_exit(args.config)
     config = config.model_copy(
         update={"server": config.server.model_copy(update={"host": args.host, "port": args.port})}
     )
-    gateway, port = await start_site(create_app(config), args.host, args.port)
+    try:
+        gateway, port = await start_site(create_app(config), args.host, args.port)
+    except PortInUse as exc:
+        await upstream.cleanup()
+        raise SystemExit(
+            f"tile-gateway demo: the gateway {exc}; choose another with "
+            "make demo PORT=<port> (or tile-gateway demo --port <port>)"
+        ) from None
     base = f"http://{url_host(args.host)}:{port}"
     print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
     print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
@@ -90,6 +104,13 @@ def _at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return _argument(parse)
+
+
+def _port(text: str) -> int:
+    """A TCP port number (0: any free port). Raises ``ValueError`` outside 0-65535."""
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise ValueError(f"{text!r} is not a port number from 0 to 65535")
+    return int(text)
 
 
 async def _purge(config: GatewayConfig, spec: PurgeSpec) -> int:
@@ -158,11 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tile-gateway",
         description="XYZ tiles from ArcGIS Image Services (exportImage), cached in memory/Redis.",
     )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("TILE_GATEWAY_LOG_LEVEL", "INFO"),
-        help="logging level: DEBUG, INFO, WARNING, ERROR (default INFO)",
-    )
+    _log_level_option(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -172,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", required=True, help="path of the YAML configuration")
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--port", type=_argument(_port), help="listen port (overrides server.port)")
     serve.add_argument(
         "--workers",
         type=_at_least(1),
@@ -194,10 +211,12 @@ def _parser() -> argparse.ArgumentParser:
         "--config", default=str(DEMO_CONFIG), help="gateway config (default: %(default)s)"
     )
     demo.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
-    demo.add_argument("--port", type=int, default=8080, help="gateway port (default: %(default)s)")
+    demo.add_argument(
+        "--port", type=_argument(_port), default=8080, help="gateway port (default: %(default)s)"
+    )
     demo.add_argument(
         "--imageserver-port",
-        type=int,
+        type=_argument(_port),
         default=8081,
         help="reference ImageServer port (default: %(default)s)",
     )
@@ -314,15 +333,47 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("file", help="path of the YAML configuration")
+    # Also after the command, where users put it; SUPPRESS keeps one given before it.
+    for command in commands.choices.values():
+        _log_level_option(command, argparse.SUPPRESS)
     return parser
 
 
+def _log_level_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        default=default,
+        help=f"logging level: {', '.join(LOG_LEVELS)} (default: $TILE_GATEWAY_LOG_LEVEL, else "
+        "INFO); before or after the command",
+    )
+
+
+def _log_level(parser: argparse.ArgumentParser, given: str | None) -> str:
+    """The level of ``--log-level``, else of ``TILE_GATEWAY_LOG_LEVEL``, else INFO; a bad
+    variable is a usage error (exit status 2)."""
+    if given is not None:
+        return given
+    text = os.environ.get("TILE_GATEWAY_LOG_LEVEL", "")
+    level = text.upper() or "INFO"
+    if level not in LOG_LEVELS:
+        parser.error(
+            f"environment variable TILE_GATEWAY_LOG_LEVEL: invalid level {text!r} "
+            f"(choose from {', '.join(LOG_LEVELS)})"
+        )
+    return level
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``tile-gateway``; exit status 2 for an invalid configuration (``seed``
-    has its own statuses, see its ``--help``)."""
-    args = _parser().parse_args(argv)
+    """Entry point of ``tile-gateway``; exit status 2 for bad arguments or an invalid
+    configuration, 1 when a port is in use (``seed`` has its own statuses, see its ``--help``)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.log_level = _log_level(parser, args.log_level)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "check-config":
         config = _load_or_exit(args.file)
@@ -345,10 +396,15 @@ def main(argv: list[str] | None = None) -> None:
                 config = config.model_copy(
                     update={"server": config.server.model_copy(update=overrides)}
                 )
-            raise SystemExit(serve(config, args.workers, args.log_level.upper()))
+            raise SystemExit(serve(config, args.workers, args.log_level))
         run(_demo(args))
     except KeyboardInterrupt:
         pass
+    except PortInUse as exc:  # from serve: the demo names which of its ports, and how to move it
+        raise SystemExit(
+            f"tile-gateway serve: {exc}; choose another with --port <port> "
+            f"(or server.port in {args.config})"
+        ) from None
     except OSError as exc:
         print(f"tile-gateway: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -26,6 +26,8 @@ from pydantic import (
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
+from gateway.redis_url import check_redis_url
+
 LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -174,6 +176,8 @@ class CacheConfig(_Strict):
             raise ValueError(
                 "must start with redis://, rediss://, redis+sentinel:// or redis+cluster://"
             )
+        # Here, so that check-config rejects what the cache would only fail on at start-up.
+        check_redis_url(value)
         return value
 
     @model_validator(mode="after")
@@ -354,7 +358,8 @@ class GatewayConfig(_Strict):
 def substitute_env(value: Any, environ: dict[str, str] | None = None) -> Any:
     """Replace ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree.
 
-    Raises ``ConfigError`` when a referenced variable is unset and has no default.
+    Raises ``ConfigError`` when a referenced variable is unset (or empty) and has no default;
+    the message names the variable and how to set it.
     """
     env = os.environ if environ is None else environ
 
@@ -364,7 +369,10 @@ def substitute_env(value: Any, environ: dict[str, str] | None = None) -> Any:
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"environment variable {name} is referenced but not set")
+        raise ConfigError(
+            f"environment variable {name} is referenced but not set: set it (export {name}=...) "
+            f"or give the reference a default in the file: ${{{name}:-default}}"
+        )
 
     if isinstance(value, str):
         return _ENV_REF.sub(replace, value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -29,6 +30,16 @@ log = logging.getLogger("gateway")
 SHUTDOWN_TIMEOUT = 10.0
 
 
+class PortInUse(Exception):
+    """Nothing can listen on ``host``:``port``: another socket already holds the port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        address = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {address}:{port}: the port is in use")
+        self.host = host
+        self.port = port
+
+
 def run(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` to completion on uvloop when it is installed, else on asyncio's loop."""
     try:
@@ -44,13 +55,22 @@ async def start_site(
 ) -> tuple[web.AppRunner, int]:
     """Start ``app`` on ``host``:``port`` (0 = any free port); returns the runner and the port.
 
-    Access lines go to the ``gateway.access`` logger (shown at INFO level).
+    Access lines go to the ``gateway.access`` logger (shown at INFO level). Raises
+    ``PortInUse`` when the port is taken, ``OSError`` when binding fails otherwise; either way
+    the app has been cleaned up again.
     """
     runner = web.AppRunner(
         app, access_log=logging.getLogger("gateway.access"), shutdown_timeout=SHUTDOWN_TIMEOUT
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    except OSError as exc:
+        # The app has started (cache, sessions): left to the loop's shutdown, it would fail there.
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
+        raise
     return runner, runner.addresses[0][1]
 
 
@@ -79,6 +99,11 @@ async def _serve(config: GatewayConfig, reuse_port: bool, announce: bool) -> Non
     await serve_forever([runner])
 
 
+async def _check_port(host: str, port: int) -> None:
+    runner, _ = await start_site(web.Application(), host, port, reuse_port=True)
+    await runner.cleanup()
+
+
 def _worker(config: GatewayConfig, log_level: str) -> None:
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
@@ -105,6 +130,8 @@ def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> i
     if config.server.port == 0:
         print("tile-gateway: --workers needs a fixed port", file=sys.stderr)
         return 2
+    # Workers that cannot bind would die one by one with a traceback each: find out here, once.
+    run(_check_port(config.server.host, config.server.port))
     if config.cache.effective_backend == "memory":
         log.warning(
             "%d workers with the memory cache: each worker caches on its own; "

@@ -28,5 +28,8 @@ fi
 # -nt is also true when node_modules (npm's hidden lockfile) is missing.
 if [ -f tests/browser/package-lock.json ] && \
    [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  packages=$(node -p "Object.keys(require('./tests/browser/package.json').dependencies).join(' ')")
+  echo "install-test-deps: installing the browser tests' npm packages ($packages, with their" \
+    "dependencies) into tests/browser/node_modules with npm ci"
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi

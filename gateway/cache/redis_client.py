@@ -12,79 +12,16 @@ pass through as keyword arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+# The URL parsing lives in gateway.redis_url, which the configuration checks URLs with.
+from gateway.redis_url import RedisTarget, parse_redis_url, redact_url
 
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and status pages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """A parsed Redis URL: ``kind`` (``single``, ``sentinel``, ``cluster``), TLS, credentials,
-    ``hosts`` as ``(host, port)``, the Sentinel ``service``, ``db`` and extra options."""
-
-    kind: str
-    tls: bool
-    username: str | None
-    password: str | None
-    hosts: list[tuple[str, int]]
-    service: str | None = None
-    db: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_redis_url(url: str) -> RedisTarget:
-    """Parse a Sentinel or Cluster URL (see module docstring).
-
-    Raises ``ValueError`` for a malformed URL.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "+" not in scheme:
-        raise ValueError("not a redis+sentinel:// or redis+cluster:// URL")
-    transport, kind = scheme.split("+", 1)
-    if transport not in ("redis", "rediss") or kind not in ("sentinel", "cluster"):
-        raise ValueError(f"unknown scheme {scheme!r}")
-    rest, _, query = rest.partition("?")
-    credentials, at, rest = rest.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = credentials.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    netloc, _, path = rest.partition("/")
-    hosts = []
-    for part in netloc.split(","):
-        host, colon, port = part.rpartition(":")
-        if not colon or not host or not port.isdigit():
-            raise ValueError(f"{part!r} is not host:port")
-        hosts.append((host.strip("[]"), int(port)))
-    segments = [unquote(s) for s in path.split("/") if s]
-    service, db = None, 0
-    if kind == "sentinel":
-        if not segments:
-            raise ValueError("a Sentinel URL names its service: redis+sentinel://h:p/<service>")
-        service = segments[0]
-        if len(segments) > 1:
-            if not segments[1].isdigit():
-                raise ValueError("the database after the service must be a number")
-            db = int(segments[1])
-    elif segments:
-        raise ValueError("a Cluster URL has no path (Cluster has only database 0)")
-    options: dict[str, Any] = dict(parse_qsl(query))
-    return RedisTarget(kind, transport == "rediss", username, password, hosts, service, db, options)
+__all__ = ["RedisTarget", "make_client", "parse_redis_url", "redact_url"]
 
 
 def make_client(url: str, timeout: float, max_connections: int = 100) -> redis.Redis | RedisCluster:

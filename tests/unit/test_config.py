@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,13 +59,76 @@ def test_invalid_config_names_the_field(data: object, message: str) -> None:
     assert str(caught.value).startswith(f"gw.yaml: {message}"), str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost:99999/0", "port '99999' is not a number from 1 to 65535"),
+        ("redis://localhost:abc/0", "port 'abc' is not a number from 1 to 65535"),
+        ("redis://localhost:0/0", "port '0' is not a number from 1 to 65535"),
+        ("rediss://gw:secret@redis:65536/2", "port '65536' is not a number from 1 to 65535"),
+        ("redis://[::1]:99999/0", "port '99999' is not a number from 1 to 65535"),
+        ("redis+sentinel://s1:26379,s2:99999/mymaster", "port '99999' is not a number"),
+        ("redis+sentinel://s1:abc/mymaster/0", "port 'abc' is not a number"),
+        ("redis+cluster://n1:7000,n2:99999", "port '99999' is not a number"),
+        ("rediss+cluster://n1:abc", "port 'abc' is not a number"),
+        ("redis://localhost:6379/abc", "the database 'abc' (the URL's path) is not a whole number"),
+        ("redis://localhost:6379/-1", "the database '-1' (the URL's path) is not a whole number"),
+        ("redis://localhost:6379/1/2", "the database '1/2' (the URL's path) is not a whole number"),
+        ("redis://localhost:6379?db=x", "Invalid value for 'db' in connection URL."),
+        ("redis://localhost:6379?db=-1", "the database number must not be negative"),
+        ("redis+sentinel://s1:26379/mymaster/x", "the database after the service must be a number"),
+    ],
+)
+def test_redis_url_is_checked_as_the_cache_reads_it(url: str, message: str) -> None:
+    data = {"cache": {"redis_url": url}, "layers": {"a": {"url": URL}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "gw.yaml")
+    assert str(caught.value).startswith(f"gw.yaml: cache.redis_url: {message}")
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://localhost:6379/15",
+        "redis://[::1]:6379/0",
+        "redis://[::1]/0",
+        "rediss://gw:p%40ss@redis:6380/2?ssl_ca_certs=/etc/ssl/redis-ca.pem",
+        "redis://localhost:65535?db=3",
+        "redis+sentinel://s1:26379,s2:26380/mymaster/3",
+        "rediss+cluster://:pw@n1:7000,n2:7001",
+    ],
+)
+def test_good_redis_urls_pass(url: str) -> None:
+    data = {"cache": {"redis_url": url}, "layers": {"a": {"url": URL}}}
+    assert parse_config(data).cache.redis_url == url
+
+
+def test_check_config_rejects_a_bad_redis_port(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"cache:\n  redis_url: redis://localhost:99999/0\nlayers:\n  a:\n    url: {URL}\n"
+    )
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tile-gateway: invalid configuration: {config}: cache.redis_url: "
+        "port '99999' is not a number from 1 to 65535"
+    ]
+
+
 def test_environment_substitution() -> None:
     env = {"HOST": "gis.internal", "EMPTY": ""}
     assert substitute_env({"a": ["${HOST}/x", "${NOPE:-dflt}", "${EMPTY:-e}"]}, env) == {
         "a": ["gis.internal/x", "dflt", "e"]
     }
-    with pytest.raises(ConfigError, match="NOPE"):
+    with pytest.raises(ConfigError) as caught:
         substitute_env("${NOPE}", env)
+    assert str(caught.value) == (
+        "environment variable NOPE is referenced but not set: set it (export NOPE=...) "
+        "or give the reference a default in the file: ${NOPE:-default}"
+    )
 
 
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,6 +150,54 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_example_validates_as_its_header_says() -> None:
+    header = []
+    for line in (REPO / "config" / "example.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.removeprefix("#").strip())
+    # The command with the variable assignments before it, as a user would copy it.
+    [command] = [
+        match.group(0)
+        for line in header
+        if (match := re.search(r"([A-Z_][A-Z0-9_]*=\S+\s+)*tile-gateway check-config \S+", line))
+    ]
+    # Only what the header sets: none of the variables it uses may come from this environment.
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ARCGIS_URL")}
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=REPO,
+        env={**env, "PATH": f"{bin_dir}:{env['PATH']}", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{command}\n{result.stderr}"
+    assert result.stdout.startswith("config/example.yaml: OK, 2 layer(s): imagery, false-colour")
+
+
+def test_check_config_names_an_unset_variable_and_how_to_set_it() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "ARCGIS_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "config/example.yaml"],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "tile-gateway: invalid configuration: config/example.yaml: environment variable "
+        "REDIS_URL is referenced but not set: set it (export REDIS_URL=...) or give the "
+        "reference a default in the file: ${REDIS_URL:-default}"
+    ]
 
 
 def test_check_config_cli(tmp_path: Path) -> None:
