@@ -5,40 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
-import importlib.util
 import logging
 import os
 import signal
-import socket
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.app import create_app
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.demo import run_demo
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
-from gateway.server import (
-    SHUTDOWN_TIMEOUT,
-    PortInUse,
-    run,
-    serve,
-    serve_forever,
-    start_site,
-    url_host,
-)
+from gateway.server import PortInUse, run, serve
 from gateway.tiles import open_pipeline
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
 
-# Seconds the reference ImageServer may take to listen (it decodes its imagery first).
-IMAGESERVER_STARTUP = 120.0
 # The demo config ships in the repository's config/ folder, beside the package.
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -50,102 +36,6 @@ def _load_or_exit(path: str | Path) -> GatewayConfig:
     except ConfigError as exc:
         print(f"tile-gateway: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-async def _start_imageserver(host: str, port: int) -> tuple[asyncio.subprocess.Process, int]:
-    """The reference ImageServer (``python -m imageserver``, built-in services) as a child
-    process listening on ``host``:``port`` (0: a free port), and its port, once it answers.
-
-    It runs as a program of its own, not imported: the gateway never imports it, and its
-    rendering keeps off the gateway's event loop. Raises ``SystemExit`` with a message when it
-    is not installed, its port is taken, or it ends before listening.
-    """
-    if importlib.util.find_spec("imageserver") is None:
-        raise SystemExit(
-            "tile-gateway demo needs the reference ImageServer: "
-            "pip install 'tile-gateway[imageserver]'"
-        )
-    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
-    try:
-        # Bound as aiohttp binds (SO_REUSEADDR), so only a listening socket counts as taken.
-        probe = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        raise SystemExit(
-            f"tile-gateway demo: the reference ImageServer {PortInUse(host, port)}; choose "
-            "another with make demo IMAGESERVER_PORT=<port> "
-            "(or tile-gateway demo --imageserver-port <port>)"
-        ) from None
-    with probe:
-        port = probe.getsockname()[1]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "imageserver",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,  # its banner; the demo prints the URLs itself
-    )
-    deadline = time.monotonic() + IMAGESERVER_STARTUP
-    while time.monotonic() < deadline:
-        if process.returncode is not None:
-            raise SystemExit(
-                f"tile-gateway demo: the reference ImageServer ended with status "
-                f"{process.returncode} before listening on {url_host(host)}:{port}"
-            )
-        try:
-            _, writer = await asyncio.open_connection(url_host(host).strip("[]"), port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        return process, port
-    process.kill()
-    raise SystemExit(
-        f"tile-gateway demo: the reference ImageServer did not listen within "
-        f"{IMAGESERVER_STARTUP:g} s"
-    )
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    """End a child process: SIGTERM, then SIGKILL if it takes longer than the drain."""
-    if process.returncode is None:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), SHUTDOWN_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-async def _demo(args: argparse.Namespace) -> None:
-    upstream, upstream_port = await _start_imageserver(args.host, args.imageserver_port)
-    try:
-        # The demo config points its layers at ${IMAGESERVER_URL}: the child ImageServer.
-        os.environ["IMAGESERVER_URL"] = f"http://{url_host(args.host)}:{upstream_port}"
-        config = _load_or_exit(args.config)
-        config = config.model_copy(
-            update={
-                "server": config.server.model_copy(update={"host": args.host, "port": args.port})
-            }
-        )
-        try:
-            gateway, port = await start_site(create_app(config), args.host, args.port)
-        except PortInUse as exc:
-            raise SystemExit(
-                f"tile-gateway demo: the gateway {exc}; choose another with "
-                "make demo PORT=<port> (or tile-gateway demo --port <port>)"
-            ) from None
-        base = f"http://{url_host(args.host)}:{port}"
-        print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
-        print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
-        print(f"Viewer: {base}/", flush=True)
-        await serve_forever([gateway])
-    finally:
-        await _stop(upstream)
 
 
 def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -468,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(serve(config, args.workers, args.log_level))
         # SIGTERM ends the demo like Ctrl-C, so that its ImageServer child is stopped too.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        run(_demo(args))
+        run(run_demo(args.host, args.port, args.imageserver_port, _load_or_exit, args.config))
     except KeyboardInterrupt:
         pass
     except PortInUse as exc:  # from serve: the demo names which of its ports, and how to move it
