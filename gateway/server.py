@@ -154,6 +154,8 @@ def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> i
     try:
         sentinel = multiprocessing.connection.wait([p.sentinel for p in processes])
         ended = next(p for p in processes if p.sentinel in sentinel)
+        # Its sentinel fires as it exits, possibly before it can be reaped: join, then read.
+        ended.join()
         status = ended.exitcode or 0
         log.error("worker %s ended with status %s; stopping the others", ended.name, status)
     except KeyboardInterrupt:
