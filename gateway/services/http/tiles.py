@@ -5,17 +5,26 @@ from __future__ import annotations
 
 import math
 import time
-from typing import NamedTuple, cast
+from typing import cast
 
 from aiohttp import web
 
 from gateway.services.http.fronts import PIPELINE
 from gateway.tiles import TilePipeline, TileRequest, TileResult
 
+Variant = tuple[tuple[str, str], ...]
+"""The headers a front adds to a tile answer, as sorted pairs (``()`` for none)."""
 
-class _Ready(NamedTuple):
-    headers: dict[str, str]
-    fresh_until: float  # epoch seconds
+
+class _Ready:
+    """What is prepared on one L1 entry: the end of its freshness (epoch seconds) and the
+    finished headers of its 200 answer for each variant a front asked for."""
+
+    __slots__ = ("fresh_until", "variants")
+
+    def __init__(self, fresh_until: float) -> None:
+        self.fresh_until = fresh_until
+        self.variants: dict[Variant, dict[str, str]] = {}
 
 
 def _not_modified(request: web.Request, etag: str, modified: int) -> bool:
@@ -98,7 +107,7 @@ class ReadyAnswers:
 
     def __init__(self, pipeline: TilePipeline, max_targets: int = 100_000) -> None:
         self._pipeline = pipeline
-        self._targets: dict[str, tuple[str, dict[str, str] | None]] = {}
+        self._targets: dict[str, tuple[str, Variant]] = {}
         self._max_targets = max_targets
 
     @staticmethod
@@ -115,18 +124,16 @@ class ReadyAnswers:
         headers = request.headers
         if "If-None-Match" in headers or "If-Modified-Since" in headers:
             return None
-        key, extra = found
+        key, variant = found
         prepared = self._pipeline.prepared(key)
         if prepared is None:
             return None
         entry, ready = prepared
         ready = cast(_Ready, ready)
-        if time.time() >= ready.fresh_until:
+        answer_headers = ready.variants.get(variant)
+        if answer_headers is None or time.time() >= ready.fresh_until:
             return None
-        response = web.Response(body=entry.data, headers=ready.headers)
-        if extra:
-            response.headers.update(extra)
-        return response
+        return web.Response(body=entry.data, headers=answer_headers)
 
     def remember(
         self,
@@ -145,14 +152,19 @@ class ReadyAnswers:
         200 non-stale answer whose entry is in L1 (not, e.g., an empty tile outside the data)."""
         if response.status != 200 or result.cache_status == "STALE":
             return
-        headers = {k: v for k, v in response.headers.items() if k not in (extra or {})}
-        headers["X-Cache"] = "HIT"
-        ready = _Ready(headers, fresh_until)
         prepared = self._pipeline.prepared(key)
-        if prepared is None and not self._pipeline.prepare(key, result.entry, ready):
-            return
+        if prepared is None:
+            ready = _Ready(fresh_until)
+            if not self._pipeline.prepare(key, result.entry, ready):
+                return
+        else:
+            ready = cast(_Ready, prepared[1])
+        variant: Variant = tuple(sorted(extra.items())) if extra else ()
+        if variant not in ready.variants:
+            # The response already carries the front's extra headers (serve_tile adds them).
+            ready.variants[variant] = {**response.headers, "X-Cache": "HIT"}
         target = self._target(request, by_accept)
-        if self._targets.get(target) != (key, extra):
+        if self._targets.get(target) != (key, variant):
             if len(self._targets) >= self._max_targets:
                 del self._targets[next(iter(self._targets))]
-            self._targets[target] = (key, extra)
+            self._targets[target] = (key, variant)
