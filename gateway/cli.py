@@ -229,7 +229,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_at_least(1),
         default=4,
         metavar="N",
-        help="metatiles fetched at once (default %(default)s)",
+        help="exportImage calls in flight at once; as many more metatiles are cut and stored "
+        "meanwhile (default %(default)s)",
     )
     seed.add_argument(
         "--retries",

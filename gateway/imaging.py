@@ -63,20 +63,25 @@ def cut_metatile(
     Raises ``OSError`` (Pillow) when ``image`` does not decode.
     """
     with Image.open(io.BytesIO(image)) as opened:
-        source = opened.convert("RGBA")
-    if ext == "jpg":
-        flat = Image.new("RGBA", source.size, (*ImageColor.getrgb(background), 255))
-        flat.alpha_composite(source)
-        source = flat.convert("RGB")
-    tiles = []
-    for box in crops:
-        tile = source.crop(box)
-        buffer = io.BytesIO()
-        if ext == "jpg":
-            tile.save(buffer, "JPEG", quality=jpeg_quality)
-        elif png8:
-            tile.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, "PNG")
+        opened.load()
+        if ext != "jpg":
+            source = opened if opened.mode == "RGBA" else opened.convert("RGBA")
+        elif opened.has_transparency_data:
+            flat = Image.new("RGBA", opened.size, (*ImageColor.getrgb(background), 255))
+            flat.alpha_composite(opened.convert("RGBA"))
+            source = flat.convert("RGB")
         else:
-            tile.save(buffer, "PNG", compress_level=6)
-        tiles.append(buffer.getvalue())
-    return tiles
+            # An opaque source (a JPEG metatile): nothing to composite, the pixels as they are.
+            source = opened if opened.mode == "RGB" else opened.convert("RGB")
+        return [_encode(source.crop(box), ext, png8, jpeg_quality) for box in crops]
+
+
+def _encode(tile: Image.Image, ext: str, png8: bool, jpeg_quality: int) -> bytes:
+    buffer = io.BytesIO()
+    if ext == "jpg":
+        tile.save(buffer, "JPEG", quality=jpeg_quality)
+    elif png8:
+        tile.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, "PNG")
+    else:
+        tile.save(buffer, "PNG", compress_level=6)
+    return buffer.getvalue()

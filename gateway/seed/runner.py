@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # The longest wait between two attempts at one metatile, in seconds.
 BACKOFF_CAP = 60.0
+# Metatiles worked on per exportImage call allowed at once: while one waits for the upstream,
+# another is cut and stored, so the upstream never waits for the seed's own work.
+WORKERS_PER_CALL = 2
 # How often, in seconds, the state file is rewritten while the seed runs: a crash or a kill -9
 # loses at most this much progress, and the file is not rewritten for every metatile.
 SAVE_INTERVAL = 2.0
@@ -44,7 +47,9 @@ class CacheFailure(Exception):
 
 
 class Seeder:
-    """Runs a ``plan`` with a pool of ``options.concurrency`` workers, recording progress in
+    """Runs a ``plan`` with a pool of ``WORKERS_PER_CALL`` x ``options.concurrency`` workers
+    (the pipeline's upstream pool allows ``options.concurrency`` exportImage calls at once),
+    recording progress in
     ``state``; ``stop`` (or a signal through ``interrupt``) ends it early."""
 
     def __init__(
@@ -110,7 +115,7 @@ class Seeder:
                 async with asyncio.TaskGroup() as group:
                     self._workers = [
                         group.create_task(self._worker(work))
-                        for _ in range(self.options.concurrency)
+                        for _ in range(WORKERS_PER_CALL * self.options.concurrency)
                     ]
             finally:
                 self.stats.elapsed = time.monotonic() - self._started
@@ -119,7 +124,7 @@ class Seeder:
 
     async def _worker(self, work: Iterator[int]) -> None:
         # Workers share one iterator: ``next`` never awaits, so each index goes to one worker,
-        # and only ``concurrency`` metatiles exist at a time however large the seed.
+        # and only so many metatiles exist at a time however large the seed.
         while not self._stopping.is_set():
             index = next(work, None)
             if index is None:
@@ -217,7 +222,14 @@ async def run_seed(
     handled only with ``handle_signals`` (the command line, in the main thread); otherwise a
     cancellation of the caller's task still saves the state, then propagates.
     """
-    async with open_pipeline(config, l1=False, agent="tile-gateway/0.1 (seed)") as pipeline:
+    async with open_pipeline(
+        config,
+        l1=False,
+        agent="tile-gateway/0.1 (seed)",
+        # At most ``concurrency`` exportImage calls in flight: the upstream's load is bounded
+        # by the connections of the upstream's pool, not by the workers.
+        upstream_connections=options.concurrency,
+    ) as pipeline:
         try:
             template = seed_request(pipeline, options)
         except SeedError as exc:

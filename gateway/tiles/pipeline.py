@@ -242,16 +242,21 @@ class TilePipeline:
 
 @asynccontextmanager
 async def open_pipeline(
-    config: GatewayConfig, *, l1: bool = True, agent: str = "tile-gateway/0.1"
+    config: GatewayConfig,
+    *,
+    l1: bool = True,
+    agent: str = "tile-gateway/0.1",
+    upstream_connections: int | None = None,
 ) -> AsyncIterator[TilePipeline]:
     """The pipeline of ``config``: its cache, one keep-alive session per upstream origin, the
     TileMatrixSets and the layers; closed on exit (background refreshes awaited, cache and
     sessions closed). ``l1`` False turns the in-process LRU off (a command that serves no tile
-    has no use for it); ``agent`` is the upstream User-Agent. Service info is not loaded: see
-    ``tiles.layer.load_service_info``."""
+    has no use for it); ``agent`` is the upstream User-Agent; ``upstream_connections``
+    replaces ``server.upstream_connections`` (the requests in flight to each upstream origin).
+    Service info is not loaded: see ``tiles.layer.load_service_info``."""
     cache_config = config.cache if l1 else config.cache.model_copy(update={"l1_max_bytes": 0})
     cache = TileCache(cache_config)
-    upstreams = UpstreamPool(config.server.upstream_connections, agent)
+    upstreams = UpstreamPool(upstream_connections or config.server.upstream_connections, agent)
     grids = GridRegistry(config.tile_matrix_sets)
     pipeline = TilePipeline(
         build_layers(config, upstreams, grids),
