@@ -1256,6 +1256,9 @@ def gateway_under_test(bench: Bench) -> str:
         return found.stdout.strip()
 
     commit = git("log", "-1", "--format=%h (%cs)") or "not a git checkout"
+    last = git("log", "-1", "--format=%h", "--", "gateway")
+    if last:
+        commit += f", gateway/ as of {last}"
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", "gateway")
     where = "this checkout" if root == ROOT else f"`{root}` (`--gateway-root`)"
     return (
