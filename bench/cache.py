@@ -1239,6 +1239,17 @@ def per_round(top: Sequence[WrkRun], bottom: Sequence[WrkRun], p50: bool = False
     return f"{', '.join(f'{v:.2f}' for v in values)} (range {min(values):.2f}-{max(values):.2f})"
 
 
+def per_cpu(hit: HitResult) -> str:
+    """Requests per CPU second of the server, gateway over baseline (medians): what a run
+    costs the server, whatever share of its CPU other work left it."""
+    gateway = statistics.median(r.rps / r.server_cpu for r in hit.gateway if r.server_cpu)
+    baseline = statistics.median(r.rps / r.server_cpu for r in hit.baseline if r.server_cpu)
+    return (
+        f"requests per server CPU second (information) gateway {gateway:,.0f}, baseline "
+        f"{baseline:,.0f}, ratio {gateway / baseline:.2f}"
+    )
+
+
 def load_range(runs: Sequence[WrkRun]) -> str:
     """The 1-minute load average at the end of ``runs``: lowest and highest."""
     loads = [r.load for r in runs]
@@ -1382,7 +1393,7 @@ def report(
         lines += [
             "",
             f"{FRONTS[key][0]}: ratio per round {per_round(hit.gateway, hit.baseline)}; figure "
-            f"{hit.ratio:.2f}.",
+            f"{hit.ratio:.2f}; {per_cpu(hit)}.",
             "",
             *(f"- {c}" for c in hit.checks),
         ]
@@ -1394,7 +1405,8 @@ def report(
     )
     lines += [
         "",
-        f"- ratio per round {per_round(hits_redis.gateway, hits_redis.baseline)}",
+        f"- ratio per round {per_round(hits_redis.gateway, hits_redis.baseline)}; "
+        f"{per_cpu(hits_redis)}",
         *(f"- {c}" for c in hits_redis.checks),
         "",
     ]
