@@ -718,18 +718,20 @@ def write_manifest(
     return manifest
 
 
-def hit_load(
+def hit_runs(
     bench: Bench,
     key: str,
-    gateway: Server,
-    baseline: Server,
-    paths_file: Path,
+    targets: dict[str, tuple[Server, Path]],
     redis: Any,
-) -> HitResult:
-    """Alternate wrk runs on the gateway and the baseline over the same warm paths."""
+    *,
+    script: Path = LIST_LUA,
+    headers: dict[str, str] | None = None,
+) -> dict[str, list[WrkRun]]:
+    """The hit load (``--duration``, ``--connections``, ``--threads``) on every target
+    (server, paths file), ``--rounds`` rounds in rotating order; the runs by target."""
     args = bench.args
 
-    def load(server: Server, who: str) -> Callable[[int], WrkRun]:
+    def load(who: str, server: Server, paths_file: Path) -> Callable[[int], WrkRun]:
         return lambda r: run_wrk(
             bench,
             f"{key}-{who}-{r + 1}",
@@ -739,13 +741,12 @@ def hit_load(
             connections=args.connections,
             threads=args.threads,
             duration=args.duration,
+            script=script,
             redis=redis,
+            headers=headers,
         )
 
-    runs = rotate(
-        args.rounds, {"gateway": load(gateway, "gateway"), "baseline": load(baseline, "baseline")}
-    )
-    return HitResult(runs["gateway"], runs["baseline"])
+    return rotate(args.rounds, {who: load(who, *target) for who, target in targets.items()})
 
 
 def measure_hits_l1(
@@ -773,29 +774,15 @@ def measure_hits_l1(
     check = warm(baseline, paths["xyz"], BROWSER_ACCEPT)[1]
     files = {key: write_paths(bench.out / f"paths-a-{key}.txt", p) for key, p in paths.items()}
 
-    def load(server: Server, who: str, paths_file: Path) -> Callable[[int], WrkRun]:
-        # bench/paths.lua counts every answer's status and X-Cache, on every side alike.
-        return lambda r: run_wrk(
-            bench,
-            f"a-{who}-{r + 1}",
-            who,
-            server,
-            paths_file,
-            connections=args.connections,
-            threads=args.threads,
-            duration=args.duration,
-            script=PATHS_LUA,
-            redis=redis,
-            headers=BROWSER_ACCEPT,
-        )
-
     calls_before = upstream_stats(upstream)["export"]
-    runs = rotate(
-        args.rounds,
-        {
-            "baseline": load(baseline, "baseline", files["xyz"]),
-            **{key: load(gateway, key, files[key]) for key in FRONTS},
-        },
+    # bench/paths.lua counts every answer's status and X-Cache, on every side alike.
+    runs = hit_runs(
+        bench,
+        "a",
+        {"baseline": (baseline, files["xyz"]), **{key: (gateway, files[key]) for key in FRONTS}},
+        redis,
+        script=PATHS_LUA,
+        headers=BROWSER_ACCEPT,
     )
     calls = upstream_stats(upstream)["export"] - calls_before
     results = {}
@@ -886,7 +873,10 @@ def measure_hits_redis(
     check = warm(baseline, paths)[1]
     same = all(a.body == b.body for a, b in zip(second, check, strict=True))
     paths_file = write_paths(bench.out / "paths-hit.txt", paths)
-    result = hit_load(bench, "b", gateway, baseline, paths_file, redis)
+    runs = hit_runs(
+        bench, "b", {"gateway": (gateway, paths_file), "baseline": (baseline, paths_file)}, redis
+    )
+    result = HitResult(runs["gateway"], runs["baseline"])
 
     def per_request(runs: Sequence[WrkRun]) -> str:
         return ", ".join(f"{(r.redis_hits or 0) / r.stats['requests']:.3f}" for r in runs)
