@@ -54,13 +54,14 @@ lint: $(VENV)/.test-installed
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py
 
+# BENCH_ARGS: more options of the script, e.g. BENCH_ARGS='--gateway-root ../before'.
 ## bench-cache: the cache benchmarks a-f against bare baselines (needs wrk and redis-server)
 bench-cache: $(VENV)/.bench-installed
-	$(BIN)/python bench/cache.py
+	$(BIN)/python bench/cache.py $(BENCH_ARGS)
 
 ## bench-peers: the gateway side by side with MapProxy 7 and nginx (needs wrk, redis-server, nginx)
 bench-peers: $(VENV)/.bench-installed
-	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/peers.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) tests/browser/node_modules .pytest_cache .ruff_cache

@@ -40,12 +40,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cache import (
     EXPORT,
@@ -71,6 +71,7 @@ from cache import (
     listeners,
     mark,
     measure_seed,
+    rotate,
     run_rows,
     run_wrk,
     shell,
@@ -297,6 +298,18 @@ class SeedRun:
         """Tiles over the command's wall time (start-up included, on both sides)."""
         return self.tiles / self.wall
 
+    @property
+    def jpeg_qualities(self) -> list[str]:
+        """The ``compressionQuality`` values of its JPEG exportImage calls (latest query of each
+        kind; ``-`` where a JPEG call had none)."""
+        return sorted(
+            {
+                parse_qs(urlsplit(use["example"]).query).get("compressionQuality", ["-"])[0]
+                for kind, use in self.upstream.kinds.items()
+                if kind.split()[0] in ("format=jpg", "format=jpeg")
+            }
+        )
+
 
 def seed_mapproxy(
     bench: Bench,
@@ -444,23 +457,20 @@ def measure_hits(
         )
     warmed_stats = upstream_stats(upstream)
 
-    runs: dict[str, list[WrkRun]] = {t.key: [] for t in targets}
-    for r in range(args.rounds):
-        shift = r % len(targets)
-        for target in targets[shift:] + targets[:shift]:
-            runs[target.key].append(
-                run_wrk(
-                    bench,
-                    f"hits-{target.key}-{r + 1}",
-                    target.label,
-                    target.server,
-                    target.paths,
-                    connections=args.connections,
-                    threads=args.threads,
-                    duration=args.duration,
-                    pids=target.pids,
-                )
-            )
+    def load(target: Target) -> Callable[[int], WrkRun]:
+        return lambda r: run_wrk(
+            bench,
+            f"hits-{target.key}-{r + 1}",
+            target.label,
+            target.server,
+            target.paths,
+            connections=args.connections,
+            threads=args.threads,
+            duration=args.duration,
+            pids=target.pids,
+        )
+
+    runs = rotate(args.rounds, {target.key: load(target) for target in targets})
     warmed = UpstreamUse.between(before, warmed_stats)
     during = UpstreamUse.between(warmed_stats, upstream_stats(upstream))
     for server in (gw_l1, gw_redis, mapproxy, nginx):
@@ -537,6 +547,8 @@ def report(
     expected = sum(4**z for z in range(args.zoom[0], args.zoom[1] + 1))
     # A seed that did not write every tile of the zoom range is no figure to compare.
     seeds_complete = all(seed.tiles == expected for seed in seeds.values())
+    # Both sides must ask the upstream for JPEG at one quality, else bytes and time differ by it.
+    same_quality = len({tuple(seed.jpeg_qualities) for seed in seeds.values()}) == 1
     seed_ratio = gw_seed.tiles_per_s / mp_seed.tiles_per_s
     bytes_ratio = gw_seed.upstream.bytes / mp_seed.upstream.bytes
     figures: list[dict[str, Any]] = []
@@ -560,7 +572,7 @@ def report(
             "mapproxy": mp_seed.tiles_per_s,
             "ratio": seed_ratio,
             "target": f">= {TARGET_SEED:g}",
-            "ok": seed_ratio >= TARGET_SEED and seeds_complete,
+            "ok": seed_ratio >= TARGET_SEED and seeds_complete and same_quality,
         },
         {
             "measurement": "Seeding: upstream bytes (exportImage answers)",
@@ -568,7 +580,7 @@ def report(
             "mapproxy": mp_seed.upstream.bytes,
             "ratio": bytes_ratio,
             "target": f"<= {TARGET_BYTES:g}",
-            "ok": bytes_ratio <= TARGET_BYTES and seeds_complete,
+            "ok": bytes_ratio <= TARGET_BYTES and seeds_complete and same_quality,
         },
         {
             "measurement": "Seeding: exportImage calls",
@@ -671,6 +683,16 @@ def report(
                 f"`{use['example']}` |"
             )
     lines += [
+        "",
+        "JPEG quality asked upstream (`compressionQuality` of the JPEG exportImage calls): "
+        + ", ".join(f"{seed.who} {'/'.join(seed.jpeg_qualities)}" for seed in seeds.values())
+        + (
+            ": the same on both sides (the gateway sends its layer's `export.compressionQuality`,"
+            " MapProxy the same value from its source's `req`)"
+            if same_quality
+            else ": NOT the same, so the seeding targets do not count"
+        )
+        + ".",
         "",
         *commands_section(
             bench,
