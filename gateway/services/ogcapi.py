@@ -428,6 +428,9 @@ class OgcApiService:
         because OWSLib asks for the landing page URL with a trailing slash."""
         prefix = "/collections/{layer}/map/tiles"
         return [
+            # First: aiohttp tries the routes under /collections in this order, and tiles are
+            # what is asked most (no path matches two of these patterns).
+            web.get(prefix + "/{tms}/{tile_matrix}/{tile_row}/{tile_col}", self.tile),
             web.get("", self.landing),
             web.get("/", self.landing),
             web.get("/conformance", self.conformance),
@@ -437,7 +440,6 @@ class OgcApiService:
             web.get("/collections/{layer}", self.collection),
             web.get(prefix, self.tilesets),
             web.get(prefix + "/{tms}", self.tileset),
-            web.get(prefix + "/{tms}/{tile_matrix}/{tile_row}/{tile_col}", self.tile),
         ]
 
 

@@ -110,7 +110,7 @@ class TileAddresses:
         if grid is None or (within_limits and not found.tile_matrix_set_limits(grid)):
             served = found.advertised_grids() if within_limits else tuple(found.grids)
             raise UnknownTileMatrixSet(layer, tms, served)
-        formats = tuple(found.config.formats)
+        formats = found.formats
         if not isinstance(ext, str):
             ext = ext(formats)
         if ext not in formats:

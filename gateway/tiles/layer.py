@@ -46,6 +46,7 @@ class Layer:
         self.config = config
         self.client = client
         self.grids = {identifier: grids[identifier] for identifier in config.tile_matrix_sets}
+        self.formats = tuple(config.formats)
         self.fixed_params = export_params(config.export.model_dump(exclude_none=True))
         self.fingerprint_hash = self.fingerprint(config)
         self.purges = 0

@@ -88,6 +88,11 @@ class TilePipeline:
         """The cache key of ``request``."""
         return self.keys.tile(*self._place(request, request.x, request.y))
 
+    @property
+    def prepares(self) -> bool:
+        """Whether fronts can keep prepared answers (see ``prepare``): there is an L1."""
+        return self.cache.l1 is not None
+
     def prepared(self, key: str) -> tuple[TileEntry, object] | None:
         """The entry under ``key`` in the in-process tier with what a front prepared from it
         (see ``prepare``), or ``None``: a hit that touches nothing but memory."""

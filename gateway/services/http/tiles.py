@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import time
+from email.utils import formatdate
+from functools import lru_cache
 from typing import cast
 
 from aiohttp import web
@@ -39,25 +41,38 @@ def _not_modified(request: web.Request, etag: str, modified: int) -> bool:
     return since is not None and modified <= since.timestamp()
 
 
-def tile_response(request: web.Request, result: TileResult, cache_control: str) -> web.Response:
+def tile_response(
+    request: web.Request,
+    result: TileResult,
+    cache_control: str,
+    extra: dict[str, str] | None = None,
+) -> web.Response:
     """The HTTP answer for a tile: 200 with the bytes and ``Content-Type``, ``ETag``,
-    ``Last-Modified`` (the upstream's time, else when the tile was made), ``Cache-Control``
-    and ``X-Cache``; 304 without a body when a conditional request matches."""
+    ``Last-Modified`` (the upstream's time, else when the tile was made), ``Cache-Control``,
+    ``X-Cache`` and a front's ``extra`` headers; 304 without a body when a conditional request
+    matches."""
     entry = result.entry
-    response = web.Response(
-        body=entry.data,
-        headers={"Content-Type": entry.content_type, "Cache-Control": cache_control},
-    )
-    # Last-Modified has whole seconds: rounding up keeps If-Modified-Since comparisons true to
-    # what the client was sent.
+    # Last-Modified has whole seconds: rounding up (as aiohttp's setter does) keeps
+    # If-Modified-Since comparisons true to what the client was sent.
     modified = math.ceil(entry.upstream_time or entry.created)
-    response.etag = entry.etag.strip('"')
-    response.last_modified = modified
-    response.headers["X-Cache"] = result.cache_status
+    headers = {
+        "Cache-Control": cache_control,
+        "ETag": entry.etag,
+        "Last-Modified": _http_date(modified),
+        "X-Cache": result.cache_status,
+    }
+    if extra:
+        headers.update(extra)
     if _not_modified(request, entry.etag, modified):
-        headers = {k: v for k, v in response.headers.items() if k != "Content-Type"}
         return web.Response(status=304, headers=headers)
-    return response
+    headers["Content-Type"] = entry.content_type
+    return web.Response(body=entry.data, headers=headers)
+
+
+@lru_cache(maxsize=4096)
+def _http_date(timestamp: int) -> str:
+    # The tiles of one metatile share their time; formatting it is a hit's costliest header.
+    return formatdate(timestamp, usegmt=True)
 
 
 async def serve_tile(
@@ -76,18 +91,17 @@ async def serve_tile(
     pipeline = request.app[PIPELINE]
     result = await pipeline.get_tile(tile)
     layer = pipeline.layers[tile.layer]
-    response = tile_response(request, result, layer.cache_control)
-    if extra:
-        response.headers.update(extra)
-    ready.remember(
-        request,
-        response,
-        result,
-        pipeline.key(tile),
-        result.entry.created + layer.config.ttl,
-        by_accept=by_accept,
-        extra=extra,
-    )
+    response = tile_response(request, result, layer.cache_control, extra)
+    if pipeline.prepares:
+        ready.remember(
+            request,
+            response,
+            result,
+            pipeline.key(tile),
+            result.entry.created + layer.config.ttl,
+            by_accept=by_accept,
+            extra=extra,
+        )
     return response
 
 
@@ -161,7 +175,7 @@ class ReadyAnswers:
             ready = cast(_Ready, prepared[1])
         variant: Variant = tuple(sorted(extra.items())) if extra else ()
         if variant not in ready.variants:
-            # The response already carries the front's extra headers (serve_tile adds them).
+            # The response already carries the front's extra headers (tile_response adds them).
             ready.variants[variant] = {**response.headers, "X-Cache": "HIT"}
         target = self._target(request, by_accept)
         if self._targets.get(target) != (key, variant):
