@@ -23,7 +23,9 @@ from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
     CONFIG,
     PIPELINE,
+    READY,
     ReadyAnswers,
+    cors_headers,
     front_app,
     render_json_error,
     root_app,
@@ -42,9 +44,12 @@ def create_app(config: GatewayConfig) -> web.Application:
         "/ogcapi": front_app(config, ogcapi.routes(), render_json_error),
         "/admin": front_app(config, admin.routes(), render_json_error),
     }
-    app = root_app(config, [*viewer.routes(), *admin.health_routes()])
+    ready = ReadyAnswers(cors_headers(config.server.cors_allow_origin))
+    app = root_app(config, [*viewer.routes(), *admin.health_routes()], ready.answer)
     for prefix, front in fronts.items():
+        front[READY] = ready
         app.add_subapp(prefix, front)
+    app[READY] = ready
     app[FRONTS] = fronts
     app.cleanup_ctx.append(_resources)
     return app
@@ -59,9 +64,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         fronts = app[FRONTS]
         for front in (app, *fronts.values()):
             front[PIPELINE] = pipeline
-        fronts["/tiles"][xyz.READY] = ReadyAnswers(pipeline)
-        fronts["/wmts"][wmts.READY] = ReadyAnswers(pipeline)
-        fronts["/ogcapi"][ogcapi.READY] = ReadyAnswers(pipeline)
+        app[READY].attach(pipeline)
         fronts["/admin"][admin.PURGER] = purger
         await purger.start()
         purger.start_watching(config.cache.purge_poll)

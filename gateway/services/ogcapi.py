@@ -47,7 +47,6 @@ from gateway.services.http import (
     CONFIG,
     PIPELINE,
     DocumentCache,
-    ReadyAnswers,
     document_response,
     encode_json,
     json_error,
@@ -58,7 +57,6 @@ from gateway.services.http import (
 )
 from gateway.tiles import Layer, TilePipeline
 
-READY = web.AppKey("ogcapi_ready", ReadyAnswers)
 JSON = "application/json"
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -379,9 +377,6 @@ class OgcApiService:
         the upstream fails. The image is tileWidth x tileHeight of the set (/req/core/tc-success
         C). Without ``f`` the answer varies with ``Accept``, and says so in ``Vary``.
         """
-        ready = request.app[READY].answer(request, by_accept=True)
-        if ready is not None:
-            return ready
         pipeline = request.app[PIPELINE]
         info = request.match_info
         name, identifier = info["layer"], info["tms"]
@@ -415,7 +410,6 @@ class OgcApiService:
             return await serve_tile(
                 request,
                 tile,
-                request.app[READY],
                 by_accept=True,
                 # Without f the format came from Accept (tile_format).
                 extra=None if f is not None else {"Vary": "Accept"},

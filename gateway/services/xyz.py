@@ -21,13 +21,11 @@ from gateway.errors import (
 from gateway.grids import RETINA, WEB_MERCATOR_QUAD
 from gateway.services.http import (
     PIPELINE,
-    ReadyAnswers,
     json_error,
     serve_tile,
     upstream_error,
 )
 
-READY = web.AppKey("xyz_ready", ReadyAnswers)
 _EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
 _ADDRESS = "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].<png|jpg>"
 
@@ -35,9 +33,6 @@ _ADDRESS = "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].
 async def get_tile(request: web.Request) -> web.Response:
     """Answer one XYZ tile; errors are JSON (404 unknown layer, TileMatrixSet or tile, 400 bad
     extension or coordinates, 502/504 upstream failure)."""
-    ready = request.app[READY].answer(request)
-    if ready is not None:
-        return ready
     pipeline = request.app[PIPELINE]
     info = request.match_info
     layer, tms = info["layer"], info.get("tms", WEB_MERCATOR_QUAD)
@@ -70,7 +65,7 @@ async def get_tile(request: web.Request) -> web.Response:
     if retina and tms.endswith(RETINA):
         return json_error(400, f"{tms} already has 512-pixel tiles: ask without @2x")
     try:
-        return await serve_tile(request, tile, request.app[READY])
+        return await serve_tile(request, tile)
     except UpstreamError as exc:
         return upstream_error(layer, exc)
 

@@ -17,10 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from PIL import Image
 
-from gateway.app import FRONTS
 from gateway.cache.codec import TileEntry
 from gateway.cache.l1 import MemoryTier
-from gateway.services import xyz
+from gateway.services.http import READY
 from tests.conftest import MakeGateway, RedisProcess
 from tests.integration.conftest import FakeUpstream
 
@@ -78,7 +77,7 @@ async def test_a_repeated_hit_answers_exactly_as_the_first_hit(
     path = "/tiles/fake/3/2/1.png"
     miss, first_hit, ready_hit = [await client.get(path) for _ in range(3)]
     assert [r.headers["X-Cache"] for r in (miss, first_hit, ready_hit)] == ["MISS", "HIT", "HIT"]
-    answers = client.server.app[FRONTS]["/tiles"][xyz.READY]
+    answers = client.server.app[READY]
     assert answers.answer(_request(client, path)) is not None  # the third one was a ready answer
     for name in (*ANSWER_HEADERS, *CORS_HEADERS, "Content-Length"):
         assert ready_hit.headers[name] == first_hit.headers[name], name
@@ -125,7 +124,7 @@ async def test_ready_answers_end_with_freshness_and_with_purges(
 
 
 def _request(client: TestClient, path: str) -> web.Request:
-    return make_mocked_request("GET", path, app=client.server.app[FRONTS]["/tiles"])
+    return make_mocked_request("GET", path, app=client.server.app)
 
 
 # -- L2 reads ------------------------------------------------------------------------------------

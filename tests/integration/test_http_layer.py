@@ -18,9 +18,8 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 from lxml import etree
 from PIL import Image
 
-from gateway.app import FRONTS
 from gateway.errors import UpstreamError
-from gateway.services import ogcapi, wmts, xyz
+from gateway.services.http import READY
 from gateway.sources.http import UpstreamPool, UpstreamRequest
 from gateway.sources.imageserver import ImageServerClient
 from tests.conftest import MakeGateway
@@ -170,26 +169,23 @@ async def test_if_modified_since_and_if_none_match(
 
 
 @pytest.mark.parametrize(
-    ("front", "key", "path", "headers"),
+    ("front", "path", "headers"),
     [
-        ("/tiles", xyz.READY, "/tiles/fake/3/2/1.png", {}),
+        ("/tiles", "/tiles/fake/3/2/1.png", {}),
         (
             "/wmts",
-            wmts.READY,
             "/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0&LAYER=fake&STYLE=default"
             "&FORMAT=image/png&TILEMATRIXSET=WebMercatorQuad&TILEMATRIX=3&TILEROW=1&TILECOL=2",
             {},
         ),
-        ("/wmts", wmts.READY, "/wmts/1.0.0/fake/default/WebMercatorQuad/3/1/2.png", {}),
+        ("/wmts", "/wmts/1.0.0/fake/default/WebMercatorQuad/3/1/2.png", {}),
         (
             "/ogcapi",
-            ogcapi.READY,
             "/ogcapi/collections/fake/map/tiles/WebMercatorQuad/3/1/2",
             {"Accept": "image/png"},
         ),
         (
             "/ogcapi",
-            ogcapi.READY,
             "/ogcapi/collections/fake/map/tiles/WebMercatorQuad/3/1/2?f=jpg",
             {"Accept": "*/*"},
         ),
@@ -199,16 +195,15 @@ async def test_every_tile_front_answers_repeated_hits_from_ready_answers(
     make_gateway: MakeGateway,
     fake_upstream: FakeUpstream,
     front: str,
-    key: web.AppKey,
     path: str,
     headers: dict[str, str],
 ) -> None:
     client = await make_gateway({"fake": layer(fake_upstream.url)})
     miss, first_hit, ready_hit = [await client.get(path, headers=headers) for _ in range(3)]
     assert [r.headers["X-Cache"] for r in (miss, first_hit, ready_hit)] == ["MISS", "HIT", "HIT"]
-    app = client.server.app[FRONTS][front]
+    app = client.server.app
     request = make_mocked_request("GET", path, headers=headers, app=app)
-    assert app[key].answer(request, by_accept=front == "/ogcapi") is not None
+    assert app[READY].answer(request) is not None
     for name in (
         "Content-Type",
         "ETag",
@@ -222,7 +217,7 @@ async def test_every_tile_front_answers_repeated_hits_from_ready_answers(
     if front == "/ogcapi":
         # Another Accept is another answer: not the one prepared for image/png.
         other = make_mocked_request("GET", path, headers={"Accept": "image/jpeg"}, app=app)
-        assert app[key].answer(other, by_accept=True) is None
+        assert app[READY].answer(other) is None
     assert len(fake_upstream.queries) == 1
 
 
@@ -328,3 +323,16 @@ async def test_one_session_per_upstream_origin(fake_upstream: FakeUpstream) -> N
         assert body["name"] == "fake"
     finally:
         await pool.close()
+
+
+async def test_ready_answers_are_for_reads_only(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway({"fake": layer(fake_upstream.url)})
+    path = "/tiles/fake/3/2/1.png"
+    for _ in range(2):
+        await client.get(path)
+    assert (await client.head(path)).headers["X-Cache"] == "HIT"
+    posted = await client.post(path)
+    assert posted.status == 405
+    assert (await posted.json())["error"]["code"] == 405

@@ -29,6 +29,7 @@ from gateway.services.http.fronts import (
     PIPELINE,
     READ_METHODS,
     RenderError,
+    cors_headers,
     front_app,
     json_error,
     public_base,
@@ -37,19 +38,21 @@ from gateway.services.http.fronts import (
     upstream_error,
     varies_with_proxy,
 )
-from gateway.services.http.tiles import ReadyAnswers, serve_tile, tile_response
+from gateway.services.http.tiles import READY, ReadyAnswers, serve_tile, tile_response
 
 __all__ = [
     "CONFIG",
     "DOCUMENT_CACHE_CONTROL",
     "NO_STORE",
     "PIPELINE",
+    "READY",
     "READ_METHODS",
     "Document",
     "DocumentCache",
     "ReadyAnswers",
     "RenderError",
     "accepts_gzip",
+    "cors_headers",
     "document_response",
     "encode_json",
     "front_app",

@@ -21,6 +21,7 @@ PIPELINE = web.AppKey("pipeline", TilePipeline)
 NO_STORE = {"Cache-Control": "no-store"}
 # Methods every front answers, and so lists in its preflights.
 READ_METHODS = "GET, HEAD, OPTIONS"
+_READS = frozenset(("GET", "HEAD"))
 RenderError = Callable[[web.Request, int, str], web.Response]
 """A front's error format: ``(request, status, message) -> response``."""
 
@@ -79,21 +80,38 @@ def upstream_error(layer: str, exc: UpstreamError) -> web.Response:
     )
 
 
-def _cors_middleware(
-    allow_origin: str, methods: str, render: RenderError, *, root: bool = False
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Middleware: CORS headers on every answer (errors too), preflights for ``methods``, and
-    HTTP errors (routing misses among them) and unexpected exceptions rendered with ``render``;
-    the latter are logged with their traceback and answered 500 without details. With
-    ``root``, requests a sub-application serves pass through untouched: it has its own."""
-    cors = {
+def cors_headers(allow_origin: str) -> dict[str, str]:
+    """The CORS headers of every answer: ``Access-Control-Allow-Origin`` and the headers
+    scripts may read."""
+    return {
         "Access-Control-Allow-Origin": allow_origin,
         "Access-Control-Expose-Headers": "ETag, X-Cache, Content-Length",
     }
 
+
+def _cors_middleware(
+    allow_origin: str,
+    methods: str,
+    render: RenderError,
+    *,
+    root: Callable[[web.Request], web.Response | None] | None = None,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Middleware: CORS headers on every answer (errors too), preflights for ``methods``, and
+    HTTP errors (routing misses among them) and unexpected exceptions rendered with ``render``;
+    the latter are logged with their traceback and answered 500 without details.
+
+    On the root (``root`` given: the ready answers' lookup), a GET or HEAD a front takes is
+    first offered to ``root``, whose finished answers skip the front's layers; anything else
+    the front takes passes through untouched: it has its own middleware."""
+    cors = cors_headers(allow_origin)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if root and len(request.match_info.apps) > 1:
+        if root is not None and len(request.match_info.apps) > 1:
+            if request.method in _READS:
+                ready = root(request)
+                if ready is not None:
+                    return ready
             return await handler(request)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             response: web.StreamResponse = web.Response(
@@ -140,13 +158,18 @@ def front_app(
     return app
 
 
-def root_app(config: GatewayConfig, routes: Iterable[web.RouteDef]) -> web.Application:
+def root_app(
+    config: GatewayConfig,
+    routes: Iterable[web.RouteDef],
+    ready: Callable[[web.Request], web.Response | None],
+) -> web.Application:
     """The application the fronts are mounted on: its own ``routes`` and every path no front
-    takes answer with JSON errors; requests a front takes are left to it."""
+    takes answer with JSON errors; a GET or HEAD a front takes is answered by ``ready`` when it
+    has a finished answer (see ``tiles.ReadyAnswers``), else left to the front."""
     app = web.Application(
         middlewares=[
             _cors_middleware(
-                config.server.cors_allow_origin, READ_METHODS, render_json_error, root=True
+                config.server.cors_allow_origin, READ_METHODS, render_json_error, root=ready
             )
         ]
     )

@@ -78,13 +78,13 @@ def _http_date(timestamp: int) -> str:
 async def serve_tile(
     request: web.Request,
     tile: TileRequest,
-    ready: ReadyAnswers,
     *,
     by_accept: bool = False,
     extra: dict[str, str] | None = None,
 ) -> web.Response:
     """The answer for a resolved tile: from the request app's pipeline (``tile_response``,
-    with the front's ``extra`` headers), its hits prepared in ``ready`` for next time.
+    with the front's ``extra`` headers), its hits prepared in the app's ``READY`` for next
+    time (``by_accept``: the answer depends on the request's ``Accept``).
 
     Raises ``UpstreamError`` (each front answers it in its own format).
     """
@@ -93,7 +93,7 @@ async def serve_tile(
     layer = pipeline.layers[tile.layer]
     response = tile_response(request, result, layer.cache_control, extra)
     if pipeline.prepares:
-        ready.remember(
+        request.app[READY].remember(
             request,
             response,
             result,
@@ -106,34 +106,41 @@ async def serve_tile(
 
 
 class ReadyAnswers:
-    """Ready answers to repeated tile hits: the tile key of each request target seen, and on
-    the tile's in-process cache entry (``TilePipeline.prepare``) the answer's headers and the
-    end of the entry's freshness (epoch seconds).
+    """Ready answers to repeated tile hits, for every tile front: the tile key of each request
+    target seen, and on the tile's in-process cache entry (``TilePipeline.prepare``) the
+    finished headers of its answer (CORS included) and the end of the entry's freshness
+    (epoch seconds).
 
-    A hit of a target seen before is then a dict lookup, an L1 lookup and a ``web.Response`` of
-    prebuilt headers, instead of parsing, resolving and keying the tile again: a front's own
-    work is most of a hit's cost (bench/README.md, figure a). The target is the raw path and
-    query, plus the ``Accept`` header for a front whose answer depends on it. The headers live
-    on the L1 entry, so whatever drops or replaces the entry (expiry, eviction, purges, a
-    refresh) drops them too; past freshness, or for a conditional request, the request takes
-    the full path. ``max_targets`` bounds the target table (oldest forgotten first).
+    The root application's middleware asks ``answer`` before a front's own layers run: a hit
+    of a target seen before is then a dict lookup, an L1 lookup and a ``web.Response`` of
+    prebuilt headers, instead of the front's middleware, parsing, resolving and keying the
+    tile again (bench/README.md, figure a). The target is the raw path and query, plus the
+    ``Accept`` header where a front's answer depends on it. The headers live on the L1 entry,
+    so whatever drops or replaces the entry (expiry, eviction, purges, a refresh) drops them
+    too; past freshness, or for a conditional request, the request takes the full path.
+    ``max_targets`` bounds the target table (oldest forgotten first). The pipeline is attached
+    when the application starts (``attach``).
     """
 
-    def __init__(self, pipeline: TilePipeline, max_targets: int = 100_000) -> None:
-        self._pipeline = pipeline
+    def __init__(self, cors: dict[str, str], max_targets: int = 100_000) -> None:
+        self._cors = cors
+        self._pipeline: TilePipeline | None = None
         self._targets: dict[str, tuple[str, Variant]] = {}
+        # Raw paths whose answers depend on Accept: their targets carry it.
+        self._by_accept: set[str] = set()
         self._max_targets = max_targets
 
-    @staticmethod
-    def _target(request: web.Request, by_accept: bool) -> str:
-        if by_accept:
-            return f"{request.raw_path}\n{request.headers.get('Accept', '')}"
-        return request.raw_path
+    def attach(self, pipeline: TilePipeline) -> None:
+        """Serve from ``pipeline``'s in-process cache from now on."""
+        self._pipeline = pipeline
 
-    def answer(self, request: web.Request, by_accept: bool = False) -> web.Response | None:
+    def answer(self, request: web.Request) -> web.Response | None:
         """The 200 answer to ``request`` from a prepared entry, or ``None``."""
-        found = self._targets.get(self._target(request, by_accept))
-        if found is None:
+        path = request.raw_path
+        if path in self._by_accept:
+            path = f"{path}\n{request.headers.get('Accept', '')}"
+        found = self._targets.get(path)
+        if found is None or self._pipeline is None:
             return None
         headers = request.headers
         if "If-None-Match" in headers or "If-Modified-Since" in headers:
@@ -164,21 +171,30 @@ class ReadyAnswers:
         200 answer of ``result``, a fresh tile under ``key``, fresh until ``fresh_until``);
         ``extra`` are headers only this front adds. Nothing is kept unless ``result`` is a
         200 non-stale answer whose entry is in L1 (not, e.g., an empty tile outside the data)."""
-        if response.status != 200 or result.cache_status == "STALE":
+        pipeline = self._pipeline
+        if pipeline is None or response.status != 200 or result.cache_status == "STALE":
             return
-        prepared = self._pipeline.prepared(key)
+        prepared = pipeline.prepared(key)
         if prepared is None:
             ready = _Ready(fresh_until)
-            if not self._pipeline.prepare(key, result.entry, ready):
+            if not pipeline.prepare(key, result.entry, ready):
                 return
         else:
             ready = cast(_Ready, prepared[1])
         variant: Variant = tuple(sorted(extra.items())) if extra else ()
         if variant not in ready.variants:
-            # The response already carries the front's extra headers (tile_response adds them).
-            ready.variants[variant] = {**response.headers, "X-Cache": "HIT"}
-        target = self._target(request, by_accept)
+            # The response already carries the front's extra headers (tile_response adds them);
+            # the root answers it without the front's middleware, which adds CORS.
+            ready.variants[variant] = {**response.headers, **self._cors, "X-Cache": "HIT"}
+        target = request.raw_path
+        if by_accept:
+            self._by_accept.add(target)
+            target = f"{target}\n{request.headers.get('Accept', '')}"
         if self._targets.get(target) != (key, variant):
             if len(self._targets) >= self._max_targets:
                 del self._targets[next(iter(self._targets))]
             self._targets[target] = (key, variant)
+
+
+READY = web.AppKey("ready", ReadyAnswers)
+"""The ready answers every tile front remembers into, on each application."""

@@ -24,7 +24,7 @@ from typing import Final
 from aiohttp import web
 
 from gateway import errors
-from gateway.services.http import PIPELINE, ReadyAnswers, negotiate, serve_tile
+from gateway.services.http import PIPELINE, negotiate, serve_tile
 from gateway.services.wmts import kvp as kvp_encoding
 from gateway.services.wmts.capabilities import CAPABILITIES_PATH, MEDIA_TYPES, STYLE, contents_of
 from gateway.services.wmts.ows import (
@@ -37,9 +37,8 @@ from gateway.services.wmts.ows import (
 )
 from gateway.tiles import TileRequest
 
-__all__ = ["READY", "render_error", "routes"]
+__all__ = ["render_error", "routes"]
 
-READY = web.AppKey("wmts_ready", ReadyAnswers)
 _REST_TILE_NAME: Final = re.compile(r"(?P<col>-?[0-9]+)\.(?P<ext>[A-Za-z0-9]+)")
 _EXTENSIONS: Final = {media_type: ext for ext, media_type in MEDIA_TYPES.items()}
 # The media types under which the ServiceMetadata may be sent (RFC 9110 section 12.5.1).
@@ -127,7 +126,7 @@ async def _serve(request: web.Request, tile: TileRequest) -> web.StreamResponse:
     """The tile from the pipeline (ETag/304 like XYZ); an upstream failure is NoApplicableCode
     with the upstream's status (502/504), code and message, never its URL."""
     try:
-        return await serve_tile(request, tile, request.app[READY])
+        return await serve_tile(request, tile)
     except errors.UpstreamError as exc:
         code = "" if exc.code is None else f" (code {exc.code})"
         raise WmtsError(
@@ -149,9 +148,6 @@ async def kvp(request: web.Request) -> web.StreamResponse:
     value), VersionNegotiationFailed (AcceptVersions without 1.0.0), TileOutOfRange,
     OperationNotSupported 501 for GetFeatureInfo, NoApplicableCode 502/504 from the upstream.
     """
-    ready = request.app[READY].answer(request)
-    if ready is not None:
-        return ready
     try:
         found = kvp_encoding.parameters(request.query)
         if not found:
@@ -211,9 +207,6 @@ async def rest_tile(request: web.Request) -> web.StreamResponse:
     (07-057r7 section 10.2). A tile the KVP encoding would refuse with 400 is 404 here, with
     the same exceptionCode and locator (section 10.2.5: illegal path values are 404); upstream
     failures keep their 502/504."""
-    ready = request.app[READY].answer(request)
-    if ready is not None:
-        return ready
     match = _REST_TILE_NAME.fullmatch(request.match_info["name"])
     try:
         if match is None:
