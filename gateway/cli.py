@@ -19,7 +19,7 @@ from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
-from gateway.server import PortInUse, run, serve
+from gateway.server import PortInUse, event_loop, run, serve
 from gateway.tiles import open_pipeline
 
 log = logging.getLogger("gateway")
@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     args.log_level = _log_level(parser, args.log_level)
+    try:
+        event_loop()
+    except ValueError as exc:
+        parser.error(f"environment variable {exc}")
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import time
@@ -40,14 +42,36 @@ class PortInUse(Exception):
         self.port = port
 
 
+# The event loop: "uvloop" (the default where it is installed) or "asyncio"; see ``event_loop``.
+LOOP_VARIABLE = "TILE_GATEWAY_LOOP"
+
+
+def event_loop() -> str:
+    """The event loop ``run`` uses: ``TILE_GATEWAY_LOOP`` (``uvloop`` or ``asyncio``) when set,
+    else ``uvloop`` where it is installed, else ``asyncio``.
+
+    Raises ``ValueError`` for another value, or for ``uvloop`` where it is not installed.
+    """
+    choice = os.environ.get(LOOP_VARIABLE, "").strip().lower()
+    if choice not in ("", "uvloop", "asyncio"):
+        raise ValueError(f"{LOOP_VARIABLE} must be uvloop or asyncio, not {choice!r}")
+    if choice == "asyncio":
+        return choice
+    if importlib.util.find_spec("uvloop") is not None:
+        return "uvloop"
+    if choice == "uvloop":
+        raise ValueError(f"{LOOP_VARIABLE}=uvloop but uvloop is not installed")
+    return "asyncio"
+
+
 def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` to completion on uvloop when it is installed, else on asyncio's loop."""
-    try:
+    """Run ``main`` to completion on the loop ``event_loop`` names. Raises its ``ValueError``."""
+    if event_loop() == "uvloop":
         import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
+
         uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def start_site(
@@ -75,12 +99,28 @@ async def start_site(
 
 
 async def serve_forever(runners: list[web.AppRunner]) -> None:
-    """Wait until cancelled, then clean the runners up in reverse order."""
+    """Wait until cancelled (Ctrl-C: ``asyncio.run`` cancels the main task) or until SIGTERM,
+    then clean the runners up in reverse order: each stops listening and gives the requests in
+    flight up to ``SHUTDOWN_TIMEOUT`` seconds to be answered (aiohttp ``AppRunner.cleanup``).
+
+    SIGTERM is how Kubernetes, systemd and ``serve --workers`` stop a process; as a Python
+    exception it would unwind the event loop and cancel every request mid-answer, so it is
+    taken by the loop instead for the time of this call."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        try:
+            for runner in reversed(runners):
+                await runner.cleanup()
+        finally:
+            # Only now: a second SIGTERM (Ctrl-C reaches the workers and, through the parent,
+            # again as SIGTERM) must not cut the drain short.
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def url_host(host: str) -> str:
