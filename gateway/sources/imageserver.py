@@ -36,7 +36,8 @@ def validate_image(status: int, content_type: str, body: bytes, ext: str) -> Non
 
     Checks, in order: an ArcGIS error JSON (under any HTTP status), the HTTP status, an HTML
     page (e.g. "Invalid Token" under 200, resource-proxy issue #301), ``Content-Type: image/*``,
-    and the magic bytes of the requested format.
+    and the magic bytes of the requested format. Whether every pixel decodes is checked where
+    the image is decoded anyway, off the event loop (``tiles.pipeline``, ``imaging.decode``).
     """
     error = arcgis_error(body)
     if error is not None:

@@ -1,0 +1,119 @@
+"""Upstream faults against real Redis and the fixture upstream on a socket.
+
+Every way an exportImage call goes wrong (HTTP 500, an ArcGIS error JSON under HTTP 200, an
+HTML page, a truncated PNG or JPEG, a hang past the timeout, a connection dropped mid-answer),
+on a metatiled and on a pass-through layer, with and without a stale copy: the client's status
+and error, the upstream calls made, the time to answer, and that nothing broken was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import pytest
+import redis
+from PIL import Image
+
+from tests.conftest import MakeGateway
+from tests.integration.conftest import FakeUpstream
+
+TIMEOUT = 0.5  # server.upstream_timeout of these gateways, in seconds
+# (behaviour of the fixture upstream, tile extension, status without a stale copy, the start
+# of the upstream message the client is shown)
+FAULTS = [
+    ("http500", "png", 502, "HTTP 500"),
+    ("error200", "png", 502, "Unable to complete operation. (Invalid bbox)"),
+    ("html_page", "png", 502, "not an image (text/html)"),
+    ("cut_short", "png", 502, "the PNG image does not decode: "),
+    ("cut_short", "jpg", 502, "the JPG image does not decode: "),
+    ("slow", "png", 504, f"no answer within {TIMEOUT:g} s"),
+    ("drop", "png", 502, "unreachable (ClientPayloadError)"),
+]
+
+
+def stored(client: redis.Redis, prefix: str) -> dict[bytes, bytes | None]:
+    """Every key of the test's prefix with its value."""
+    return {key: client.get(key) for key in client.scan_iter(match=f"{prefix}:*")}
+
+
+def assert_good_tile(body: bytes, ext: str) -> None:
+    """``body`` is a whole 256 x 256 image in ``ext``: every pixel decodes."""
+    with Image.open(io.BytesIO(body)) as image:
+        image.load()
+        assert image.format == {"png": "PNG", "jpg": "JPEG"}[ext]
+        assert image.size == (256, 256)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no-stale", "stale"])
+@pytest.mark.parametrize("meta_size", [[2, 2], [1, 1]], ids=["metatiled", "pass-through"])
+@pytest.mark.parametrize(
+    ("behaviour", "ext", "status", "message"),
+    FAULTS,
+    ids=[f"{behaviour}-{ext}" for behaviour, ext, _, _ in FAULTS],
+)
+async def test_a_failing_upstream_gives_its_error_or_the_stale_copy_and_stores_nothing(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    behaviour: str,
+    ext: str,
+    status: int,
+    message: str,
+    meta_size: list[int],
+    stale: bool,
+) -> None:
+    layer = {
+        "url": fake_upstream.url,
+        "formats": ["png", "jpg"],
+        "ttl": 1,
+        "meta_size": meta_size,
+        "stale_if_error": 60 if stale else 0,
+    }
+    client = await make_gateway(
+        {"fake": layer}, {"redis_url": redis_url, "prefix": key_prefix}, upstream_timeout=TIMEOUT
+    )
+    path = f"/tiles/fake/3/4/2.{ext}"
+    before: dict[bytes, bytes | None] = {}
+    good = b""
+    if stale:
+        first = await client.get(path)
+        assert first.status == 200
+        good = await first.read()
+        before = stored(redis_client, key_prefix)
+        assert len(before) == meta_size[0] * meta_size[1]
+        await asyncio.sleep(1.1)  # past the ttl: the next request asks the upstream
+    calls = len(fake_upstream.queries)
+    fake_upstream.behaviour = behaviour
+    for _ in range(2):  # the second request asks again: the failure was not cached
+        started = time.monotonic()
+        response = await client.get(path)
+        assert time.monotonic() - started < TIMEOUT + 2
+        if stale:
+            assert response.status == 200
+            assert response.headers["X-Cache"] == "STALE"
+            assert await response.read() == good
+            continue
+        assert response.status == status
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert response.headers["Cache-Control"] == "no-store"
+        error = (await response.json())["error"]
+        assert error["code"] == status and error["layer"] == "fake"
+        assert error["upstream"]["message"].startswith(message)
+        assert (
+            error["message"]
+            == f"the upstream of layer 'fake' failed: {error['upstream']['message']}"
+        )
+        assert "127.0.0.1" not in json.dumps(error)
+    assert len(fake_upstream.queries) == calls + 2
+    assert stored(redis_client, key_prefix) == before
+
+    fake_upstream.behaviour = "gradient"
+    recovered = await client.get(path)
+    assert recovered.status == 200 and recovered.headers["X-Cache"] == "MISS"
+    assert_good_tile(await recovered.read(), ext)
+    assert len(fake_upstream.queries) == calls + 3
