@@ -92,7 +92,9 @@ class ImageServerClient:
         ``bbox`` is ``(xmin, ymin, xmax, ymax)`` in CRS ``wkid``, sent as both bboxSR and imageSR;
         ``size`` is ``(width, height)`` in pixels; ``ext`` (``png``/``jpg``) picks the explicit
         ``format``; ``fixed`` are the layer's other parameters, already formatted.
-        Raises ``UpstreamError``: 504 on timeout, 502 on any other failure.
+        The call holds one of the service's exportImage slots (``Upstream.exports``).
+        Raises ``UpstreamBusy`` (503) when no slot is to be had, else ``UpstreamError``: 504
+        on timeout, 502 on any other failure.
         """
         export_format, content_type = EXPORT_FORMATS[ext]
         query = {
@@ -104,7 +106,8 @@ class ImageServerClient:
             "f": "image",
             **fixed,
         }
-        response = await self.upstream.get(f"{self.service_url}/exportImage", query)
+        async with self.upstream.exports.slot():
+            response = await self.upstream.get(f"{self.service_url}/exportImage", query)
         validate_image(
             response.status, response.headers.get("Content-Type", ""), response.body, ext
         )

@@ -24,7 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
 from gateway.imaging import EXPORT_FORMATS, UndecodableImage, check_image, cut_metatile
-from gateway.sources.http import UpstreamPool
+from gateway.sources.http import ExportLimit, UpstreamPool
 from gateway.tiles.address import TileAddresses, TileRequest
 from gateway.tiles.layer import Layer, build_layers
 
@@ -113,7 +113,8 @@ class TilePipeline:
         upstream fails, a stale one inside ``stale_if_error``.
 
         Only validated images that decode completely are stored. Raises ``UpstreamError``
-        (502/504) when the upstream fails and no stale copy may stand in; nothing is cached then.
+        (502/504, or ``UpstreamBusy`` 503 when the upstream's exportImage slots are taken) when
+        the upstream fails and no stale copy may stand in; nothing is cached then.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
@@ -270,10 +271,19 @@ async def open_pipeline(
     sessions closed). ``l1`` False turns the in-process LRU off (a command that serves no tile
     has no use for it); ``agent`` is the upstream User-Agent; ``upstream_connections``
     replaces ``server.upstream_connections`` (the requests in flight to each upstream origin).
+    Each upstream service's exportImage calls keep to ``server.max_concurrent_exports`` and its
+    queue bounds.
     Service info is not loaded: see ``tiles.layer.load_service_info``."""
     cache_config = config.cache if l1 else config.cache.model_copy(update={"l1_max_bytes": 0})
     cache = TileCache(cache_config)
-    upstreams = UpstreamPool(upstream_connections or config.server.upstream_connections, agent)
+    server = config.server
+    upstreams = UpstreamPool(
+        upstream_connections or server.upstream_connections,
+        agent,
+        ExportLimit(
+            server.max_concurrent_exports, server.max_queued_exports, server.export_queue_timeout
+        ),
+    )
     grids = GridRegistry(config.tile_matrix_sets)
     pipeline = TilePipeline(
         build_layers(config, upstreams, grids),

@@ -1,7 +1,8 @@
 """A fixture upstream that records what the gateway asks and misbehaves on request.
 
 It speaks just enough of an ImageServer (service info and exportImage) on a real socket; each
-test sets ``behaviour`` to make exportImage answer the way a broken ArcGIS does.
+test sets ``behaviour`` to make exportImage answer the way a broken ArcGIS does, may hold every
+exportImage call at a ``gate``, and reads how many calls were in flight at once.
 """
 
 from __future__ import annotations
@@ -187,11 +188,16 @@ CONNECTION_BEHAVIOURS: dict[str, Callable[[web.Request], Awaitable[web.StreamRes
 class FakeUpstream:
     """The fixture upstream: ``url`` of its ImageServer, the exportImage queries it received,
     and the ``behaviour`` its exportImage currently has (a key of ``BEHAVIOURS`` or
-    ``CONNECTION_BEHAVIOURS``)."""
+    ``CONNECTION_BEHAVIOURS``). Every exportImage call waits until ``gate`` is set (it is,
+    unless a test clears it); ``running`` counts the calls in flight, ``peak`` the most at once.
+    """
 
     server: TestServer
     behaviour: str = "ok"
     queries: list[MultiDict[str]] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0
+    peak: int = 0
     info: dict[str, object] = field(
         default_factory=lambda: {"name": "fake", "type": "ImageServer", "currentVersion": 11.1}
     )
@@ -209,9 +215,15 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
     async def export_image(request: web.Request) -> web.StreamResponse:
         upstream = state["upstream"]
         upstream.queries.append(request.query.copy())
-        if upstream.behaviour in CONNECTION_BEHAVIOURS:
-            return await CONNECTION_BEHAVIOURS[upstream.behaviour](request)
-        return await BEHAVIOURS[upstream.behaviour](request.query)
+        upstream.running += 1
+        upstream.peak = max(upstream.peak, upstream.running)
+        try:
+            await upstream.gate.wait()
+            if upstream.behaviour in CONNECTION_BEHAVIOURS:
+                return await CONNECTION_BEHAVIOURS[upstream.behaviour](request)
+            return await BEHAVIOURS[upstream.behaviour](request.query)
+        finally:
+            upstream.running -= 1
 
     async def service_info(request: web.Request) -> web.Response:
         return web.json_response(state["upstream"].info)
@@ -220,4 +232,5 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
     app.router.add_get(f"{SERVICE_PATH}/exportImage", export_image)
     server = await aiohttp_server(app)
     state["upstream"] = FakeUpstream(server)
+    state["upstream"].gate.set()
     return state["upstream"]

@@ -4,6 +4,7 @@ Every way an exportImage call goes wrong (HTTP 500, an ArcGIS error JSON under H
 HTML page, a truncated PNG or JPEG, a hang past the timeout, a connection dropped mid-answer),
 on a metatiled and on a pass-through layer, with and without a stale copy: the client's status
 and error, the upstream calls made, the time to answer, and that nothing broken was stored.
+Then the limit of exportImage calls in flight per upstream service.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -45,6 +47,14 @@ def assert_good_tile(body: bytes, ext: str) -> None:
         image.load()
         assert image.format == {"png": "PNG", "jpg": "JPEG"}[ext]
         assert image.size == (256, 256)
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until ``condition()`` holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["no-stale", "stale"])
@@ -117,3 +127,82 @@ async def test_a_failing_upstream_gives_its_error_or_the_stale_copy_and_stores_n
     assert recovered.status == 200 and recovered.headers["X-Cache"] == "MISS"
     assert_good_tile(await recovered.read(), ext)
     assert len(fake_upstream.queries) == calls + 3
+
+
+# -- the limit of exportImage calls in flight --------------------------------------------------
+
+
+def limited_layer(url: str, **extra: object) -> dict[str, object]:
+    """A pass-through layer: every tile is one exportImage call of its own."""
+    return {"url": url, "formats": ["png"], "meta_size": [1, 1], **extra}
+
+
+async def test_exports_in_flight_never_exceed_the_limit_and_the_excess_gets_503(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway(
+        {"fake": limited_layer(fake_upstream.url)},
+        max_concurrent_exports=2,
+        max_queued_exports=3,
+        export_queue_timeout=30,
+    )
+    fake_upstream.gate.clear()  # every call is held until the test lets them go
+    tasks = [asyncio.create_task(client.get(f"/tiles/fake/4/{col}/5.png")) for col in range(10)]
+    # 2 calls in flight, 3 waiting for a slot, and the 5 beyond the queue refused at once.
+    await until(lambda: sum(task.done() for task in tasks) == 5 and fake_upstream.running == 2)
+    for task in [task for task in tasks if task.done()]:
+        refused = task.result()
+        assert refused.status == 503
+        assert refused.headers["Retry-After"] == "30"
+        assert refused.headers["Cache-Control"] == "no-store"
+        error = (await refused.json())["error"]
+        assert error["code"] == 503 and error["layer"] == "fake"
+        assert error["message"] == (
+            "the upstream of layer 'fake' is busy: "
+            "the limit of 2 exportImage calls in flight and 3 waiting is reached"
+        )
+    fake_upstream.gate.set()
+    served = await asyncio.gather(*(task for task in tasks if not task.done()))
+    assert [response.status for response in served] == [200] * 5
+    assert fake_upstream.peak == 2
+    assert len(fake_upstream.queries) == 5
+
+
+async def test_a_call_waits_for_a_slot_at_most_the_queue_timeout_then_a_stale_copy_or_503(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    # Two layers of one service share its slots.
+    client = await make_gateway(
+        {
+            "kept": limited_layer(fake_upstream.url, ttl=1, stale_if_error=60),
+            "bare": limited_layer(fake_upstream.url),
+        },
+        max_concurrent_exports=1,
+        export_queue_timeout=0.5,
+    )
+    first = await client.get("/tiles/kept/4/3/3.png")
+    kept = await first.read()
+    await asyncio.sleep(1.1)  # past the ttl
+    fake_upstream.gate.clear()
+    holder = asyncio.create_task(client.get("/tiles/bare/4/1/1.png"))
+    await until(lambda: fake_upstream.running == 1)
+
+    started = time.monotonic()
+    stale = await client.get("/tiles/kept/4/3/3.png")
+    assert stale.status == 200 and stale.headers["X-Cache"] == "STALE"
+    assert await stale.read() == kept
+    refused = await client.get("/tiles/bare/4/2/2.png")
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    assert (await refused.json())["error"]["upstream"] == {
+        "code": None,
+        "message": "no exportImage slot came free within 0.5 s (at most 1 in flight)",
+    }
+    ogcapi = await client.get("/ogcapi/collections/bare/map/tiles/WebMercatorQuad/4/2/2?f=png")
+    assert ogcapi.status == 503 and ogcapi.headers["Retry-After"] == "1"
+    assert (await ogcapi.json())["error"]["code"] == 503
+    assert time.monotonic() - started < 3 * 0.5 + 2
+
+    fake_upstream.gate.set()
+    assert (await holder).status == 200
+    assert fake_upstream.peak == 1
+    assert len(fake_upstream.queries) == 2  # the first tile, then the one that held the slot
