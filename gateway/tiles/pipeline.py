@@ -265,14 +265,15 @@ async def open_pipeline(
     l1: bool = True,
     agent: str = "tile-gateway/0.1",
     upstream_connections: int | None = None,
+    exports: ExportLimit | None = None,
 ) -> AsyncIterator[TilePipeline]:
     """The pipeline of ``config``: its cache, one keep-alive session per upstream origin, the
     TileMatrixSets and the layers; closed on exit (background refreshes awaited, cache and
     sessions closed). ``l1`` False turns the in-process LRU off (a command that serves no tile
     has no use for it); ``agent`` is the upstream User-Agent; ``upstream_connections``
-    replaces ``server.upstream_connections`` (the requests in flight to each upstream origin).
-    Each upstream service's exportImage calls keep to ``server.max_concurrent_exports`` and its
-    queue bounds.
+    replaces ``server.upstream_connections`` (the requests in flight to each upstream origin);
+    ``exports`` replaces the limit of each upstream service's exportImage calls, which is
+    otherwise ``server.max_concurrent_exports`` with its queue bounds.
     Service info is not loaded: see ``tiles.layer.load_service_info``."""
     cache_config = config.cache if l1 else config.cache.model_copy(update={"l1_max_bytes": 0})
     cache = TileCache(cache_config)
@@ -280,8 +281,11 @@ async def open_pipeline(
     upstreams = UpstreamPool(
         upstream_connections or server.upstream_connections,
         agent,
-        ExportLimit(
-            server.max_concurrent_exports, server.max_queued_exports, server.export_queue_timeout
+        exports
+        or ExportLimit(
+            server.max_concurrent_exports,
+            server.max_queued_exports,
+            server.export_queue_timeout,
         ),
     )
     grids = GridRegistry(config.tile_matrix_sets)

@@ -4,7 +4,7 @@ Every way an exportImage call goes wrong (HTTP 500, an ArcGIS error JSON under H
 HTML page, a truncated PNG or JPEG, a hang past the timeout, a connection dropped mid-answer),
 on a metatiled and on a pass-through layer, with and without a stale copy: the client's status
 and error, the upstream calls made, the time to answer, and that nothing broken was stored.
-Then the limit of exportImage calls in flight per upstream service.
+Then the limit of exportImage calls in flight per upstream service, for serving and seeding.
 """
 
 from __future__ import annotations
@@ -13,13 +13,17 @@ import asyncio
 import io
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from PIL import Image
 
-from tests.conftest import MakeGateway
+from gateway.seed import SeedOptions, run_seed
+from tests.conftest import MakeGateway, gateway_config
 from tests.integration.conftest import FakeUpstream
 
 TIMEOUT = 0.5  # server.upstream_timeout of these gateways, in seconds
@@ -206,3 +210,33 @@ async def test_a_call_waits_for_a_slot_at_most_the_queue_timeout_then_a_stale_co
     assert (await holder).status == 200
     assert fake_upstream.peak == 1
     assert len(fake_upstream.queries) == 2  # the first tile, then the one that held the slot
+
+
+async def test_a_seed_keeps_to_the_limit_whatever_its_concurrency(
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_upstream.behaviour = "slow_ok"  # 0.3 s per call: the workers pile up on the slots
+    layer: dict[str, Any] = {
+        "url": fake_upstream.url,
+        "formats": ["png"],
+        "meta_size": [2, 2],
+        "maxzoom": 4,
+    }
+    config = gateway_config(
+        {"fake": layer},
+        {"redis_url": redis_url, "prefix": key_prefix},
+        max_concurrent_exports=2,
+        max_queued_exports=0,
+        export_queue_timeout=0.1,
+    )
+    options = SeedOptions("fake", (3, 3), concurrency=8, state=tmp_path / "state.json")
+    assert await run_seed(config, options) == 0
+    assert fake_upstream.peak == 2
+    assert "seeding with 2 exportImage calls at once" in capsys.readouterr().err
+    # z3 is 8 x 8 tiles, 16 metatiles of 2 x 2: each fetched once, none refused for the queue.
+    assert len(fake_upstream.queries) == 16
+    assert Counter(query["size"] for query in fake_upstream.queries) == {"512,512": 16}
