@@ -63,7 +63,12 @@ class ServerConfig(_Strict):
 
     ``upstream_timeout`` is the total time, in seconds, allowed for one upstream request
     (exportImage, service info) before the client gets a 504; ``upstream_connections`` bounds
-    the open connections to each upstream origin (more requests wait for one). ``public_url``
+    the open connections to each upstream origin (more requests wait for one).
+    ``max_concurrent_exports`` bounds the exportImage calls in flight to each upstream service
+    (one ImageServer URL, shared by every layer of it) from this process; a call beyond it waits
+    for a slot, at most ``export_queue_timeout`` seconds and with at most
+    ``max_queued_exports`` calls waiting, else the client gets a 503 with ``Retry-After`` (or a
+    stale copy inside ``stale_if_error``). ``public_url``
     is the base URL clients reach the gateway at (used for
     every absolute URL in capabilities, TileJSON and OGC API documents); without it the request's
     own scheme and Host are used, and with ``trust_proxy`` the ``X-Forwarded-Proto``,
@@ -75,6 +80,9 @@ class ServerConfig(_Strict):
     cors_allow_origin: str = "*"
     upstream_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     upstream_connections: Annotated[int, Field(ge=1, le=10000)] = 100
+    max_concurrent_exports: Annotated[int, Field(ge=1, le=10000)] = 4
+    max_queued_exports: Annotated[int, Field(ge=0, le=100000)] = 64
+    export_queue_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     public_url: AnyHttpUrl | None = None
     trust_proxy: bool = False
     startup_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0

@@ -109,3 +109,18 @@ class UpstreamError(Exception):
         self.status = status
         self.code = code
         self.message = message[:_MAX_MESSAGE]
+
+
+class UpstreamBusy(UpstreamError):
+    """The upstream's concurrency limit is reached: no exportImage slot came free within the
+    wait bound, or the queue of requests waiting for one is full (``sources.http.ExportSlots``).
+
+    Always HTTP 503 (RFC 9110 section 15.6.4, "Service Unavailable") with ``retry_after``, the
+    whole seconds a client should wait before asking again, for the ``Retry-After`` header
+    (RFC 9110 section 10.2.3). An ``UpstreamError``, so that a stale copy inside
+    ``stale_if_error`` stands in for it and nothing is cached.
+    """
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(503, None, message)
+        self.retry_after = retry_after

@@ -1,4 +1,5 @@
-"""Image work of the gateway: formats, content types, magic bytes, empty tiles (Pillow)."""
+"""Image work of the gateway: formats, content types, magic bytes, decode checks, metatile
+cutting, empty tiles (Pillow)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,45 @@ def empty_tile(ext: str, size: int, background: str) -> bytes:
     return buffer.getvalue()
 
 
+class UndecodableImage(ValueError):
+    """Image bytes that do not decode completely into an image of the expected size;
+    ``str()`` says what was wrong (Pillow's reason, or the size found)."""
+
+
+def decode(image: bytes, size: tuple[int, int]) -> Image.Image:
+    """``image`` decoded, every pixel of it, and checked to be ``size`` (width, height) pixels;
+    the caller closes it.
+
+    Pixel decoding fails on a truncated JPEG or PNG, but stops at the end of a PNG's image data:
+    a PNG's chunks are also read to its IEND with their CRCs checked (Pillow ``verify``;
+    ISO/IEC 15948 sections 5.3 and 11.2.5). Raises ``UndecodableImage``.
+    """
+    try:
+        if sniff_format(image) == "png":
+            with Image.open(io.BytesIO(image)) as chunks:
+                chunks.verify()
+        opened = Image.open(io.BytesIO(image))
+        opened.load()
+    # Pillow reports bad input with many types (OSError, SyntaxError, EOFError, struct.error,
+    # DecompressionBombError...): from bytes an upstream sent, each means "not an image".
+    except Exception as exc:
+        raise UndecodableImage(str(exc) or type(exc).__name__) from None
+    if opened.size != size:
+        found = opened.size
+        opened.close()
+        raise UndecodableImage(f"{found[0]} x {found[1]} pixels, not {size[0]} x {size[1]}")
+    return opened
+
+
+def check_image(image: bytes, size: tuple[int, int]) -> None:
+    """Raise ``UndecodableImage`` unless ``image`` decodes completely to ``size`` pixels (see
+    ``decode``); the bytes themselves are left as they are."""
+    decode(image, size).close()
+
+
 def cut_metatile(
     image: bytes,
+    size: tuple[int, int],
     crops: list[tuple[int, int, int, int]],
     ext: str,
     *,
@@ -55,15 +93,14 @@ def cut_metatile(
     jpeg_quality: int,
     background: str,
 ) -> list[bytes]:
-    """Cut a decoded metatile into tiles and encode each in ``ext``.
+    """Cut a metatile of ``size`` (width, height) pixels into tiles and encode each in ``ext``.
 
     ``crops`` are ``(left, top, right, bottom)`` pixel boxes. PNG keeps the alpha band
     (``png8`` quantises to a 256-colour palette, alpha included); JPEG, which has no alpha, is
     composited on ``background`` (``#rrggbb``) and saved at ``jpeg_quality`` (1-100).
-    Raises ``OSError`` (Pillow) when ``image`` does not decode.
+    Raises ``UndecodableImage`` when ``image`` does not decode completely to ``size`` pixels.
     """
-    with Image.open(io.BytesIO(image)) as opened:
-        opened.load()
+    with decode(image, size) as opened:
         if ext != "jpg":
             source = opened if opened.mode == "RGBA" else opened.convert("RGBA")
         elif opened.has_transparency_data:

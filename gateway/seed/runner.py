@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any, Literal
 
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from gateway.seed.output import note, summary
 from gateway.seed.plan import SeedPlan, seed_request
 from gateway.seed.state import SeedState, default_state_path
 from gateway.seed.stats import SeedStats
+from gateway.sources.http import ExportLimit
 from gateway.tiles import TilePipeline, TileRequest, load_service_info, open_pipeline
 
 log = logging.getLogger(__name__)
@@ -221,14 +223,24 @@ async def run_seed(
     the signal number when SIGINT (130) or SIGTERM (143) stopped it. Those two signals are
     handled only with ``handle_signals`` (the command line, in the main thread); otherwise a
     cancellation of the caller's task still saves the state, then propagates.
+
+    The seed keeps to ``server.max_concurrent_exports`` like the serving replicas: a higher
+    ``concurrency`` is lowered to it (with a note). Its calls wait for a slot as long as it
+    takes, never failing for a busy upstream: the workers bound how many wait.
     """
+    limit = config.server.max_concurrent_exports
+    if options.concurrency > limit:
+        note(
+            f"--concurrency {options.concurrency} is above server.max_concurrent_exports: "
+            f"seeding with {limit} exportImage calls at once"
+        )
+        options = replace(options, concurrency=limit)
     async with open_pipeline(
         config,
         l1=False,
         agent="tile-gateway/0.1 (seed)",
-        # At most ``concurrency`` exportImage calls in flight: the upstream's load is bounded
-        # by the connections of the upstream's pool, not by the workers.
         upstream_connections=options.concurrency,
+        exports=ExportLimit(options.concurrency),
     ) as pipeline:
         try:
             template = seed_request(pipeline, options)

@@ -32,7 +32,8 @@ _ADDRESS = "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].
 
 async def get_tile(request: web.Request) -> web.Response:
     """Answer one XYZ tile; errors are JSON (404 unknown layer, TileMatrixSet or tile, 400 bad
-    extension or coordinates, 502/504 upstream failure)."""
+    extension or coordinates, 502/504 upstream failure, 503 with ``Retry-After`` when the
+    upstream is busy)."""
     pipeline = request.app[PIPELINE]
     info = request.match_info
     layer, tms = info["layer"], info.get("tms", WEB_MERCATOR_QUAD)

@@ -7,13 +7,20 @@ usually answers HTTP 200), or an HTML "Invalid Token" page (resource-proxy issue
 provider is asked to ``refresh`` once and, if it got a new token, the request is sent once
 more (arcgis-rest.md sections 3 and 4). ``NoCredentials`` adds nothing and never retries; the
 real providers (static, generateToken, OAuth2) plug in here.
+
+Each upstream service also has a concurrency limit for its exportImage calls (``ExportSlots``),
+shared by every layer of the service: an ArcGIS service renders with a few instances (its
+``maxInstancesPerNode``), and a crawl of cold tiles must not queue a hundred renders there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,7 +28,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamBusy, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +127,90 @@ def origin_of(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}:{parsed.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class ExportLimit:
+    """The concurrency limit of one upstream service's exportImage calls.
+
+    At most ``concurrent`` calls are in flight; a call beyond them waits for a slot, at most
+    ``wait`` seconds, with at most ``queued`` calls waiting (``None``: no bound, as for a seed,
+    whose workers bound the queue themselves).
+    """
+
+    concurrent: int
+    queued: int | None = None
+    wait: float | None = None
+
+
+class ExportSlots:
+    """The slots of one upstream service's ``ExportLimit``, in this process (processes each
+    have their own: N processes send at most N x ``concurrent`` calls).
+
+    Waiting calls get a slot first come, first served (``asyncio.Semaphore``).
+    """
+
+    def __init__(self, limit: ExportLimit) -> None:
+        self.limit = limit
+        self._free = asyncio.Semaphore(limit.concurrent)
+        self._waiting = 0
+        # The Retry-After of a refused call, in whole seconds: the wait bound, by when every
+        # call queued ahead of it has had its slot or its own refusal.
+        self._retry_after = max(1, math.ceil(limit.wait or 1))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the body of the ``async with``.
+
+        Raises ``UpstreamBusy`` (503) at once when every slot is taken and ``queued`` calls
+        already wait, or when no slot came free within ``wait`` seconds.
+        """
+        limit = self.limit
+        if self._free.locked():
+            if limit.queued is not None and self._waiting >= limit.queued:
+                raise UpstreamBusy(
+                    f"the limit of {limit.concurrent} exportImage calls in flight and "
+                    f"{limit.queued} waiting is reached",
+                    self._retry_after,
+                )
+            self._waiting += 1
+            try:
+                async with asyncio.timeout(limit.wait):
+                    await self._free.acquire()
+            except TimeoutError:
+                raise UpstreamBusy(
+                    f"no exportImage slot came free within {limit.wait:g} s (at most "
+                    f"{limit.concurrent} in flight)",
+                    self._retry_after,
+                ) from None
+            finally:
+                self._waiting -= 1
+        else:
+            await self._free.acquire()
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 class Upstream:
     """GET requests to one upstream origin through its shared ``session``, with
     ``credentials`` applied and one refresh-and-retry when the token is rejected.
 
     ``timeout`` bounds each request in seconds (all of it: connecting, waiting, reading).
+    ``exports`` are the exportImage slots of the service this upstream was made for, which
+    its client holds around each exportImage call.
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, credentials: Credentials, timeout: float
+        self,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+        timeout: float,
+        exports: ExportSlots,
     ) -> None:
         self._session = session
         self.credentials = credentials
         self.timeout = timeout
+        self.exports = exports
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def get(self, url: str, params: Mapping[str, str]) -> UpstreamResponse:
@@ -167,21 +245,37 @@ class Upstream:
 
 
 class UpstreamPool:
-    """The keep-alive sessions of the process, one per upstream origin, made on first use.
+    """The keep-alive sessions of the process, one per upstream origin, made on first use, and
+    the exportImage slots of each upstream service.
 
     ``connections`` bounds the open connections to each origin (requests beyond it wait for
-    one); ``agent`` is the User-Agent sent. ``close`` ends them all (at shutdown).
+    one); ``agent`` is the User-Agent sent; ``exports`` is the limit of each service's
+    exportImage calls (default: as many as ``connections``, waiting without bound).
+    ``close`` ends the sessions (at shutdown).
     """
 
-    def __init__(self, connections: int = 100, agent: str = "tile-gateway/0.1") -> None:
+    def __init__(
+        self,
+        connections: int = 100,
+        agent: str = "tile-gateway/0.1",
+        exports: ExportLimit | None = None,
+    ) -> None:
         self._connections = connections
         self._agent = agent
+        self._exports = exports or ExportLimit(connections)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._slots: dict[str, ExportSlots] = {}
 
     def upstream(
         self, url: str, timeout: float, credentials: Credentials | None = None
     ) -> Upstream:
-        """An ``Upstream`` for requests under ``url``, sharing its origin's session."""
+        """An ``Upstream`` for requests under ``url``, a service root (an ImageServer URL),
+        sharing its origin's session and the service's exportImage slots with every other
+        ``Upstream`` made for the same ``url``."""
+        service = url.rstrip("/")
+        slots = self._slots.get(service)
+        if slots is None:
+            slots = self._slots[service] = ExportSlots(self._exports)
         origin = origin_of(url)
         session = self._sessions.get(origin)
         if session is None:
@@ -191,7 +285,7 @@ class UpstreamPool:
                 ),
                 headers={"User-Agent": self._agent},
             )
-        return Upstream(session, credentials or NoCredentials(), timeout)
+        return Upstream(session, credentials or NoCredentials(), timeout, slots)
 
     async def close(self) -> None:
         """Close every session and its connections."""

@@ -36,7 +36,8 @@ def validate_image(status: int, content_type: str, body: bytes, ext: str) -> Non
 
     Checks, in order: an ArcGIS error JSON (under any HTTP status), the HTTP status, an HTML
     page (e.g. "Invalid Token" under 200, resource-proxy issue #301), ``Content-Type: image/*``,
-    and the magic bytes of the requested format.
+    and the magic bytes of the requested format. Whether every pixel decodes is checked where
+    the image is decoded anyway, off the event loop (``tiles.pipeline``, ``imaging.decode``).
     """
     error = arcgis_error(body)
     if error is not None:
@@ -91,7 +92,9 @@ class ImageServerClient:
         ``bbox`` is ``(xmin, ymin, xmax, ymax)`` in CRS ``wkid``, sent as both bboxSR and imageSR;
         ``size`` is ``(width, height)`` in pixels; ``ext`` (``png``/``jpg``) picks the explicit
         ``format``; ``fixed`` are the layer's other parameters, already formatted.
-        Raises ``UpstreamError``: 504 on timeout, 502 on any other failure.
+        The call holds one of the service's exportImage slots (``Upstream.exports``).
+        Raises ``UpstreamBusy`` (503) when no slot is to be had, else ``UpstreamError``: 504
+        on timeout, 502 on any other failure.
         """
         export_format, content_type = EXPORT_FORMATS[ext]
         query = {
@@ -103,7 +106,8 @@ class ImageServerClient:
             "f": "image",
             **fixed,
         }
-        response = await self.upstream.get(f"{self.service_url}/exportImage", query)
+        async with self.upstream.exports.slot():
+            response = await self.upstream.get(f"{self.service_url}/exportImage", query)
         validate_image(
             response.status, response.headers.get("Content-Type", ""), response.body, ext
         )

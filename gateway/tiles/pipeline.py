@@ -23,8 +23,8 @@ from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig
 from gateway.errors import UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
-from gateway.imaging import EXPORT_FORMATS, cut_metatile
-from gateway.sources.http import UpstreamPool
+from gateway.imaging import EXPORT_FORMATS, UndecodableImage, check_image, cut_metatile
+from gateway.sources.http import ExportLimit, UpstreamPool
 from gateway.tiles.address import TileAddresses, TileRequest
 from gateway.tiles.layer import Layer, build_layers
 
@@ -112,8 +112,9 @@ class TilePipeline:
         (refreshed in the background), else from the upstream through coalescing; when the
         upstream fails, a stale one inside ``stale_if_error``.
 
-        Only validated images are stored. Raises ``UpstreamError`` (502/504) when the upstream
-        fails and no stale copy may stand in; nothing is cached then.
+        Only validated images that decode completely are stored. Raises ``UpstreamError``
+        (502/504, or ``UpstreamBusy`` 503 when the upstream's exportImage slots are taken) when
+        the upstream fails and no stale copy may stand in; nothing is cached then.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
@@ -184,10 +185,13 @@ class TilePipeline:
         """One exportImage call for ``meta``: every tile of it by cache key (coalescing stores
         them).
 
-        A 1 x 1 metatile without buffer keeps the upstream's bytes as they are; a larger one is
-        asked in the layer's metatile format (``Layer.metatile_format``: JPEG for JPEG tiles
-        where no transparency counts, else PNG) and cut and encoded per tile in a worker thread.
-        Raises ``UpstreamError``.
+        A 1 x 1 metatile without buffer keeps the upstream's bytes as they are, once they
+        decode completely; a larger one is asked in the layer's metatile format
+        (``Layer.metatile_format``: JPEG for JPEG tiles where no transparency counts, else PNG)
+        and cut and encoded per tile. Decoding happens in a worker thread. Raises
+        ``UpstreamError``: bytes that do not decode completely to the size asked for (a
+        truncated or corrupt image) are a 502 like any other upstream failure, so nothing is
+        stored and a stale copy may stand in.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
@@ -201,21 +205,30 @@ class TilePipeline:
             layer.fixed_params if single else layer.metatile_params(fmt),
         )
         crops = meta.crops()
-        if single:
-            tiles = [image.data]
-        else:
-            tiles = await asyncio.get_running_loop().run_in_executor(
-                None,
-                partial(
-                    cut_metatile,
-                    image.data,
-                    [box for _, _, box in crops],
-                    request.ext,
-                    png8=layer.config.png8,
-                    jpeg_quality=layer.config.jpeg_quality,
-                    background=layer.config.background,
-                ),
-            )
+        size = (meta.width, meta.height)
+        loop = asyncio.get_running_loop()
+        try:
+            if single:
+                await loop.run_in_executor(None, check_image, image.data, size)
+                tiles = [image.data]
+            else:
+                tiles = await loop.run_in_executor(
+                    None,
+                    partial(
+                        cut_metatile,
+                        image.data,
+                        size,
+                        [box for _, _, box in crops],
+                        request.ext,
+                        png8=layer.config.png8,
+                        jpeg_quality=layer.config.jpeg_quality,
+                        background=layer.config.background,
+                    ),
+                )
+        except UndecodableImage as exc:
+            raise UpstreamError(
+                502, None, f"the {fmt.upper()} image does not decode: {exc}"
+            ) from None
         now = time.time()
         content_type = EXPORT_FORMATS[request.ext][1]
         return {
@@ -252,16 +265,29 @@ async def open_pipeline(
     l1: bool = True,
     agent: str = "tile-gateway/0.1",
     upstream_connections: int | None = None,
+    exports: ExportLimit | None = None,
 ) -> AsyncIterator[TilePipeline]:
     """The pipeline of ``config``: its cache, one keep-alive session per upstream origin, the
     TileMatrixSets and the layers; closed on exit (background refreshes awaited, cache and
     sessions closed). ``l1`` False turns the in-process LRU off (a command that serves no tile
     has no use for it); ``agent`` is the upstream User-Agent; ``upstream_connections``
-    replaces ``server.upstream_connections`` (the requests in flight to each upstream origin).
+    replaces ``server.upstream_connections`` (the requests in flight to each upstream origin);
+    ``exports`` replaces the limit of each upstream service's exportImage calls, which is
+    otherwise ``server.max_concurrent_exports`` with its queue bounds.
     Service info is not loaded: see ``tiles.layer.load_service_info``."""
     cache_config = config.cache if l1 else config.cache.model_copy(update={"l1_max_bytes": 0})
     cache = TileCache(cache_config)
-    upstreams = UpstreamPool(upstream_connections or config.server.upstream_connections, agent)
+    server = config.server
+    upstreams = UpstreamPool(
+        upstream_connections or server.upstream_connections,
+        agent,
+        exports
+        or ExportLimit(
+            server.max_concurrent_exports,
+            server.max_queued_exports,
+            server.export_queue_timeout,
+        ),
+    )
     grids = GridRegistry(config.tile_matrix_sets)
     pipeline = TilePipeline(
         build_layers(config, upstreams, grids),

@@ -1,7 +1,8 @@
 """A fixture upstream that records what the gateway asks and misbehaves on request.
 
 It speaks just enough of an ImageServer (service info and exportImage) on a real socket; each
-test sets ``behaviour`` to make exportImage answer the way a broken ArcGIS does.
+test sets ``behaviour`` to make exportImage answer the way a broken ArcGIS does, may hold every
+exportImage call at a ``gate``, and reads how many calls were in flight at once.
 """
 
 from __future__ import annotations
@@ -133,6 +134,34 @@ async def _truncated(query: MultiDict[str]) -> web.Response:
     return web.Response(body=b"GIF89a", content_type="image/png")
 
 
+def _requested_image(query: MultiDict[str]) -> tuple[bytes, str]:
+    """A gradient image of the requested size and format (PNG or JPEG), with its type."""
+    width, height = (int(v) for v in query["size"].split(","))
+    if query["format"].startswith("jpg"):
+        return gradient_png(width, height, "jpg"), "image/jpeg"
+    return gradient_png(width, height), "image/png"
+
+
+async def _cut_short(query: MultiDict[str]) -> web.Response:
+    # A whole image's signature and header, then only half of its bytes: a transfer cut
+    # short behind a proxy, or a disk full on the server.
+    body, content_type = _requested_image(query)
+    return web.Response(body=body[: len(body) // 2], content_type=content_type)
+
+
+async def _drop(request: web.Request) -> web.StreamResponse:
+    """HTTP 200 headers announcing the whole image, half its bytes, then the connection
+    closed: an upstream (or a proxy) that dies mid-answer."""
+    body, content_type = _requested_image(request.query)
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
 BEHAVIOURS: dict[str, Callable[[MultiDict[str]], Awaitable[web.Response]]] = {
     "ok": _ok,
     "slow": _slow,
@@ -147,17 +176,28 @@ BEHAVIOURS: dict[str, Callable[[MultiDict[str]], Awaitable[web.Response]]] = {
     "by_bbox": _by_bbox,
     "slow_ok": _slow_ok,
     "slow500": _slow500,
+    "cut_short": _cut_short,
+}
+# Behaviours that work on the connection itself, not only on the answer.
+CONNECTION_BEHAVIOURS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
+    "drop": _drop,
 }
 
 
 @dataclass
 class FakeUpstream:
     """The fixture upstream: ``url`` of its ImageServer, the exportImage queries it received,
-    and the ``behaviour`` its exportImage currently has (a key of ``BEHAVIOURS``)."""
+    and the ``behaviour`` its exportImage currently has (a key of ``BEHAVIOURS`` or
+    ``CONNECTION_BEHAVIOURS``). Every exportImage call waits until ``gate`` is set (it is,
+    unless a test clears it); ``running`` counts the calls in flight, ``peak`` the most at once.
+    """
 
     server: TestServer
     behaviour: str = "ok"
     queries: list[MultiDict[str]] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0
+    peak: int = 0
     info: dict[str, object] = field(
         default_factory=lambda: {"name": "fake", "type": "ImageServer", "currentVersion": 11.1}
     )
@@ -172,10 +212,18 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
     app = web.Application()
     state: dict[str, FakeUpstream] = {}
 
-    async def export_image(request: web.Request) -> web.Response:
+    async def export_image(request: web.Request) -> web.StreamResponse:
         upstream = state["upstream"]
         upstream.queries.append(request.query.copy())
-        return await BEHAVIOURS[upstream.behaviour](request.query)
+        upstream.running += 1
+        upstream.peak = max(upstream.peak, upstream.running)
+        try:
+            await upstream.gate.wait()
+            if upstream.behaviour in CONNECTION_BEHAVIOURS:
+                return await CONNECTION_BEHAVIOURS[upstream.behaviour](request)
+            return await BEHAVIOURS[upstream.behaviour](request.query)
+        finally:
+            upstream.running -= 1
 
     async def service_info(request: web.Request) -> web.Response:
         return web.json_response(state["upstream"].info)
@@ -184,4 +232,5 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
     app.router.add_get(f"{SERVICE_PATH}/exportImage", export_image)
     server = await aiohttp_server(app)
     state["upstream"] = FakeUpstream(server)
+    state["upstream"].gate.set()
     return state["upstream"]

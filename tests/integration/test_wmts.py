@@ -4,6 +4,7 @@ protocol. Checklist A of ogc-interop.md section 6."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
@@ -807,6 +808,33 @@ async def test_upstream_failures_are_no_applicable_code_without_the_upstream_url
         body = etree.tostring(root).decode()
         assert "127.0.0.1" not in body and "exportImage" not in body
     assert len(fake_upstream.queries) == 2  # errors are not cached
+
+
+async def test_a_busy_upstream_is_no_applicable_code_503_with_retry_after(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    schemas: dict[str, etree.XMLSchema],
+) -> None:
+    client = await make_gateway(
+        {"fake": layer(fake_upstream.url)}, max_concurrent_exports=1, max_queued_exports=0
+    )
+    fake_upstream.gate.clear()  # the first call holds the only slot
+    holder = asyncio.create_task(client.get("/wmts/1.0.0/fake/default/WebMercatorQuad/3/2/5.png"))
+    for _ in range(1000):
+        if fake_upstream.running:
+            break
+        await asyncio.sleep(0.01)
+    for path in (get_tile_query(), "/wmts/1.0.0/fake/default/WebMercatorQuad/3/2/4.png"):
+        response = await client.get(path)
+        root = await assert_exception(response, schemas, 503, "NoApplicableCode", None)
+        assert response.headers["Retry-After"] == "10"
+        assert find(root, "ows:Exception/ows:ExceptionText").text == (
+            "the upstream of layer 'fake' is busy: the limit of 1 exportImage calls in flight "
+            "and 0 waiting is reached; retry in 10 s"
+        )
+    fake_upstream.gate.set()
+    assert (await holder).status == 200
+    assert len(fake_upstream.queries) == 1
 
 
 async def test_a_custom_tile_matrix_set_from_the_config(

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.config import GatewayConfig
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.tiles import TilePipeline
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,20 @@ def render_json_error(request: web.Request, status: int, message: str) -> web.Re
 
 def upstream_error(layer: str, exc: UpstreamError) -> web.Response:
     """The JSON answer to a failed upstream: its status (502/504), the layer, and the
-    upstream's own code and message, never its URL or a token."""
-    return json_error(
+    upstream's own code and message, never its URL or a token.
+
+    A busy upstream (``UpstreamBusy``) is a 503 with ``Retry-After`` in seconds (RFC 9110
+    sections 15.6.4 and 10.2.3)."""
+    busy = isinstance(exc, UpstreamBusy)
+    response = json_error(
         exc.status,
-        f"the upstream of layer {layer!r} failed: {exc.message}",
+        f"the upstream of layer {layer!r} {'is busy' if busy else 'failed'}: {exc.message}",
         layer=layer,
         upstream={"code": exc.code, "message": exc.message},
     )
+    if busy:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def cors_headers(allow_origin: str) -> dict[str, str]:

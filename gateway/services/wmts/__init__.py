@@ -13,7 +13,7 @@ Routes (under ``/wmts``):
 Errors are OWS 1.1 ExceptionReports (06-121r3 section 8) with the exceptionCode, locator and HTTP
 status the OGC ETS (ets-wmts10) checks: 400 for KVP requests, 404 for RESTful misses and any
 other path under ``/wmts``, 406 for an ``Accept`` that excludes XML, 501 for GetFeatureInfo,
-the upstream's 502/504 when it fails.
+the upstream's 502/504 when it fails, 503 with ``Retry-After`` when it is busy.
 """
 
 from __future__ import annotations
@@ -124,9 +124,26 @@ def locate(
 
 async def _serve(request: web.Request, tile: TileRequest) -> web.StreamResponse:
     """The tile from the pipeline (ETag/304 like XYZ); an upstream failure is NoApplicableCode
-    with the upstream's status (502/504), code and message, never its URL."""
+    with the upstream's status (502/504), code and message, never its URL.
+
+    A busy upstream (``UpstreamBusy``) is NoApplicableCode too, with HTTP 503 and
+    ``Retry-After``: OWS 1.1 (06-121r3 Table 25) and WMTS 1.0.0 (07-057r7 Table 24) have no
+    exceptionCode for an overloaded server, and NoApplicableCode is the one for a failure no
+    other code fits; the HTTP status and header carry what a client acts on.
+    """
     try:
         return await serve_tile(request, tile)
+    except errors.UpstreamBusy as exc:
+        raise WmtsError(
+            exc.status,
+            OwsException(
+                "NoApplicableCode",
+                None,
+                f"the upstream of layer {tile.layer!r} is busy: "
+                f"{exc.message}; retry in {exc.retry_after} s",
+            ),
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
     except errors.UpstreamError as exc:
         code = "" if exc.code is None else f" (code {exc.code})"
         raise WmtsError(
@@ -146,7 +163,7 @@ async def kvp(request: web.Request) -> web.StreamResponse:
     Errors (400 unless said otherwise): MissingParameterValue (service, request, and each
     missing GetTile parameter), InvalidParameterValue (service, request, Sections, a GetTile
     value), VersionNegotiationFailed (AcceptVersions without 1.0.0), TileOutOfRange,
-    OperationNotSupported 501 for GetFeatureInfo, NoApplicableCode 502/504 from the upstream.
+    OperationNotSupported 501 for GetFeatureInfo, NoApplicableCode 502/503/504 from the upstream.
     """
     try:
         found = kvp_encoding.parameters(request.query)
@@ -206,7 +223,7 @@ async def rest_tile(request: web.Request) -> web.StreamResponse:
     """``GET /wmts/1.0.0/<layer>/<Style>/<TileMatrixSet>/<TileMatrix>/<TileRow>/<TileCol>.<ext>``
     (07-057r7 section 10.2). A tile the KVP encoding would refuse with 400 is 404 here, with
     the same exceptionCode and locator (section 10.2.5: illegal path values are 404); upstream
-    failures keep their 502/504."""
+    failures keep their 502/503/504."""
     match = _REST_TILE_NAME.fullmatch(request.match_info["name"])
     try:
         if match is None:

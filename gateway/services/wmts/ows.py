@@ -27,13 +27,17 @@ class OwsException(NamedTuple):
 
 
 class WmtsError(Exception):
-    """A request the service answers with an ExceptionReport of ``exceptions`` and HTTP
-    ``status`` (07-057r7 Tables 21 and 24: the status of the first exception)."""
+    """A request the service answers with an ExceptionReport of ``exceptions``, HTTP
+    ``status`` (07-057r7 Tables 21 and 24: the status of the first exception) and ``headers``."""
 
-    def __init__(self, status: int, *exceptions: OwsException) -> None:
+    def __init__(
+        self, status: int, *exceptions: OwsException, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(exceptions[0].text)
         self.status = status
         self.exceptions = exceptions
+        # Further headers of the answer, such as a 503's Retry-After.
+        self.headers = headers or {}
 
 
 def missing(locator: str) -> OwsException:
@@ -93,7 +97,7 @@ def exception_report(error: WmtsError) -> web.Response:
         body=serialise(root),
         status=error.status,
         content_type="application/xml",
-        headers={"Cache-Control": "no-store"},
+        headers={"Cache-Control": "no-store", **error.headers},
     )
 
 
