@@ -30,6 +30,11 @@ from gateway.redis_url import check_redis_url
 
 LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# An allowed_hosts entry: a name or IPv4 address, "*." and a domain, or a bracketed IPv6
+# address; each optionally with ":port".
+_HOST_PATTERN = re.compile(
+    r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"
+)
 
 TileFormat = Literal["png", "jpg"]
 # Served by default for every layer: the OGC TMS 2.0 sets clients know, each with a 512-pixel
@@ -68,6 +73,9 @@ class ServerConfig(_Strict):
     every absolute URL in capabilities, TileJSON and OGC API documents); without it the request's
     own scheme and Host are used, and with ``trust_proxy`` the ``X-Forwarded-Proto``,
     ``X-Forwarded-Host`` and ``X-Forwarded-Prefix`` headers of a reverse proxy are honoured.
+    ``allowed_hosts`` lists the host names (``tiles.example.org``), wildcards of subdomains
+    (``*.example.org``) and ``host:port`` pairs a request's ``Host`` (its ``X-Forwarded-Host``
+    with ``trust_proxy``) may name; others get 400. Unset, any host is answered.
     """
 
     host: str = "127.0.0.1"
@@ -77,7 +85,23 @@ class ServerConfig(_Strict):
     upstream_connections: Annotated[int, Field(ge=1, le=10000)] = 100
     public_url: AnyHttpUrl | None = None
     trust_proxy: bool = False
+    allowed_hosts: Annotated[list[str], Field(min_length=1)] | None = None
     startup_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        patterns = []
+        for pattern in value:
+            if not _HOST_PATTERN.fullmatch(pattern):
+                raise ValueError(
+                    f"{pattern!r} is not a host name, *.domain or host:port (IPv6 in brackets)"
+                )
+            # Host names compare case-insensitively (RFC 9110 section 4.2.3).
+            patterns.append(pattern.lower())
+        return patterns
 
 
 class ServiceConfig(_Strict):
@@ -353,6 +377,24 @@ class GatewayConfig(_Strict):
                     "starting with a letter or digit"
                 )
         return value
+
+
+def config_warnings(config: GatewayConfig) -> list[str]:
+    """Settings that work but are risky in production, each as a sentence for an operator.
+
+    Today one: neither ``server.public_url`` nor ``server.allowed_hosts``, so documents carry
+    URLs built from whatever ``Host`` a client sends (or ``X-Forwarded-Host`` with
+    ``trust_proxy``).
+    """
+    server = config.server
+    if server.public_url is None and server.allowed_hosts is None:
+        header = "X-Forwarded-Host" if server.trust_proxy else "Host"
+        return [
+            f"server.public_url and server.allowed_hosts are both unset: capabilities, TileJSON "
+            f"and OGC API documents hold URLs built from any {header} a client sends; set "
+            "server.public_url, or server.allowed_hosts to the names clients use"
+        ]
+    return []
 
 
 def substitute_env(value: Any, environ: dict[str, str] | None = None) -> Any:
