@@ -159,7 +159,7 @@ class TileMatrixSetConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """Where tiles are cached (aiocache): ``memory`` in this process, or a shared ``redis``.
+    """Where tiles are cached: ``memory`` in this process, or a shared ``redis``.
 
     ``redis_url`` takes the redis-py URL forms ``redis://[[user]:password@]host[:port][/db]`` and
     ``rediss://`` for TLS (query options such as ``ssl_ca_certs`` pass through to redis-py).
@@ -168,9 +168,11 @@ class CacheConfig(_Strict):
     TLS). ``backend`` defaults to ``redis`` when a URL is given, else ``memory``. ``timeout``
     bounds every cache operation in seconds; ``retry_interval`` is how long, in seconds, an
     unreachable cache is left alone before it is tried again. ``l1_max_bytes`` bounds the
-    in-process LRU in front of the backend (0 turns it off); ``lock_lease`` is how long, in
-    seconds, a replica may hold the lock of a metatile it is fetching before others take over;
-    ``purge_poll`` how often, in seconds, a replica looks for purges made by the others;
+    in-process LRU in front of the backend (0 turns it off) and ``memory_max_bytes`` the
+    ``memory`` backend, the least recently used tiles dropped beyond it (both in bytes: tile
+    bytes plus 512 per entry); ``lock_lease`` is how long, in seconds, a replica may hold the
+    lock of a metatile it is fetching before others take over; ``purge_poll`` how often, in
+    seconds, a replica looks for purges made by the others;
     ``max_connections`` bounds each process's Redis connections (per node on a Cluster); a
     burst beyond it waits for a free connection (the single node's pool up to ``timeout``;
     Sentinel and Cluster calls for a permit of the cache).
@@ -182,6 +184,7 @@ class CacheConfig(_Strict):
     timeout: Annotated[float, Field(gt=0, le=60)] = 0.5
     retry_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
     l1_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    memory_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
     lock_lease: Annotated[float, Field(gt=0, le=600)] = 30.0
     purge_poll: Annotated[float, Field(gt=0, le=3600)] = 1.0
     max_connections: Annotated[int, Field(ge=1, le=10000)] = 100
