@@ -76,6 +76,12 @@ class ServerConfig(_Strict):
     ``allowed_hosts`` lists the host names (``tiles.example.org``), wildcards of subdomains
     (``*.example.org``) and ``host:port`` pairs a request's ``Host`` (its ``X-Forwarded-Host``
     with ``trust_proxy``) may name; others get 400. Unset, any host is answered.
+
+    Connections (per process): ``keepalive_timeout`` is how long, in seconds, a connection may
+    go without a complete request head, counted from its opening or from the end of its last
+    answer; bytes trickling in do not restart it, so it bounds the time to receive a request's
+    headers as well as idleness (aiohttp's ``keepalive_timeout``). ``max_client_connections``
+    bounds the open client connections; one accepted beyond it is closed at once.
     """
 
     host: str = "127.0.0.1"
@@ -87,6 +93,8 @@ class ServerConfig(_Strict):
     trust_proxy: bool = False
     allowed_hosts: Annotated[list[str], Field(min_length=1)] | None = None
     startup_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 75.0
+    max_client_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
 
     @field_validator("allowed_hosts")
     @classmethod
