@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, config_warnings, load_config
 from gateway.demo import run_demo
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
@@ -345,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.file}: OK, {len(config.layers)} layer(s): {', '.join(config.layers)}; "
             f"cache {config.cache.effective_backend}"
         )
+        for warning in config_warnings(config):
+            print(f"{args.file}: warning: {warning}", file=sys.stderr)
         return
     if args.command == "seed":
         _seed(args)
@@ -353,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "serve":
             config = _load_or_exit(args.config)
+            for warning in config_warnings(config):
+                log.warning("%s", warning)
             overrides = {
                 k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
             }

@@ -30,6 +30,11 @@ from gateway.redis_url import check_redis_url
 
 LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# An allowed_hosts entry: a name or IPv4 address, "*." and a domain, or a bracketed IPv6
+# address; each optionally with ":port".
+_HOST_PATTERN = re.compile(
+    r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"
+)
 
 TileFormat = Literal["png", "jpg"]
 # Served by default for every layer: the OGC TMS 2.0 sets clients know, each with a 512-pixel
@@ -73,6 +78,15 @@ class ServerConfig(_Strict):
     every absolute URL in capabilities, TileJSON and OGC API documents); without it the request's
     own scheme and Host are used, and with ``trust_proxy`` the ``X-Forwarded-Proto``,
     ``X-Forwarded-Host`` and ``X-Forwarded-Prefix`` headers of a reverse proxy are honoured.
+    ``allowed_hosts`` lists the host names (``tiles.example.org``), wildcards of subdomains
+    (``*.example.org``) and ``host:port`` pairs a request's ``Host`` (its ``X-Forwarded-Host``
+    with ``trust_proxy``) may name; others get 400. Unset, any host is answered.
+
+    Connections (per process): ``keepalive_timeout`` is how long, in seconds, a connection may
+    go without a complete request head, counted from its opening or from the end of its last
+    answer; bytes trickling in do not restart it, so it bounds the time to receive a request's
+    headers as well as idleness (aiohttp's ``keepalive_timeout``). ``max_client_connections``
+    bounds the open client connections; one accepted beyond it is closed at once.
     """
 
     host: str = "127.0.0.1"
@@ -85,7 +99,25 @@ class ServerConfig(_Strict):
     export_queue_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     public_url: AnyHttpUrl | None = None
     trust_proxy: bool = False
+    allowed_hosts: Annotated[list[str], Field(min_length=1)] | None = None
     startup_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
+    keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 75.0
+    max_client_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        patterns = []
+        for pattern in value:
+            if not _HOST_PATTERN.fullmatch(pattern):
+                raise ValueError(
+                    f"{pattern!r} is not a host name, *.domain or host:port (IPv6 in brackets)"
+                )
+            # Host names compare case-insensitively (RFC 9110 section 4.2.3).
+            patterns.append(pattern.lower())
+        return patterns
 
 
 class ServiceConfig(_Strict):
@@ -143,7 +175,7 @@ class TileMatrixSetConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """Where tiles are cached (aiocache): ``memory`` in this process, or a shared ``redis``.
+    """Where tiles are cached: ``memory`` in this process, or a shared ``redis``.
 
     ``redis_url`` takes the redis-py URL forms ``redis://[[user]:password@]host[:port][/db]`` and
     ``rediss://`` for TLS (query options such as ``ssl_ca_certs`` pass through to redis-py).
@@ -152,9 +184,11 @@ class CacheConfig(_Strict):
     TLS). ``backend`` defaults to ``redis`` when a URL is given, else ``memory``. ``timeout``
     bounds every cache operation in seconds; ``retry_interval`` is how long, in seconds, an
     unreachable cache is left alone before it is tried again. ``l1_max_bytes`` bounds the
-    in-process LRU in front of the backend (0 turns it off); ``lock_lease`` is how long, in
-    seconds, a replica may hold the lock of a metatile it is fetching before others take over;
-    ``purge_poll`` how often, in seconds, a replica looks for purges made by the others;
+    in-process LRU in front of the backend (0 turns it off) and ``memory_max_bytes`` the
+    ``memory`` backend, the least recently used tiles dropped beyond it (both in bytes: tile
+    bytes plus 512 per entry); ``lock_lease`` is how long, in seconds, a replica may hold the
+    lock of a metatile it is fetching before others take over; ``purge_poll`` how often, in
+    seconds, a replica looks for purges made by the others;
     ``max_connections`` bounds each process's Redis connections (per node on a Cluster); a
     burst beyond it waits for a free connection (the single node's pool up to ``timeout``;
     Sentinel and Cluster calls for a permit of the cache).
@@ -166,6 +200,7 @@ class CacheConfig(_Strict):
     timeout: Annotated[float, Field(gt=0, le=60)] = 0.5
     retry_interval: Annotated[float, Field(ge=0, le=3600)] = 1.0
     l1_max_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    memory_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 256 * 1024 * 1024
     lock_lease: Annotated[float, Field(gt=0, le=600)] = 30.0
     purge_poll: Annotated[float, Field(gt=0, le=3600)] = 1.0
     max_connections: Annotated[int, Field(ge=1, le=10000)] = 100
@@ -361,6 +396,24 @@ class GatewayConfig(_Strict):
                     "starting with a letter or digit"
                 )
         return value
+
+
+def config_warnings(config: GatewayConfig) -> list[str]:
+    """Settings that work but are risky in production, each as a sentence for an operator.
+
+    Today one: neither ``server.public_url`` nor ``server.allowed_hosts``, so documents carry
+    URLs built from whatever ``Host`` a client sends (or ``X-Forwarded-Host`` with
+    ``trust_proxy``).
+    """
+    server = config.server
+    if server.public_url is None and server.allowed_hosts is None:
+        header = "X-Forwarded-Host" if server.trust_proxy else "Host"
+        return [
+            f"server.public_url and server.allowed_hosts are both unset: capabilities, TileJSON "
+            f"and OGC API documents hold URLs built from any {header} a client sends; set "
+            "server.public_url, or server.allowed_hosts to the names clients use"
+        ]
+    return []
 
 
 def substitute_env(value: Any, environ: dict[str, str] | None = None) -> Any:

@@ -5,8 +5,8 @@ records the replicas read through ``cache.generations``.
 A whole layer is purged by one generation increment: the layer's keys carry the generation,
 so new requests use new keys and the old entries age out by their TTL. A purge limited by
 TileMatrixSet, zoom range or bbox deletes exactly the keys computed from the grid, in batches
-of pipelined DELs (never KEYS or FLUSHDB). Every replica polls two small counters and drops
-purged entries from its in-process L1.
+of pipelined DELs (never KEYS or FLUSHDB), yielding to the event loop after each batch. Every
+replica polls two small counters and drops purged entries from its in-process L1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from itertools import islice
 
 from gateway.cache.generations import LOG_LENGTH, PurgeRecords
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
@@ -100,12 +99,11 @@ class Purger:
             if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
                 raise ValueError("bbox must be west,south,east,north in degrees")
 
-    def keys(self, spec: PurgeSpec) -> Iterator[str]:
-        """Every cache key of the tiles ``spec`` covers: each base TileMatrixSet of the layer
-        (or of ``tms``), each TileMatrix in range, each tile meeting ``bbox``, at scales 1 and
-        2, in every format of the layer."""
+    def _ranges(self, spec: PurgeSpec) -> Iterator[tuple[Grid, int, tuple[int, int, int, int]]]:
+        """``(base grid, TileMatrix, (min col, max col, min row, max row))`` of every tile block
+        ``spec`` covers: each base TileMatrixSet of the layer (or of ``tms``), each TileMatrix
+        in range, the tiles meeting ``bbox``."""
         layer = self.pipeline.layers[spec.layer]
-        keys = self.pipeline.keys
         names = [spec.tms] if spec.tms is not None else list(layer.grids)
         bases: dict[str, Grid] = {}
         for name in names:
@@ -121,30 +119,34 @@ class Purger:
             for z in range(low, high + 1):
                 if extent is None:
                     width, height = grid.matrix_sizes[z]
-                    limits = (0, width - 1, 0, height - 1)
-                else:
-                    found = grid.limits(extent, z)
-                    if found is None:
-                        continue
-                    limits = found
-                for y in range(limits[2], limits[3] + 1):
-                    for x in range(limits[0], limits[1] + 1):
-                        for scale in (1, 2):
-                            for ext in layer.config.formats:
-                                yield keys.tile(
-                                    spec.layer,
-                                    layer.generation,
-                                    grid.identifier,
-                                    z,
-                                    x,
-                                    y,
-                                    scale,
-                                    ext,
-                                )
+                    yield grid, z, (0, width - 1, 0, height - 1)
+                    continue
+                found = grid.limits(extent, z)
+                if found is not None:
+                    yield grid, z, found
 
-    def count(self, spec: PurgeSpec, limit: int = MAX_KEYS) -> int:
-        """How many keys ``keys(spec)`` gives, counting no further than ``limit`` + 1."""
-        return sum(1 for _ in islice(self.keys(spec), limit + 1))
+    def keys(self, spec: PurgeSpec) -> Iterator[str]:
+        """Every cache key of the tiles ``spec`` covers (see ``_ranges``), at scales 1 and 2,
+        in every format of the layer."""
+        layer = self.pipeline.layers[spec.layer]
+        keys = self.pipeline.keys
+        for grid, z, (col_min, col_max, row_min, row_max) in self._ranges(spec):
+            for y in range(row_min, row_max + 1):
+                for x in range(col_min, col_max + 1):
+                    for scale in (1, 2):
+                        for ext in layer.config.formats:
+                            yield keys.tile(
+                                spec.layer, layer.generation, grid.identifier, z, x, y, scale, ext
+                            )
+
+    def count(self, spec: PurgeSpec) -> int:
+        """How many keys ``keys(spec)`` gives, computed from the tile blocks without listing
+        them (a purge's size is known before any key is made)."""
+        per_tile = 2 * len(self.pipeline.layers[spec.layer].config.formats)
+        return per_tile * sum(
+            (col_max - col_min + 1) * (row_max - row_min + 1)
+            for _grid, _z, (col_min, col_max, row_min, row_max) in self._ranges(spec)
+        )
 
     async def purge(self, spec: PurgeSpec) -> PurgeResult:
         """Purge what ``spec`` names, here and (through the cache) on every replica.
@@ -168,6 +170,9 @@ class Purger:
         for batch in _batched(self.keys(spec), _BATCH):
             computed += len(batch)
             deleted += await cache.delete_many(batch)
+            # The memory backend deletes without awaiting anything: yield, so that requests
+            # (health probes among them) are answered between slices of a long purge.
+            await asyncio.sleep(0)
         await self.records.announce(asdict(spec))
         return PurgeResult(spec.layer, keys=computed, deleted=deleted)
 
@@ -217,7 +222,9 @@ class Purger:
                 tuple(event["bbox"]) if event.get("bbox") else None,
             )
             if spec.layer in self.pipeline.layers:
-                cache.l1.discard(self.keys(spec))
+                for batch in _batched(self.keys(spec), _BATCH):
+                    cache.l1.discard(batch)
+                    await asyncio.sleep(0)
 
     async def start(self) -> None:
         """Read the current generations and purge count (at start-up)."""

@@ -24,7 +24,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ServerConfig
+from gateway.services.http import CONFIG
 
 log = logging.getLogger("gateway")
 
@@ -79,16 +80,24 @@ async def start_site(
 ) -> tuple[web.AppRunner, int]:
     """Start ``app`` on ``host``:``port`` (0 = any free port); returns the runner and the port.
 
-    Access lines go to the ``gateway.access`` logger (shown at INFO level). Raises
-    ``PortInUse`` when the port is taken, ``OSError`` when binding fails otherwise; either way
-    the app has been cleaned up again.
+    Connections follow the app's configuration (``server.keepalive_timeout``,
+    ``server.max_client_connections``; the defaults for an app without one): see
+    ``ServerConfig``. Access lines go to the ``gateway.access`` logger (shown at INFO level).
+    Raises ``PortInUse`` when the port is taken, ``OSError`` when binding fails otherwise;
+    either way the app has been cleaned up again.
     """
+    server = app[CONFIG].server if CONFIG in app else ServerConfig()
     runner = web.AppRunner(
-        app, access_log=logging.getLogger("gateway.access"), shutdown_timeout=SHUTDOWN_TIMEOUT
+        app,
+        access_log=logging.getLogger("gateway.access"),
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=server.keepalive_timeout,
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+        await LimitedSite(
+            runner, host, port, limit=server.max_client_connections, reuse_port=reuse_port
+        ).start()
     except OSError as exc:
         # The app has started (cache, sessions): left to the loop's shutdown, it would fail there.
         await runner.cleanup()
@@ -96,6 +105,73 @@ async def start_site(
             raise PortInUse(host, port) from None
         raise
     return runner, runner.addresses[0][1]
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond the limit: closed as soon as it is made, before any byte is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class LimitedSite(web.BaseSite):
+    """A TCP site (aiohttp's ``BaseSite``) whose connections beyond ``limit`` open ones are
+    closed as soon as they are accepted, so that clients holding connections cannot exhaust
+    the process's file descriptors; the first of a run of refusals is logged.
+
+    aiohttp has no such bound (aio-libs/aiohttp#675), and a connection only counts among its
+    server's ``connections`` once its ``connection_made`` ran, after every connection accepted
+    in the same turn of the event loop had its protocol made: the ones made and not yet counted
+    are tracked here until then.
+    """
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, limit: int, reuse_port: bool
+    ) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._limit = limit
+        self._reuse_port = reuse_port or None
+        self._uncounted: set[asyncio.BaseProtocol] = set()
+        self._refusing = False
+
+    @property
+    def name(self) -> str:
+        """``http://host:port`` as configured (see ``runner.addresses`` for the bound port)."""
+        return f"http://{url_host(self._host)}:{self._port}"
+
+    async def start(self) -> None:
+        """Listen on the site's address."""
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self._protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port,
+        )
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        server = self._runner.server
+        assert server is not None  # BaseSite refuses a runner that is not set up
+        if len(server.connections) + len(self._uncounted) >= self._limit:
+            if not self._refusing:
+                log.warning(
+                    "%d client connections open (server.max_client_connections): closing new "
+                    "ones until some end",
+                    self._limit,
+                )
+            self._refusing = True
+            return _Refused()
+        self._refusing = False
+        handler = server()
+        # Scheduled before the transport schedules connection_made, so it runs just before it:
+        # from then on the server counts the connection.
+        loop = asyncio.get_running_loop()
+        self._uncounted.add(handler)
+        loop.call_soon(self._uncounted.discard, handler)
+        return handler
 
 
 async def serve_forever(runners: list[web.AppRunner]) -> None:

@@ -90,13 +90,25 @@ class MemoryTier:
             return
         self._entries[key] = item
 
-    def discard(self, keys: Iterable[str]) -> None:
-        """Drop these keys if present."""
+    def discard(self, keys: Iterable[str]) -> int:
+        """Drop these keys if present; returns how many of them were live."""
+        entries = self._entries
+        dropped = 0
         for key in keys:
-            self._entries.pop(key, None)
+            # Not pop(), which leaves an expired entry (and its bytes) in place: TLRUCache's
+            # del removes it and then raises KeyError, as for a missing key.
+            try:
+                del entries[key]
+            except KeyError:
+                continue
+            dropped += 1
+        return dropped
 
     def discard_where(self, predicate: Callable[[str], bool]) -> int:
         """Drop every key for which ``predicate`` is true; returns how many were dropped."""
         doomed = [key for key in list(self._entries.keys()) if predicate(key)]
-        self.discard(doomed)
-        return len(doomed)
+        return self.discard(doomed)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()

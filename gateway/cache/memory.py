@@ -1,52 +1,59 @@
-"""The memory backend: tiles in this process, through aiocache's ``SimpleMemoryCache``.
+"""The memory backend: tiles in this process, in an LRU bounded in bytes (``l1.MemoryTier``).
 
-aiocache carries the values and their expiry. There is one process, so there is nobody to
-share work with: a lock is always granted, nothing is announced to other replicas, and the
-backend never fails.
+The tier carries the entries and their expiry; past ``max_bytes`` the least recently used go
+first, so a stream of distinct tiles cannot grow the process without bound. There is one
+process, so there is nobody to share work with: a lock is always granted, nothing is announced
+to other replicas, and the backend never fails.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Literal
 
-from aiocache import SimpleMemoryCache
-
-from gateway.cache.codec import TileEntry, TileEntrySerializer
+from gateway.cache.codec import TileEntry
+from gateway.cache.l1 import MemoryTier
 
 
 class MemoryBackend:
-    """Tile entries in this process (see ``Backend``)."""
+    """Tile entries in this process (see ``Backend``), at most ``max_bytes`` of them (tile
+    bytes plus a fixed overhead per entry, as ``MemoryTier`` counts); ``clock`` gives epoch
+    seconds."""
 
     kind: Literal["memory", "redis"] = "memory"
     description = "memory"
     available = True
 
-    def __init__(self) -> None:
-        self._store = SimpleMemoryCache(serializer=TileEntrySerializer(), timeout=None)
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self._store = MemoryTier(max_bytes, clock)
+        self._clock = clock
         self._counters: dict[str, int] = {}
+
+    @property
+    def size(self) -> int:
+        """Bytes held now, as counted against ``max_bytes``."""
+        return self._store.size
 
     async def get(self, key: str) -> TileEntry | None:
         """The entry under ``key``, or ``None``."""
-        entry: TileEntry | None = await self._store.get(key)
-        return entry
+        return self._store.get(key)
 
     async def get_many(self, keys: Sequence[str]) -> list[TileEntry | None]:
         """The entries under ``keys``, ``None`` where missing."""
-        return list(await self._store.multi_get(list(keys))) if keys else []
+        return [self._store.get(key) for key in keys]
 
     async def set_many(
         self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
     ) -> None:
         """Store entries for ``lifetime`` seconds (there are no locks to release)."""
-        await self._store.multi_set(list(items), ttl=lifetime)
+        expires = self._clock() + lifetime
+        for key, entry in items:
+            self._store.put(key, entry, expires)
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete keys; how many there were."""
-        deleted = 0
-        for key in keys:
-            deleted += int(await self._store.delete(key))
-        return deleted
+        return self._store.discard(keys)
 
     async def get_or_lock(
         self, key: str, lock_key: str, token: str, lease: float
@@ -88,4 +95,4 @@ class MemoryBackend:
 
     async def close(self) -> None:
         """Drop the entries."""
-        await self._store.close()
+        self._store.clear()

@@ -21,7 +21,7 @@ from gateway.config import CacheConfig
 def open_backend(config: CacheConfig) -> Backend:
     """The backend ``config`` names: Redis at ``redis_url``, else this process's memory."""
     if config.effective_backend == "memory":
-        return MemoryBackend()
+        return MemoryBackend(config.memory_max_bytes)
     assert config.redis_url is not None  # guaranteed by CacheConfig validation
     return RedisBackend(
         config.redis_url, config.timeout, config.max_connections, config.retry_interval

@@ -52,6 +52,7 @@ from gateway.services.http import (
     json_error,
     negotiate,
     public_base,
+    public_vary,
     serve_tile,
     upstream_error,
 )
@@ -291,16 +292,26 @@ class OgcApiService:
         self._documents = DocumentCache()
 
     def _document(
-        self, request: web.Request, key: tuple[str, ...], build: Callable[[str], Any]
+        self,
+        request: web.Request,
+        key: tuple[str, ...],
+        build: Callable[[str], Any],
+        *,
+        absolute: bool = True,
     ) -> web.Response:
-        """A JSON document, ``build(public base)`` encoded once per base and ``key``."""
+        """A JSON document, ``build(public base)`` encoded once per base and ``key``; with
+        ``absolute`` false the document holds no URL of the gateway (``build`` ignores the
+        base), and so is one document whatever the request's host."""
         try:
             check_json(request.query.get("f"), request.headers.get("Accept"))
         except FormatError as exc:
             return json_error(exc.status, str(exc))
+        if not absolute:
+            document = self._documents.get(key, lambda: encode_json(build("")))
+            return document_response(request, document, JSON)
         base = public_base(request)
         document = self._documents.get((base, *key), lambda: encode_json(build(base)))
-        return document_response(request, document, JSON)
+        return document_response(request, document, JSON, vary=public_vary(request))
 
     async def landing(self, request: web.Request) -> web.Response:
         """``GET /ogcapi``: the landing page."""
@@ -311,7 +322,9 @@ class OgcApiService:
         """``GET /ogcapi/conformance``."""
         layers = request.app[PIPELINE].layers.values()
         formats = {ext for layer in layers for ext in layer.config.formats}
-        return self._document(request, ("conformance",), lambda _: conformance(formats))
+        return self._document(
+            request, ("conformance",), lambda _: conformance(formats), absolute=False
+        )
 
     async def tile_matrix_sets(self, request: web.Request) -> web.Response:
         """``GET /ogcapi/tileMatrixSets``."""
@@ -327,7 +340,10 @@ class OgcApiService:
         if grid is None:
             return json_error(404, f"no layer is served in TileMatrixSet {identifier!r}")
         return self._document(
-            request, ("tileMatrixSet", identifier), lambda _: tile_matrix_set_document(grid)
+            request,
+            ("tileMatrixSet", identifier),
+            lambda _: tile_matrix_set_document(grid),
+            absolute=False,
         )
 
     async def collections(self, request: web.Request) -> web.Response:

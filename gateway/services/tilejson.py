@@ -31,6 +31,7 @@ from gateway.services.http import (
     encode_json,
     json_error,
     public_base,
+    public_vary,
 )
 from gateway.tiles import Layer
 
@@ -149,7 +150,8 @@ class TileJSONService:
             lambda: encode_json(tilejson(layer, grid, base, ext, int(scale_text), description)),
         )
         # Clients must honour the documents' short freshness (TileJSON 3.0.0 section 5).
-        return document_response(request, document, "application/json")
+        # The tile URLs inside depend on the headers public_vary names.
+        return document_response(request, document, "application/json", vary=public_vary(request))
 
 
 def routes() -> list[web.RouteDef]:

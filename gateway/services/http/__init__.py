@@ -3,7 +3,7 @@
 - ``fronts``: each front is an aiohttp sub-application (``front_app``) with its own
   middleware: CORS on every answer, preflights, and routing misses and unexpected errors
   rendered in the front's own error format (JSON, OWS ExceptionReport...); public URLs
-  (``public_base``).
+  (``public_base``, and ``public_vary``: the headers it reads) and ``server.allowed_hosts``.
 - ``documents``: content negotiation (``negotiate``, RFC 9110 section 12.5.1), a bounded
   document cache whose documents are gzip-compressed once for clients that accept it
   (``DocumentCache``, ``document_response``).
@@ -33,10 +33,10 @@ from gateway.services.http.fronts import (
     front_app,
     json_error,
     public_base,
+    public_vary,
     render_json_error,
     root_app,
     upstream_error,
-    varies_with_proxy,
 )
 from gateway.services.http.tiles import READY, ReadyAnswers, serve_tile, tile_response
 
@@ -59,10 +59,10 @@ __all__ = [
     "json_error",
     "negotiate",
     "public_base",
+    "public_vary",
     "render_json_error",
     "root_app",
     "serve_tile",
     "tile_response",
     "upstream_error",
-    "varies_with_proxy",
 ]

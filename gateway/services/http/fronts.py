@@ -9,8 +9,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from cachetools import LRUCache
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ServerConfig
 from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.tiles import TilePipeline
 
@@ -22,8 +23,19 @@ NO_STORE = {"Cache-Control": "no-store"}
 # Methods every front answers, and so lists in its preflights.
 READ_METHODS = "GET, HEAD, OPTIONS"
 _READS = frozenset(("GET", "HEAD"))
+# Kubernetes probes name the pod's address as Host: they are answered whatever the host.
+_PROBES = frozenset(("/healthz", "/readyz"))
+_HOST_REFUSED = "the Host header names a host this gateway does not serve (server.allowed_hosts)"
 RenderError = Callable[[web.Request, int, str], web.Response]
 """A front's error format: ``(request, status, message) -> response``."""
+
+
+def _named_host(request: web.Request, server: ServerConfig, host: str) -> str:
+    """The host (``name[:port]``) a client asked for: with ``trust_proxy`` the first
+    ``X-Forwarded-Host`` value, else (or without one) ``host``, the request's own."""
+    if server.trust_proxy:
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+    return host
 
 
 def public_base(request: web.Request) -> str:
@@ -36,21 +48,82 @@ def public_base(request: web.Request) -> str:
     server = request.app[CONFIG].server
     if server.public_url is not None:
         return str(server.public_url).rstrip("/")
-    scheme, host, prefix = request.scheme, request.host, ""
+    scheme, host, prefix = request.scheme, _named_host(request, server, request.host), ""
     if server.trust_proxy:
         headers = request.headers
         scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
-        host = headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
         prefix = headers.get("X-Forwarded-Prefix", "").split(",")[0].strip().rstrip("/")
         if prefix and not prefix.startswith("/"):
             prefix = "/" + prefix
     return f"{scheme}://{host}{prefix}"
 
 
-def varies_with_proxy(request: web.Request) -> bool:
-    """Whether absolute URLs in a document depend on ``X-Forwarded-*`` request headers."""
+def public_vary(request: web.Request) -> tuple[str, ...]:
+    """The request headers ``public_base`` reads, for the ``Vary`` of a document holding
+    absolute URLs (RFC 9110 section 12.5.5): none with ``server.public_url``, else ``Host``,
+    and with ``trust_proxy`` the ``X-Forwarded-*`` headers too. Without it a shared cache would
+    hand one client's URLs (whatever ``Host`` it sent) to every other."""
     server = request.app[CONFIG].server
-    return server.trust_proxy and server.public_url is None
+    if server.public_url is not None:
+        return ()
+    if server.trust_proxy:
+        return ("Host", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Prefix")
+    return ("Host",)
+
+
+class HostCheck:
+    """Whether a request names a host of ``server.allowed_hosts`` (see ``ServerConfig``).
+
+    A pattern without a port admits the host on any port; with one, on that port only.
+    ``*.example.org`` admits every name ending in ``.example.org`` (not ``example.org``
+    itself). Names compare case-insensitively, a trailing dot ignored (RFC 9110 section
+    4.2.3; RFC 1034 section 3.1). Results are kept per ``Host`` value, in a bounded LRU: a
+    client cycling through names cannot grow it.
+    """
+
+    def __init__(self, server: ServerConfig) -> None:
+        self._server = server
+        self._names: set[str] = set()
+        self._suffixes: list[str] = []
+        self._with_port: set[tuple[str, str]] = set()
+        for pattern in server.allowed_hosts or ():
+            name, port = _split_host(pattern)
+            if port:
+                self._with_port.add((name, port))
+            elif name.startswith("*."):
+                self._suffixes.append(name[1:])
+            else:
+                self._names.add(name)
+        self._seen: LRUCache[str, bool] = LRUCache(maxsize=1024)
+
+    def __call__(self, request: web.Request) -> bool:
+        """Whether the host ``request`` names (``X-Forwarded-Host`` with ``trust_proxy``) is
+        allowed."""
+        # The header itself: without one, aiohttp's request.host would look up this machine's
+        # name (socket.getfqdn), a blocking call a client could ask for on every request.
+        host = _named_host(request, self._server, request.headers.get("Host", ""))
+        allowed = self._seen.get(host)
+        if allowed is None:
+            allowed = self._seen[host] = self._allows(host)
+        return allowed
+
+    def _allows(self, host: str) -> bool:
+        name, port = _split_host(host.lower())
+        name = name.removesuffix(".")
+        if name in self._names or (name, port) in self._with_port:
+            return True
+        return any(name.endswith(suffix) for suffix in self._suffixes)
+
+
+def _split_host(host: str) -> tuple[str, str]:
+    """``(name, port)`` of ``name[:port]`` or ``[ipv6][:port]``; the port ``""`` when absent."""
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        return name + "]", rest.removeprefix(":")
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        return name, port
+    return host, ""
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
@@ -97,31 +170,37 @@ def cors_headers(allow_origin: str) -> dict[str, str]:
 
 
 def _cors_middleware(
-    allow_origin: str,
+    server: ServerConfig,
     methods: str,
     render: RenderError,
     *,
     root: Callable[[web.Request], web.Response | None] | None = None,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Middleware: CORS headers on every answer (errors too), preflights for ``methods``, and
-    HTTP errors (routing misses among them) and unexpected exceptions rendered with ``render``;
-    the latter are logged with their traceback and answered 500 without details.
+    """Middleware: a request naming a host outside ``server.allowed_hosts`` answered 400
+    (health probes excepted), CORS headers on every answer (errors too), preflights for
+    ``methods``, and HTTP errors (routing misses among them) and unexpected exceptions rendered
+    with ``render``; the latter are logged with their traceback and answered 500 without
+    details.
 
-    On the root (``root`` given: the ready answers' lookup), a GET or HEAD a front takes is
-    first offered to ``root``, whose finished answers skip the front's layers; anything else
-    the front takes passes through untouched: it has its own middleware."""
-    cors = cors_headers(allow_origin)
+    On the root (``root`` given: the ready answers' lookup), a GET or HEAD of an allowed host
+    that a front takes is first offered to ``root``, whose finished answers skip the front's
+    layers; anything else the front takes passes through untouched: it has its own middleware,
+    which refuses a host in its own format."""
+    cors = cors_headers(server.cors_allow_origin)
+    host_allowed = HostCheck(server) if server.allowed_hosts is not None else None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if root is not None and len(request.match_info.apps) > 1:
-            if request.method in _READS:
+            if request.method in _READS and (host_allowed is None or host_allowed(request)):
                 ready = root(request)
                 if ready is not None:
                     return ready
             return await handler(request)
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            response: web.StreamResponse = web.Response(
+        if host_allowed is not None and request.path not in _PROBES and not host_allowed(request):
+            response: web.StreamResponse = render(request, 400, _HOST_REFUSED)
+        elif request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response = web.Response(
                 status=204,
                 headers={
                     "Access-Control-Allow-Methods": methods,
@@ -157,9 +236,7 @@ def front_app(
     """A protocol front as a sub-application: ``routes`` (relative to the prefix it is mounted
     at; ``""`` is the prefix itself), errors in the format of ``render``, preflights allowing
     ``methods``."""
-    app = web.Application(
-        middlewares=[_cors_middleware(config.server.cors_allow_origin, methods, render)]
-    )
+    app = web.Application(middlewares=[_cors_middleware(config.server, methods, render)])
     app[CONFIG] = config
     app.add_routes(routes)
     return app
@@ -174,11 +251,7 @@ def root_app(
     takes answer with JSON errors; a GET or HEAD a front takes is answered by ``ready`` when it
     has a finished answer (see ``tiles.ReadyAnswers``), else left to the front."""
     app = web.Application(
-        middlewares=[
-            _cors_middleware(
-                config.server.cors_allow_origin, READ_METHODS, render_json_error, root=ready
-            )
-        ]
+        middlewares=[_cors_middleware(config.server, READ_METHODS, render_json_error, root=ready)]
     )
     app[CONFIG] = config
     app.add_routes(routes)

@@ -24,7 +24,7 @@ from gateway.services.http import (
     DocumentCache,
     document_response,
     public_base,
-    varies_with_proxy,
+    public_vary,
 )
 from gateway.services.wmts.ows import OWS_NS, VERSION, XLINK_NS, XSI_NS, child, ows, serialise
 from gateway.tiles import Layer, TilePipeline
@@ -145,14 +145,13 @@ class Contents:
     def response(self, request: web.Request, sections: tuple[str, ...] = SECTIONS) -> web.Response:
         """200 with the document for the request's public base URL (gzip-compressed when the
         client accepts it)."""
-        vary = ("X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix")
         return document_response(
             request,
             self._cached(public_base(request), sections),
             "application/xml",
             CAPABILITIES_CACHE_CONTROL,
             # The absolute URLs inside depend on these headers.
-            vary if varies_with_proxy(request) else (),
+            public_vary(request),
         )
 
     # -- the document (07-057r7 section 7.1, wmtsGetCapabilities_response.xsd order) --
