@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from imageserver.accesslog import RedactingAccessLogger
 from imageserver.app import create_app
 from imageserver.config import ConfigError, load_config
 
@@ -36,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imageserver: {exc}", file=sys.stderr)
         return 2
-    web.run_app(create_app(config), host=args.host, port=args.port)
+    web.run_app(
+        create_app(config),
+        host=args.host,
+        port=args.port,
+        access_log_class=RedactingAccessLogger,
+    )
     return 0
 
 

@@ -6,49 +6,69 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services                               catalog
     /arcgis/rest/services/<name>/ImageServer            service root resource
     /arcgis/rest/services/<name>/ImageServer/exportImage
+    /arcgis/rest/services/<name>/ImageServer/identify
+    /arcgis/rest/services/<name>/ImageServer/getSamples
+    /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
+    /arcgis/rest/services/<name>/ImageServer/keyProperties
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
 
+plus the token services of :mod:`imageserver.tokens` when ``security.enabled`` is set; then
+secured services (their root, operations and output files) answer 499 without a token and
+498 with an invalid one, and the catalog lists them only to a valid token. Every answer
+carries CORS headers per ``security.allowed_origins`` (:mod:`imageserver.cors`).
+
 Errors follow ArcGIS: HTTP 200 with ``{"error": {"code": 400|404, ...}}`` for client mistakes
-(ArcGIS REST "Error handling"; ``docs/arcgis-rest.md`` §3). Rendering runs in the app's own
-thread pool so the event loop never blocks on GDAL.
+(ArcGIS REST "Error handling"; ``docs/arcgis-rest.md`` §3). Rendering and pixel queries run in
+the app's own thread pool so the event loop never blocks on GDAL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 import math
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
+from imageserver import pixels
 from imageserver.config import ImageServerConfig
+from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
-from imageserver.metadata import catalog, error_payload, server_info, service_info
+from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
+from imageserver.metadata import catalog, server_info, service_info
 from imageserver.params import (
     Bounds,
     ExportParams,
     ImageFormat,
     ParameterError,
     ResponseFormat,
-    normalize_params,
-    parse_callback,
     parse_export_params,
-    parse_response_format,
 )
 from imageserver.raster import RasterSource, RenderRequest
+from imageserver.responses import add_route, error_response, json_response, request_params
+from imageserver.security import TokenState
 from imageserver.spatialref import spatial_reference_json
+from imageserver.tokens import (
+    SECURITY,
+    add_token_routes,
+    guard,
+    owning_system_url,
+    token_error,
+    token_services_url,
+    token_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,32 +121,27 @@ def create_app(
     """Build the ImageServer application for ``config``.
 
     Rasters are opened at startup (in the app's thread pool, concurrently) and closed at
-    cleanup. ``middlewares`` run before the handlers; tests use them to record or alter
-    requests.
+    cleanup. ``middlewares`` run before the handlers, inside the CORS middleware; tests use
+    them to record or alter requests.
 
     Raises (at startup):
         rasterio.errors.RasterioError: a raster cannot be opened.
         ValueError: a raster has no CRS.
     """
-    app = web.Application(middlewares=list(middlewares))
+    app = web.Application(middlewares=[cors_middleware(config.security), *middlewares])
     app[CONFIG] = config
     app[OUTPUTS] = OutputStore()
     app.cleanup_ctx.append(_lifecycle)
     rest = REST_ROOT
     service = f"{rest}/services/{{name}}"
-    _add(app, f"{rest}/info", _handle_info)
-    _add(app, f"{rest}/services", _handle_catalog)
-    _add(app, service, _handle_folder)
-    _add(app, f"{service}/{{kind}}", _handle_service)
-    _add(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
+    add_route(app, f"{rest}/info", _handle_info)
+    add_route(app, f"{rest}/services", _handle_catalog)
+    add_route(app, service, _handle_folder)
+    add_route(app, f"{service}/{{kind}}", _handle_service)
+    add_route(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
     app.router.add_get(f"{OUTPUT_ROOT}/{{folder}}/{{filename}}", _handle_output)
+    add_token_routes(app, config.security)
     return app
-
-
-def _add(app: web.Application, path: str, handler: Handler) -> None:
-    for route in (path, f"{path}/"):
-        app.router.add_get(route, handler)
-        app.router.add_post(route, handler)
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -158,30 +173,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             source.close()
 
 
-async def _request_params(request: web.Request) -> dict[str, str]:
-    """Query and form parameters merged, names lower-cased, empty values dropped."""
-    form = await request.post() if request.method == "POST" else {}
-    fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    return normalize_params(request.query, fields)
-
-
-def _json_response(payload: Mapping[str, Any], params: Mapping[str, str]) -> web.Response:
-    """Serialize ``payload`` as ``f=json`` / ``f=pjson``, wrapped in the JSONP ``callback``."""
-    pretty = parse_response_format(params) is ResponseFormat.PJSON
-    text = json.dumps(payload, indent=2 if pretty else None)
-    callback = parse_callback(params)
-    if callback is not None:
-        return web.Response(text=f"{callback}({text});", content_type="application/javascript")
-    return web.json_response(text=text)
-
-
-def _error_response(
-    params: Mapping[str, str], code: int, message: str, details: Sequence[str] = ()
-) -> web.Response:
-    # ArcGIS puts the real status in the body and answers HTTP 200.
-    return _json_response(error_payload(code, message, details), params)
-
-
 def _find_source(app: web.Application, name: str) -> tuple[str, RasterSource] | None:
     """Look a service up by name; ArcGIS service names are case-insensitive."""
     sources = app[SOURCES]
@@ -195,41 +186,69 @@ def _find_source(app: web.Application, name: str) -> tuple[str, RasterSource] | 
 
 
 def _service_not_found(params: Mapping[str, str], name: str) -> web.Response:
-    return _error_response(params, 404, f"Service {name}/ImageServer not found")
+    return error_response(params, 404, f"Service {name}/ImageServer not found")
 
 
 async def _handle_info(request: web.Request) -> web.Response:
-    return _json_response(server_info(), await _request_params(request))
+    lifetime_minutes = math.ceil(request.app[SECURITY].token_lifetime / 60)
+    info = server_info(
+        token_services_url=token_services_url(request),
+        owning_system_url=owning_system_url(request),
+        short_lived_minutes=lifetime_minutes,
+    )
+    return json_response(info, await request_params(request))
 
 
 async def _handle_catalog(request: web.Request) -> web.Response:
-    return _json_response(catalog(request.app[SOURCES]), await _request_params(request))
+    # ArcGIS lists secured services only to a caller whose token may use them.
+    params = await request_params(request)
+    state = token_state(request, params)
+    if state is TokenState.INVALID:
+        return token_error(request, params, 498)
+    security = request.app[SECURITY]
+    visible = [
+        name
+        for name in request.app[SOURCES]
+        if state is TokenState.VALID or not security.is_secured(name)
+    ]
+    return json_response(catalog(visible), params)
 
 
 async def _handle_folder(request: web.Request) -> web.Response:
     # Services live at the root; any ".../services/<x>" is a folder that does not exist.
-    params = await _request_params(request)
-    return _error_response(params, 404, f"Folder {request.match_info['name']} not found")
+    params = await request_params(request)
+    return error_response(params, 404, f"Folder {request.match_info['name']} not found")
 
 
 async def _handle_service(request: web.Request) -> web.Response:
-    params = await _request_params(request)
+    params = await request_params(request)
     name = request.match_info["name"]
     found = _find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
-    return _json_response(service_info(*found), params)
+    refused = guard(request, params, found[0])
+    if refused is not None:
+        return refused
+    return json_response(service_info(*found), params)
+
+
+Operation = Callable[[web.Request, Mapping[str, str], str, RasterSource], Any]
 
 
 async def _handle_operation(request: web.Request) -> web.StreamResponse:
-    params = await _request_params(request)
+    params = await request_params(request)
     name = request.match_info["name"]
     found = _find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
-    if request.match_info["operation"].lower() != "exportimage":
-        return _error_response(params, 400, "Requested operation is not supported by this service.")
-    return await _export_image(request, params, *found)
+    refused = guard(request, params, found[0])
+    if refused is not None:
+        return refused
+    operation = _OPERATIONS.get(request.match_info["operation"].lower())
+    if operation is None:
+        return error_response(params, 400, "Requested operation is not supported by this service.")
+    response: web.StreamResponse = await operation(request, params, *found)
+    return response
 
 
 async def _export_image(
@@ -239,7 +258,7 @@ async def _export_image(
         export = parse_export_params(params, band_count=source.count)
         render_request = _render_request(source, export)
     except ParameterError as exc:
-        return _error_response(params, 400, _BAD_REQUEST, exc.details)
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
     loop = asyncio.get_running_loop()
     image = await loop.run_in_executor(
         request.app[EXECUTOR], _render_and_encode, source, render_request, export
@@ -261,15 +280,111 @@ async def _export_image(
         },
         "scale": 0,
     }
-    return _json_response(payload, params)
+    return json_response(payload, params)
 
 
 async def _handle_output(request: web.Request) -> web.Response:
-    key = f"{request.match_info['folder']}/{request.match_info['filename']}"
+    # Output files of a secured service need the token too (esri-leaflet appends ?token= to
+    # the href for that reason, docs/arcgis-rest.md §1.2).
+    folder = request.match_info["folder"]
+    service = folder.removesuffix("_ImageServer")
+    refused = guard(request, await request_params(request), service)
+    if refused is not None:
+        return refused
+    key = f"{folder}/{request.match_info['filename']}"
     image = request.app[OUTPUTS].get(key)
     if image is None:
         raise web.HTTPNotFound()
     return web.Response(body=image.content, content_type=image.content_type)
+
+
+async def _identify(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.Response:
+    """identify: the pixel value at ``geometry`` (a point, or the centroid of another
+    geometry). ``mosaicRule``, ``renderingRule``, ``pixelSize`` and ``time`` are accepted and
+    ignored: a raster-dataset service has one raster, read at its base resolution."""
+    try:
+        geometry = _geometry(params, "esriGeometryPoint")
+        point = centroid(geometry)
+    except ParameterError as exc:
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
+    except ValueError as exc:
+        return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
+    answer = await _in_pool(request, pixels.identify, source, geometry, point)
+    return json_response(answer, params)
+
+
+async def _get_samples(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.Response:
+    """getSamples for a point or multipoint ``geometry`` (see :func:`pixels.samples`)."""
+    try:
+        geometry = _geometry(params, None)
+    except ParameterError as exc:
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
+    try:
+        answer = await _in_pool(request, pixels.samples, source, geometry)
+    except ValueError as exc:
+        return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
+    return json_response(answer, params)
+
+
+async def _compute_statistics_histograms(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.Response:
+    """computeStatisticsHistograms over an envelope or polygon ``geometry`` at ``pixelSize``
+    (default: the native cell size), see :func:`pixels.statistics_histograms`."""
+    try:
+        geometry = _geometry(params, None)
+        pixel_size = None
+        if "pixelsize" in params:
+            pixel_size = parse_pixel_size(params["pixelsize"])
+    except ParameterError as exc:
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
+    except ValueError as exc:
+        return error_response(params, 400, _BAD_REQUEST, [f"Invalid pixelSize: {exc}"])
+    try:
+        centre = pixels.to_source_points(source, [centroid(geometry)], geometry.crs)[0]
+        size = pixels.source_pixel_size(source, pixel_size, centre)
+        answer = await _in_pool(request, pixels.statistics_histograms, source, geometry, size)
+    except ValueError as exc:
+        return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
+    return json_response(answer, params)
+
+
+async def _key_properties(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.Response:
+    return json_response(pixels.key_properties(source), params)
+
+
+_OPERATIONS: dict[str, Operation] = {
+    "exportimage": _export_image,
+    "identify": _identify,
+    "getsamples": _get_samples,
+    "computestatisticshistograms": _compute_statistics_histograms,
+    "keyproperties": _key_properties,
+}
+
+
+def _geometry(params: Mapping[str, str], default_type: str | None) -> Geometry:
+    """The ``geometry`` parameter typed by ``geometryType`` (``default_type`` when absent).
+
+    Raises:
+        ParameterError: missing or malformed.
+    """
+    if "geometry" not in params:
+        raise ParameterError(["geometry is required"])
+    try:
+        return parse_geometry(params["geometry"], params.get("geometrytype", default_type))
+    except ValueError as exc:
+        raise ParameterError([f"Invalid geometry: {exc}"]) from exc
+
+
+async def _in_pool(request: web.Request, function: Callable[..., Any], *args: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[EXECUTOR], functools.partial(function, *args))
 
 
 def _render_request(source: RasterSource, export: ExportParams) -> RenderRequest:

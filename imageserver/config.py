@@ -13,16 +13,43 @@ File format::
         plate_carree: true   # optional: the image has no georeferencing, it covers the globe
 
 A configured service whose name equals a built-in one replaces the built-in.
+
+Token security and CORS (every key optional; without ``security`` nothing needs a token and
+every origin may read the answers)::
+
+    security:
+      enabled: true                 # default false: no token needed anywhere
+      users: {alice: test-password} # username -> password for generateToken
+      apps: {my-app-id: my-secret}  # OAuth 2.0 client_id -> client_secret
+      api_keys: [my-api-key]        # accepted as tokens, never expire
+      token_lifetime: 3600          # seconds when the request gives no expiration
+      max_token_lifetime: 3600      # seconds requested expirations are clamped to (default:
+                                    # token_lifetime)
+      secured_services: ["*"]       # names that need a token; "*" = every service
+      token_errors: json            # json | status | html: how 498/499 are answered
+      federated: false              # /rest/info points at the portal token service
+      stats_endpoint: false         # GET /_test/stats: tokens issued and refused
+      allowed_origins: ["*"]        # CORS, whether or not security is enabled
+
+See :class:`SecurityConfig` for the ArcGIS behaviour each setting mirrors.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib.resources
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    ValidationError,
+    model_validator,
+)
 
 # ArcGIS service names are used verbatim in URL paths; keep them to one safe path segment.
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -63,18 +90,94 @@ class ServiceSpec(BaseModel):
     plate_carree: bool = False
 
 
+class TokenErrorStyle(enum.StrEnum):
+    """How a secured service answers a missing (499) or invalid/expired (498) token.
+
+    ``json``: the ArcGIS error JSON under HTTP 200, as most ArcGIS Server deployments answer
+    (``docs/arcgis-rest.md`` §3); ``status``: the same JSON with the real HTTP status 498/499
+    (what some deployments and endpoints do, and what resource-proxy's Java flavour checks);
+    ``html``: an HTML page titled "Invalid Token" / "Token Required" under HTTP 200 (observed
+    on a cached tile service, resource-proxy issue #301).
+    """
+
+    JSON = "json"
+    STATUS = "status"
+    HTML = "html"
+
+
+class SecurityConfig(BaseModel):
+    """Token-based security and CORS of the reference server (ArcGIS Server 11.x behaviour).
+
+    Attributes:
+        enabled: require tokens for ``secured_services``; when false the token endpoints
+            are not served and ``/arcgis/rest/info`` says ``isTokenBasedSecurity: false``.
+        users: username -> password accepted by both ``generateToken`` endpoints
+            (usernames are case-sensitive, as in ArcGIS).
+        apps: OAuth 2.0 ``client_id`` -> ``client_secret`` for the client-credentials grant.
+        api_keys: API keys, used exactly like tokens (``docs/arcgis-rest.md`` §4.5); they do
+            not expire here.
+        token_lifetime: seconds a token lives when the request gives no ``expiration``
+            (ArcGIS's ``shortLivedTokenValidity``, 60 minutes by default there).
+        max_token_lifetime: seconds; a longer requested ``expiration`` is clamped to it, not
+            refused (ArcGIS Server clamps to its long-lived maximum). Defaults to
+            ``token_lifetime``, so that one setting bounds every token (tests use 1-2 s).
+        secured_services: service names that need a token; ``"*"`` means every service.
+        token_errors: how 498/499 are answered, see :class:`TokenErrorStyle`.
+        federated: advertise the portal token service (``/arcgis/sharing/rest/generateToken``)
+            and ``owningSystemUrl`` in ``/arcgis/rest/info``, like a server federated with a
+            portal; false advertises the stand-alone server's ``/arcgis/tokens/``.
+        stats_endpoint: serve ``GET /_test/stats`` with the token counters (for tests).
+        allowed_origins: origins allowed to read answers cross-origin; ``"*"`` allows every
+            origin, as ArcGIS Server's ``allowedOrigins`` default does. Applies whether or
+            not ``enabled`` is set.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    users: dict[str, str] = Field(default_factory=dict)
+    apps: dict[str, str] = Field(default_factory=dict)
+    api_keys: tuple[str, ...] = ()
+    token_lifetime: PositiveFloat = 3600.0
+    max_token_lifetime: PositiveFloat | None = None
+    secured_services: tuple[str, ...] = ("*",)
+    token_errors: TokenErrorStyle = TokenErrorStyle.JSON
+    federated: bool = False
+    stats_endpoint: bool = False
+    allowed_origins: tuple[str, ...] = ("*",)
+
+    @property
+    def token_lifetime_max(self) -> float:
+        """The longest lifetime in seconds a token may get (see ``max_token_lifetime``)."""
+        return self.max_token_lifetime or self.token_lifetime
+
+    def is_secured(self, service: str) -> bool:
+        """Whether ``service`` needs a token (names compared case-insensitively, as ArcGIS
+        service names are)."""
+        if not self.enabled:
+            return False
+        names = {name.casefold() for name in self.secured_services}
+        return "*" in names or service.casefold() in names
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether the CORS ``Origin`` may read answers (exact match, or ``"*"``)."""
+        return "*" in self.allowed_origins or origin in self.allowed_origins
+
+
 class ImageServerConfig(BaseModel):
     """The whole server configuration.
 
     Attributes:
         services: configured services keyed by their name (key == ``ServiceSpec.name``).
         builtin: also serve the built-in demo services of :func:`builtin_services`.
+        security: tokens and CORS, see :class:`SecurityConfig` (off by default).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
     builtin: bool = True
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="after")
     def _keys_match_names(self) -> ImageServerConfig:

@@ -29,13 +29,30 @@ _PIXEL_TYPE_NAMES = {
 }
 
 
-def server_info() -> dict[str, Any]:
-    """``/arcgis/rest/info``: version and (absent) token security."""
-    return {
-        "currentVersion": CURRENT_VERSION,
-        "fullVersion": FULL_VERSION,
-        "authInfo": {"isTokenBasedSecurity": False},
+def server_info(
+    *,
+    token_services_url: str | None = None,
+    owning_system_url: str | None = None,
+    short_lived_minutes: int | None = None,
+) -> dict[str, Any]:
+    """``/arcgis/rest/info`` (ArcGIS REST "Server Info", ``docs/arcgis-rest.md`` §4.1).
+
+    Without ``token_services_url`` the server is not token-secured. With it, ``authInfo``
+    carries ``tokenServicesUrl`` and ``shortLivedTokenValidity`` (minutes), and a federated
+    server adds ``owningSystemUrl`` (its portal).
+    """
+    info: dict[str, Any] = {"currentVersion": CURRENT_VERSION, "fullVersion": FULL_VERSION}
+    if token_services_url is None:
+        info["authInfo"] = {"isTokenBasedSecurity": False}
+        return info
+    if owning_system_url is not None:
+        info["owningSystemUrl"] = owning_system_url
+    info["authInfo"] = {
+        "isTokenBasedSecurity": True,
+        "tokenServicesUrl": token_services_url,
+        "shortLivedTokenValidity": short_lived_minutes,
     }
+    return info
 
 
 def catalog(service_names: Iterable[str]) -> dict[str, Any]:
@@ -110,9 +127,15 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
     }
 
 
-def error_payload(code: int, message: str, details: Sequence[str] = ()) -> dict[str, Any]:
-    """ArcGIS error JSON ``{"error": {"code", "message", "details"}}``."""
-    return {"error": {"code": code, "message": message, "details": list(details)}}
+def error_payload(
+    code: int, message: str, details: Sequence[str] = (), *, message_code: str | None = None
+) -> dict[str, Any]:
+    """ArcGIS error JSON ``{"error": {"code", "message", "details"}}``, with ``messageCode``
+    when given (e.g. ``GWM_0003`` for "Token Required", ``docs/arcgis-rest.md`` §3)."""
+    error: dict[str, Any] = {"code": code, "message": message, "details": list(details)}
+    if message_code is not None:
+        error["messageCode"] = message_code
+    return {"error": error}
 
 
 def _json_number(value: float | None) -> float | None:

@@ -280,11 +280,14 @@ def _parse_bbox(value: str) -> tuple[Bounds | None, CRS | None]:
         numbers = _parse_numbers(value)
         if len(numbers) != 4:
             raise ValueError("expected xmin,ymin,xmax,ymax")
-    xmin, ymin, xmax, ymax = numbers
     if not all(math.isfinite(n) for n in numbers):
         raise ValueError("coordinates must be finite numbers")
-    if xmin >= xmax or ymin >= ymax:
-        raise ValueError("xmin must be less than xmax and ymin less than ymax")
+    # ArcGIS takes the corners in either order: esri-leaflet's imageMapLayer sends
+    # xmin,ymax,xmax,ymin (Leaflet's pixel-space corners), so normalise instead of refusing.
+    x0, y0, x1, y1 = numbers
+    xmin, xmax, ymin, ymax = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+    if xmin == xmax or ymin == ymax:
+        raise ValueError("the bbox is empty: xmin equals xmax or ymin equals ymax")
     return (xmin, ymin, xmax, ymax), crs
 
 

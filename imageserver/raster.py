@@ -188,6 +188,13 @@ class RasterSource:
             return cls(spec, memfile.open)
         return cls(spec, lambda: rasterio.open(spec.path))
 
+    @contextlib.contextmanager
+    def dataset(self) -> Iterator[DatasetReader]:
+        """Borrow a dataset handle for blocking reads from this thread only (pixel queries of
+        :mod:`imageserver.pixels`); it goes back to the pool on exit."""
+        with self._pool.handle() as dataset:
+            yield dataset
+
     def close(self) -> None:
         """Close every dataset handle. Renders must not be running."""
         self._pool.close()

@@ -9,7 +9,9 @@ import pytest
 from imageserver.config import (
     ConfigError,
     ImageServerConfig,
+    SecurityConfig,
     ServiceSpec,
+    TokenErrorStyle,
     builtin_services,
     load_config,
 )
@@ -86,6 +88,9 @@ def test_empty_file_is_builtins_only(tmp_path: Path) -> None:
         ("- a\n", "mapping"),
         ("services: {x: [\n", "cannot read"),
         ("unknown: 1\n", "unknown"),
+        ("security: {token_errors: loud}\n", "token_errors"),
+        ("security: {token_lifetime: 0}\n", "token_lifetime"),
+        ("security: {allowedOrigins: ['*']}\n", "allowedOrigins"),
     ],
 )
 def test_invalid_configs_raise_config_error(tmp_path: Path, text: str, message: str) -> None:
@@ -101,3 +106,44 @@ def test_missing_config_file_raises_config_error(tmp_path: Path) -> None:
 def test_service_keys_must_match_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="differs"):
         ImageServerConfig(services={"a": ServiceSpec(name="b", path=tmp_path)})
+
+
+def test_security_is_off_by_default_and_allows_every_origin() -> None:
+    security = load_config(None).security
+    assert security.enabled is False
+    assert security.allowed_origins == ("*",)
+    assert not security.is_secured("bluemarble")
+
+
+def test_security_section(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            "security:\n"
+            "  enabled: true\n"
+            "  users: {alice: test-password}\n"
+            "  apps: {app-id: test-secret}\n"
+            "  api_keys: [test-key]\n"
+            "  token_lifetime: 2\n"
+            "  secured_services: [Landsat]\n"
+            "  token_errors: html\n"
+            "  allowed_origins: [https://maps.example.org]\n",
+        )
+    )
+    security = config.security
+    assert security == SecurityConfig(
+        enabled=True,
+        users={"alice": "test-password"},
+        apps={"app-id": "test-secret"},
+        api_keys=("test-key",),
+        token_lifetime=2,
+        secured_services=("Landsat",),
+        token_errors=TokenErrorStyle.HTML,
+        allowed_origins=("https://maps.example.org",),
+    )
+    # One setting bounds every token unless a maximum is given.
+    assert security.token_lifetime_max == 2
+    assert security.model_copy(update={"max_token_lifetime": 60}).token_lifetime_max == 60
+    assert security.is_secured("landsat") and not security.is_secured("bluemarble")
+    assert security.origin_allowed("https://maps.example.org")
+    assert not security.origin_allowed("https://other.example.org")

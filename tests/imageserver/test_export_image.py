@@ -501,7 +501,7 @@ async def test_largest_allowed_size_is_accepted(client: TestClient) -> None:
         ("size", "a,b"),
         ("bbox", "1,2,3"),
         ("bbox", "abc"),
-        ("bbox", "10,0,5,10"),
+        ("bbox", "5,0,5,10"),
         ("bbox", "0,10,10,10"),
         ("bbox", "0,0,inf,10"),
         ("bboxSR", "999999"),
@@ -559,3 +559,14 @@ async def test_request_outside_the_raster_is_fully_transparent(client: TestClien
     content_type, body = await export(client, "rgb", bbox="0,0,1000,1000", size="10,10")
     assert content_type == "image/png"
     assert (decode_png(body)[..., 3] == 0).all()
+
+
+async def test_bbox_with_swapped_corners_gives_the_ordered_bbox_pixels(client: TestClient) -> None:
+    # esri-leaflet's imageMapLayer sends xmin,ymax,xmax,ymin; ArcGIS draws the same image.
+    xmin, ymin, xmax, ymax = 200000.0, 2700000.0, 230000.0, 2720000.0
+    common = {"size": "120,80", "format": "png32", "bboxSR": 32618, "imageSR": 32618}
+    _, ordered = await export(client, "rgb", bbox=bbox_param((xmin, ymin, xmax, ymax)), **common)
+    for corners in ((xmin, ymax, xmax, ymin), (xmax, ymin, xmin, ymax), (xmax, ymax, xmin, ymin)):
+        _, swapped = await export(client, "rgb", bbox=bbox_param(corners), **common)
+        assert np.array_equal(decode_png(swapped), decode_png(ordered)), corners
+    assert decode_png(ordered)[..., 3].any()

@@ -163,8 +163,9 @@ async def test_unknown_service_is_arcgis_404_under_http_200(client: TestClient, 
 
 
 async def test_unsupported_operation_is_error_400(client: TestClient) -> None:
-    document = await get_json(client, f"{SERVICES}/rgb/ImageServer/identify", f="json")
+    document = await get_json(client, f"{SERVICES}/rgb/ImageServer/measure", f="json")
     assert document["error"]["code"] == 400
+    assert document["error"]["message"] == "Requested operation is not supported by this service."
 
 
 async def test_middlewares_see_requests(aiohttp_client: AiohttpClient) -> None:
