@@ -153,10 +153,12 @@ BEHAVIOURS: dict[str, Callable[[MultiDict[str]], Awaitable[web.Response]]] = {
 @dataclass
 class FakeUpstream:
     """The fixture upstream: ``url`` of its ImageServer, the exportImage queries it received,
-    and the ``behaviour`` its exportImage currently has (a key of ``BEHAVIOURS``)."""
+    the ``behaviour`` its exportImage currently has (a key of ``BEHAVIOURS``) and the
+    ``delay`` in seconds before each exportImage answer (a slow upstream)."""
 
     server: TestServer
     behaviour: str = "ok"
+    delay: float = 0.0
     queries: list[MultiDict[str]] = field(default_factory=list)
     info: dict[str, object] = field(
         default_factory=lambda: {"name": "fake", "type": "ImageServer", "currentVersion": 11.1}
@@ -175,6 +177,7 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
     async def export_image(request: web.Request) -> web.Response:
         upstream = state["upstream"]
         upstream.queries.append(request.query.copy())
+        await asyncio.sleep(upstream.delay)
         return await BEHAVIOURS[upstream.behaviour](request.query)
 
     async def service_info(request: web.Request) -> web.Response:
