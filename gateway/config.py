@@ -145,7 +145,8 @@ class CacheConfig(_Strict):
     bounds every cache operation in seconds; ``retry_interval`` is how long, in seconds, an
     unreachable cache is left alone before it is tried again. ``l1_max_bytes`` bounds the
     in-process LRU in front of the backend (0 turns it off); ``lock_lease`` is how long, in
-    seconds, a replica may hold the lock of a metatile it is fetching before others take over;
+    seconds, the lock of a metatile outlives a replica that died fetching it (other processes
+    stop waiting for it after ``server.upstream_timeout`` anyway, see ``cache.coalesce``);
     ``purge_poll`` how often, in seconds, a replica looks for purges made by the others;
     ``max_connections`` bounds each process's Redis connections (per node on a Cluster); a
     burst beyond it waits for a free connection (the single node's pool up to ``timeout``;

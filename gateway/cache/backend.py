@@ -47,9 +47,9 @@ class Backend(Protocol):
 
     async def set_many(
         self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
-    ) -> None:
+    ) -> bool:
         """Store entries for ``lifetime`` seconds, then release the lock ``unlock`` (key, token)
-        if given and still held with that token."""
+        if given and still held with that token; whether the backend was reached."""
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete keys; how many there were."""
@@ -66,8 +66,9 @@ class Backend(Protocol):
     async def locked(self, key: str) -> bool:
         """Whether someone holds the lock ``key`` now."""
 
-    async def unlock(self, key: str, token: str) -> None:
-        """Release the lock ``key`` if ``token`` still holds it."""
+    async def unlock(self, key: str, token: str) -> bool:
+        """Release the lock ``key`` if ``token`` still holds it; whether the backend was
+        reached."""
 
     async def increment(self, key: str) -> int | None:
         """Add one to a counter; its new value, or ``None`` when unknown."""

@@ -37,9 +37,11 @@ class MemoryBackend:
 
     async def set_many(
         self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
-    ) -> None:
-        """Store entries for ``lifetime`` seconds (there are no locks to release)."""
+    ) -> bool:
+        """Store entries for ``lifetime`` seconds (there are no locks to release); always
+        ``True``."""
         await self._store.multi_set(list(items), ttl=lifetime)
+        return True
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete keys; how many there were."""
@@ -63,8 +65,9 @@ class MemoryBackend:
         """Never: no other process takes these locks."""
         return False
 
-    async def unlock(self, key: str, token: str) -> None:
-        """Nothing to release."""
+    async def unlock(self, key: str, token: str) -> bool:
+        """Nothing to release: ``True``."""
+        return True
 
     async def increment(self, key: str) -> int | None:
         """Add one to a counter of this process."""

@@ -185,7 +185,8 @@ class TilePipeline:
     ) -> tuple[TileEntry, bool]:
         """The fresh entry under ``key`` (a tile of ``meta`` in ``generation``, the layer's
         current one if ``None``), from the cache or by fetching the metatile through
-        coalescing; ``True`` when this call made the upstream call.
+        coalescing; ``True`` when this call made the upstream call. Another process's fetch
+        is waited for at most the upstream timeout (``server.upstream_timeout``).
 
         Raises ``UpstreamError``.
         """
@@ -197,6 +198,7 @@ class TilePipeline:
             lambda: self.produce(request, meta, generation),
             layer.config.ttl,
             layer.config.lifetime,
+            layer.client.upstream.timeout,
         )
 
     async def produce(
@@ -261,9 +263,11 @@ class TilePipeline:
             log.info("background refresh of %s failed: %s", key, exc.message)
 
     async def close(self) -> None:
-        """Wait for background refreshes to end (at shutdown)."""
+        """Wait for background refreshes to end, then stop retrying lock releases (at
+        shutdown)."""
         if self._refreshes:
             await asyncio.gather(*self._refreshes, return_exceptions=True)
+        await self.flight.close()
 
 
 @asynccontextmanager
