@@ -15,6 +15,7 @@ concurrent hits share a round trip and redis-py's per-command cost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -65,7 +66,7 @@ class RedisBackend:
         self, url: str, timeout: float, max_connections: int, retry_interval: float
     ) -> None:
         self.description = f"redis {redact_url(url)}"
-        self.guard = Guard(self.description, retry_interval)
+        self.guard = Guard(self.description, retry_interval, self._drop_idle_connections)
         # aiocache builds single-node clients only; Sentinel and Cluster clients speak the
         # same commands, so its RedisCache gets the client that fits the URL.
         self._store = RedisCache(serializer=TileEntrySerializer(), timeout=None)
@@ -306,10 +307,23 @@ class RedisBackend:
         try:
             await asyncio.wait_for(self.redis.ping(), self._timeout)
         except FAILURES as exc:
-            self.guard.failed("ping", exc)
+            await self.guard.failed("ping", exc)
             return False
         self.guard.succeeded()
         return True
+
+    async def _drop_idle_connections(self) -> None:
+        """Close the pool's idle connections (single node and Sentinel; redis-py's Cluster
+        client marks a node's free connections for reconnection itself after a connection
+        error): when an outage starts, they may lead to a server that is gone without their
+        knowing (a restart behind a NAT or load balancer), and each would fail a later call
+        after a timeout."""
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is None:
+            return
+        # redis-py drops a connection's socket before closing it, failing or not.
+        with contextlib.suppress(*FAILURES):
+            await pool.disconnect(inuse_connections=False)
 
     async def close(self) -> None:
         """Release the connections (after the reads in flight)."""

@@ -1,5 +1,5 @@
 """Faults with real processes: a Redis server of the test's own that is paused (SIGSTOP and
-SIGCONT) or holds a dead replica's lock, and whole-layer purges while misses are in flight.
+SIGCONT), killed and restarted under load, and whole-layer purges while misses are in flight.
 Each test counts failed requests (none may fail where the cache or a purge is at fault) and
 bounds the waits by the upstream timeout; upstream calls are counted from what the fixture
 upstream received."""
@@ -7,13 +7,16 @@ upstream received."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import signal
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
 
-from tests.conftest import MakeGateway, RedisProcess
+from tests.conftest import MakeGateway, RedisProcess, free_port
 from tests.integration.conftest import FakeUpstream
 
 TOKEN = "faults-admin-token"
@@ -33,6 +36,75 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"still not so after {timeout} s")
         await asyncio.sleep(0.01)
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> Counter[str]:
+    """The cache guard's outage lines logged so far: ``unavailable`` and ``available again``."""
+    lines: Counter[str] = Counter()
+    for record in caplog.records:
+        if record.name == "gateway.cache.backend":
+            message = record.getMessage()
+            lines["available again" if "available again" in message else "unavailable"] += 1
+    return lines
+
+
+class SilentProxy:
+    """A TCP proxy on a loopback port in front of Redis that, when Redis closes a connection,
+    keeps the client's side open and swallows what it sends, as a NAT or load balancer that
+    lost its state does: after a Redis restart the clients' pooled connections are dead
+    without their knowing, while new connections reach the new server."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target_port
+            )
+        except OSError:
+            writer.close()  # nothing listens: refused, as Redis itself would be
+            return
+        self._writers.append(upstream_writer)
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            pump = asyncio.create_task(self._pump(source, sink))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    @staticmethod
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+        except (OSError, RuntimeError):
+            pass  # the other side is gone: what the client sends now goes nowhere
+
+
+@pytest.fixture
+async def silent_proxy(redis_process: RedisProcess) -> AsyncIterator[SilentProxy]:
+    """A ``SilentProxy`` in front of this test's own Redis."""
+    proxy = SilentProxy(redis_process.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
 
 
 async def test_a_redis_stall_during_a_fetch_does_not_make_another_process_wait_for_the_lease(
@@ -115,6 +187,53 @@ async def test_a_waiter_fetches_for_itself_after_the_upstream_timeout(
     assert response.status == 200 and response.headers["X-Cache"] == "MISS"
     assert UPSTREAM_TIMEOUT <= waited < UPSTREAM_TIMEOUT + MARGIN  # the lock was respected
     assert len(fake_upstream.queries) == 2
+
+
+@pytest.mark.parametrize("path", ["direct", "proxy"])
+async def test_redis_killed_and_restarted_under_load_fails_no_request_and_logs_once_each_way(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_process: RedisProcess,
+    silent_proxy: SilentProxy,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+) -> None:
+    # "proxy": after the restart the pooled connections are dead and fail one by one, each
+    # after the cache timeout, while new ones work: an outage that flickers as it ends.
+    caplog.set_level(logging.WARNING, logger="gateway.cache.backend")
+    cache = {
+        "redis_url": redis_process.url if path == "direct" else silent_proxy.url,
+        "prefix": key_prefix,
+        "l1_max_bytes": 0,  # every request reads Redis
+        "purge_poll": 0.2,
+    }
+    client = await make_gateway({"fake": layer(fake_upstream.url, meta_size=[1, 1])}, cache)
+    statuses: Counter[int] = Counter()
+    stop = asyncio.Event()
+    rng = random.Random(9)
+
+    async def user() -> None:
+        while not stop.is_set():
+            # 64 tiles: hits once warm, misses again after the restart emptied Redis.
+            response = await client.get(f"/tiles/fake/3/{rng.randrange(8)}/{rng.randrange(8)}.png")
+            await response.read()
+            statuses[response.status] += 1
+
+    users = [asyncio.create_task(user()) for _ in range(20)]
+    try:
+        await asyncio.sleep(1.5)
+        assert redis_process.process is not None
+        redis_process.process.kill()
+        redis_process.process.wait(10)
+        await asyncio.sleep(1.5)
+        redis_process.start()
+        await asyncio.sleep(3.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*users)
+    assert statuses[200] > 100 and set(statuses) == {200}
+    assert outage_lines(caplog) == {"unavailable": 1, "available again": 1}
 
 
 @pytest.mark.parametrize("meta_size", [[4, 4], [1, 1]], ids=["metatiled", "single"])
