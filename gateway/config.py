@@ -186,8 +186,9 @@ class CacheConfig(_Strict):
     unreachable cache is left alone before it is tried again. ``l1_max_bytes`` bounds the
     in-process LRU in front of the backend (0 turns it off) and ``memory_max_bytes`` the
     ``memory`` backend, the least recently used tiles dropped beyond it (both in bytes: tile
-    bytes plus 512 per entry); ``lock_lease`` is how long, in seconds, a replica may hold the
-    lock of a metatile it is fetching before others take over; ``purge_poll`` how often, in
+    bytes plus 512 per entry); ``lock_lease`` is how long, in seconds, the lock of a metatile
+    outlives a replica that died fetching it (other processes stop waiting for it after
+    ``server.upstream_timeout`` anyway, see ``cache.coalesce``); ``purge_poll`` how often, in
     seconds, a replica looks for purges made by the others;
     ``max_connections`` bounds each process's Redis connections (per node on a Cluster); a
     burst beyond it waits for a free connection (the single node's pool up to ``timeout``;

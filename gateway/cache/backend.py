@@ -47,9 +47,9 @@ class Backend(Protocol):
 
     async def set_many(
         self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
-    ) -> None:
+    ) -> bool:
         """Store entries for ``lifetime`` seconds, then release the lock ``unlock`` (key, token)
-        if given and still held with that token."""
+        if given and still held with that token; whether the backend was reached."""
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete keys; how many there were."""
@@ -66,8 +66,9 @@ class Backend(Protocol):
     async def locked(self, key: str) -> bool:
         """Whether someone holds the lock ``key`` now."""
 
-    async def unlock(self, key: str, token: str) -> None:
-        """Release the lock ``key`` if ``token`` still holds it."""
+    async def unlock(self, key: str, token: str) -> bool:
+        """Release the lock ``key`` if ``token`` still holds it; whether the backend was
+        reached."""
 
     async def increment(self, key: str) -> int | None:
         """Add one to a counter; its new value, or ``None`` when unknown."""
@@ -95,12 +96,22 @@ class Guard:
     A failure is logged once when an outage starts and once when it ends; while it lasts the
     backend is left alone for ``retry_interval`` seconds between probes, so that requests do
     not each wait for a timeout (architecture.md: "A Redis failure is a cache miss, never a
-    5xx"). ``description`` names the backend in those lines.
+    5xx"). ``description`` names the backend in those lines. ``on_outage`` is awaited when an
+    outage starts: the backend drops its idle connections there, which may lead to a server
+    that is gone (after a restart behind a NAT or load balancer they would fail one by one,
+    each after a timeout, while new connections work: every such failure after the server is
+    back would start a new outage and log it).
     """
 
-    def __init__(self, description: str, retry_interval: float) -> None:
+    def __init__(
+        self,
+        description: str,
+        retry_interval: float,
+        on_outage: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.description = description
         self._retry_interval = retry_interval
+        self._on_outage = on_outage
         self._down_since: float | None = None
         self._next_probe = 0.0
 
@@ -121,25 +132,29 @@ class Guard:
         try:
             result = await call()
         except FAILURES as exc:
-            self.failed(operation, exc)
+            await self.failed(operation, exc)
             return default
         self.succeeded()
         return result
 
-    def failed(self, operation: str, exc: BaseException) -> None:
-        """Record a failed ``operation``: the outage starts (logged) or goes on."""
+    async def failed(self, operation: str, exc: BaseException) -> None:
+        """Record a failed ``operation``: the outage starts (logged, then ``on_outage``
+        awaited) or goes on."""
         now = time.monotonic()
         self._next_probe = now + self._retry_interval
-        if self._down_since is None:
-            self._down_since = now
-            log.warning(
-                "cache %s unavailable (%s on %s: %s); reads are misses and writes are dropped "
-                "until it is back",
-                self.description,
-                type(exc).__name__,
-                operation,
-                exc,
-            )
+        if self._down_since is not None:
+            return
+        self._down_since = now
+        log.warning(
+            "cache %s unavailable (%s on %s: %s); reads are misses and writes are dropped "
+            "until it is back",
+            self.description,
+            type(exc).__name__,
+            operation,
+            exc,
+        )
+        if self._on_outage is not None:
+            await self._on_outage()
 
     def succeeded(self) -> None:
         """Record a call that reached the backend: an outage, if any, ends (logged)."""

@@ -45,11 +45,13 @@ class MemoryBackend:
 
     async def set_many(
         self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
-    ) -> None:
-        """Store entries for ``lifetime`` seconds (there are no locks to release)."""
+    ) -> bool:
+        """Store entries for ``lifetime`` seconds (there are no locks to release); always
+        ``True``."""
         expires = self._clock() + lifetime
         for key, entry in items:
             self._store.put(key, entry, expires)
+        return True
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete keys; how many there were."""
@@ -70,8 +72,9 @@ class MemoryBackend:
         """Never: no other process takes these locks."""
         return False
 
-    async def unlock(self, key: str, token: str) -> None:
-        """Nothing to release."""
+    async def unlock(self, key: str, token: str) -> bool:
+        """Nothing to release: ``True``."""
+        return True
 
     async def increment(self, key: str) -> int | None:
         """Add one to a counter of this process."""

@@ -15,6 +15,7 @@ concurrent hits share a round trip and redis-py's per-command cost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -65,7 +66,7 @@ class RedisBackend:
         self, url: str, timeout: float, max_connections: int, retry_interval: float
     ) -> None:
         self.description = f"redis {redact_url(url)}"
-        self.guard = Guard(self.description, retry_interval)
+        self.guard = Guard(self.description, retry_interval, self._drop_idle_connections)
         # aiocache builds single-node clients only; Sentinel and Cluster clients speak the
         # same commands, so its RedisCache gets the client that fits the URL.
         self._store = RedisCache(serializer=TileEntrySerializer(), timeout=None)
@@ -165,36 +166,39 @@ class RedisBackend:
 
     async def set_many(
         self, items: Sequence[tuple[str, TileEntry]], lifetime: int, unlock: tuple[str, str] | None
-    ) -> None:
+    ) -> bool:
         """Store entries for ``lifetime`` seconds (value and expiry of each in one SET EX) in one
         round trip, then release the lock ``unlock`` (key, token) if still ours: one script on
-        a single node or Sentinel, a pipeline per node and an unlock on a Cluster. Failures
-        are logged and swallowed (the lock then expires with its lease)."""
+        a single node or Sentinel, a pipeline per node and an unlock on a Cluster. Whether
+        Redis was reached: failures are logged by the guard and swallowed (the caller may try
+        again, see ``cache.coalesce``)."""
         if not self._cluster and unlock is not None:
             lock_key, token = unlock
-            await self._call(
-                "set",
-                lambda: self._store_and_unlock(
+
+            async def store_and_unlock() -> bool:
+                await self._store_and_unlock(
                     keys=[*(key for key, _ in items), lock_key],
                     args=[lifetime, token, *(encode_entry(entry) for _, entry in items)],
-                ),
-                None,
-            )
-            return
+                )
+                return True
 
-        async def store() -> None:
+            return await self._call("set", store_and_unlock, False)
+
+        async def store() -> bool:
             if len(items) == 1:
                 key, entry = items[0]
                 await self.redis.set(key, encode_entry(entry), ex=lifetime)
-                return
-            pipe = self.redis.pipeline(transaction=False)
-            for key, entry in items:
-                pipe.set(key, encode_entry(entry), ex=lifetime)
-            await pipe.execute()
+            elif items:
+                pipe = self.redis.pipeline(transaction=False)
+                for key, entry in items:
+                    pipe.set(key, encode_entry(entry), ex=lifetime)
+                await pipe.execute()
+            return True
 
-        await self._call("set", store, None)
-        if unlock is not None:
-            await self.unlock(*unlock)
+        stored = await self._call("set", store, False)
+        if unlock is None:
+            return stored
+        return await self.unlock(*unlock) and stored
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Delete keys in batches of pipelined DELs; how many there were."""
@@ -249,9 +253,15 @@ class RedisBackend:
         """Whether someone holds the lock ``key`` now (False when unknown)."""
         return bool(await self._call("lock", lambda: self.redis.exists(key), False))
 
-    async def unlock(self, key: str, token: str) -> None:
-        """Release the lock ``key`` if ``token`` still owns it (compare-and-delete, atomic)."""
-        await self._call("unlock", lambda: self.redis.eval(_UNLOCK, 1, key, token), 0)
+    async def unlock(self, key: str, token: str) -> bool:
+        """Release the lock ``key`` if ``token`` still owns it (compare-and-delete, atomic);
+        whether Redis was reached."""
+
+        async def release() -> bool:
+            await self.redis.eval(_UNLOCK, 1, key, token)
+            return True
+
+        return await self._call("unlock", release, False)
 
     async def increment(self, key: str) -> int | None:
         """INCR a counter; ``None`` when Redis cannot be reached."""
@@ -297,10 +307,23 @@ class RedisBackend:
         try:
             await asyncio.wait_for(self.redis.ping(), self._timeout)
         except FAILURES as exc:
-            self.guard.failed("ping", exc)
+            await self.guard.failed("ping", exc)
             return False
         self.guard.succeeded()
         return True
+
+    async def _drop_idle_connections(self) -> None:
+        """Close the pool's idle connections (single node and Sentinel; redis-py's Cluster
+        client marks a node's free connections for reconnection itself after a connection
+        error): when an outage starts, they may lead to a server that is gone without their
+        knowing (a restart behind a NAT or load balancer), and each would fail a later call
+        after a timeout."""
+        pool = getattr(self.redis, "connection_pool", None)
+        if pool is None:
+            return
+        # redis-py drops a connection's socket before closing it, failing or not.
+        with contextlib.suppress(*FAILURES):
+            await pool.disconnect(inuse_connections=False)
 
     async def close(self) -> None:
         """Release the connections (after the reads in flight)."""

@@ -33,7 +33,9 @@ class TileCache:
     and counters coalescing and purging need.
 
     ``backend`` is ``"memory"`` or ``"redis"``; ``shared`` says whether other processes see the
-    same entries; ``available`` is ``False`` while the backend is known to be unreachable.
+    same entries; ``available`` is ``False`` while the backend is known to be unreachable;
+    ``retry_interval`` is how long, in seconds, an unreachable backend is left alone
+    (``cache.retry_interval``).
     """
 
     def __init__(self, config: CacheConfig) -> None:
@@ -41,6 +43,7 @@ class TileCache:
         self.backend = self.store.kind
         self.shared = self.store.kind == "redis"
         self.description = self.store.description
+        self.retry_interval = config.retry_interval
         self.l1 = MemoryTier(config.l1_max_bytes) if config.l1_max_bytes else None
 
     @property
@@ -70,13 +73,23 @@ class TileCache:
         items: Sequence[tuple[str, TileEntry]],
         lifetime: int,
         unlock: tuple[str, str] | None = None,
-    ) -> None:
+    ) -> bool:
         """Store entries for ``lifetime`` seconds here and in the backend, then release the lock
-        ``unlock`` (key, token) if given and still ours."""
+        ``unlock`` (key, token) if given and still ours. Whether the backend was reached
+        (``False``: the entries are in L1 only and the lock, if any, is still held)."""
         if self.l1 is not None:
             for key, entry in items:
                 self.l1.put(key, entry, entry.created + lifetime)
-        await self.store.set_many(items, lifetime, unlock)
+        return await self.store.set_many(items, lifetime, unlock)
+
+    async def set_shared(
+        self,
+        items: Sequence[tuple[str, TileEntry]],
+        lifetime: int,
+        unlock: tuple[str, str] | None = None,
+    ) -> bool:
+        """``set_many`` in the backend only: a retry of one that L1 already took."""
+        return await self.store.set_many(items, lifetime, unlock)
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Delete keys from L1 and the backend; how many the backend had."""
@@ -109,9 +122,10 @@ class TileCache:
         """Whether someone holds the lock ``key`` now (False when unknown)."""
         return await self.store.locked(key)
 
-    async def unlock(self, key: str, token: str) -> None:
-        """Release the lock ``key`` if ``token`` still owns it."""
-        await self.store.unlock(key, token)
+    async def unlock(self, key: str, token: str) -> bool:
+        """Release the lock ``key`` if ``token`` still owns it; whether the backend was
+        reached."""
+        return await self.store.unlock(key, token)
 
     async def ping(self) -> bool:
         """Whether the backend answers now (always ``True`` for memory)."""

@@ -138,11 +138,10 @@ class Seeder:
     async def _seed(self, index: int) -> Outcome | None:
         """One metatile with retries; ``None`` when the run stopped while waiting to retry."""
         request, meta = self.plan.metatile(index)
-        keys = self.pipeline.metatile_keys(request, meta)
         attempt = 0
         while True:
             try:
-                return await self._attempt(request, meta, keys)
+                return await self._attempt(request, meta)
             except (UpstreamError, CacheFailure) as exc:
                 reason = exc.message if isinstance(exc, UpstreamError) else str(exc)
                 where = f"TileMatrix {meta.z} metatile at TileCol {meta.col0} TileRow {meta.row0}"
@@ -155,8 +154,12 @@ class Seeder:
                 if await self._stopped_within(delay):
                     return None
 
-    async def _attempt(self, request: TileRequest, meta: MetaTile, keys: list[str]) -> Outcome:
+    async def _attempt(self, request: TileRequest, meta: MetaTile) -> Outcome:
         cache = self.pipeline.cache
+        # One generation for the whole attempt: a whole-layer purge meanwhile must not make
+        # the fetch store keys other than those looked for here.
+        generation = self.pipeline.generation(request)
+        keys = self.pipeline.metatile_keys(request, meta, generation)
         entries = await cache.get_many(keys)
         if not cache.available:
             # Every tile would read as missing: fetching now would only load the upstream.
@@ -167,7 +170,7 @@ class Seeder:
         try:
             # Keyed on a missing tile, the fetch is skipped only if that tile turns fresh
             # meanwhile: another process fetched the metatile.
-            _, produced = await self.pipeline.fetch_metatile(request, meta, missing[0])
+            _, produced = await self.pipeline.fetch_metatile(request, meta, missing[0], generation)
         except UpstreamError:
             # Only this process's own exportImage call raises here (a waiter whose leader
             # failed takes the lock and calls for itself).

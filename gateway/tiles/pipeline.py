@@ -67,15 +67,25 @@ class TilePipeline:
         self.resolve = TileAddresses(layers).resolve
         self._refreshes: set[asyncio.Task[None]] = set()
 
+    def generation(self, request: TileRequest) -> str:
+        """The current generation of the request's layer (``Layer.generation``).
+
+        A request takes it once and builds its tile key, its metatile's lock key and the keys
+        its fetch stores with it: a whole-layer purge in the middle of the request then changes
+        none of them, so its fetch still answers it and its waiters (stored under the old
+        generation, which new requests no longer read).
+        """
+        return self.layers[request.layer].generation
+
     def _place(
-        self, request: TileRequest, col: int, row: int
+        self, request: TileRequest, col: int, row: int, generation: str | None
     ) -> tuple[str, str, str, int, int, int, int, str]:
         """What a key of ``request`` at TileCol ``col``, TileRow ``row`` is made of: layer,
-        generation, TileMatrixSet, TileMatrix, col, row, scale, extension."""
-        generation = self.layers[request.layer].generation
+        generation (the layer's current one when ``None``), TileMatrixSet, TileMatrix, col,
+        row, scale, extension."""
         return (
             request.layer,
-            generation,
+            generation or self.generation(request),
             request.tms,
             request.z,
             col,
@@ -84,9 +94,9 @@ class TilePipeline:
             request.ext,
         )
 
-    def key(self, request: TileRequest) -> str:
-        """The cache key of ``request``."""
-        return self.keys.tile(*self._place(request, request.x, request.y))
+    def key(self, request: TileRequest, generation: str | None = None) -> str:
+        """The cache key of ``request`` in ``generation`` (the layer's current one if ``None``)."""
+        return self.keys.tile(*self._place(request, request.x, request.y, generation))
 
     @property
     def prepares(self) -> bool:
@@ -120,7 +130,8 @@ class TilePipeline:
         grid = self.grids[request.tms]
         if not layer.has_data(grid, request.z, request.x, request.y):
             return TileResult(layer.empty_entry(request.ext, grid.tile_size * request.scale), "HIT")
-        key = self.key(request)
+        generation = self.generation(request)
+        key = self.key(request, generation)
         config = layer.config
         entry = await self.cache.get(key, config.lifetime)
         age = 0.0
@@ -129,19 +140,20 @@ class TilePipeline:
             if age < config.ttl:
                 return TileResult(entry, "HIT")
             if age < config.ttl + config.stale_while_revalidate:
-                self._refresh_later(request, key)
+                self._refresh_later(request, key, generation)
                 return TileResult(entry, "STALE")
         try:
-            fresh, produced = await self._fetch(request, key)
+            fresh, produced = await self._fetch(request, key, generation)
         except UpstreamError:
             if entry is not None and age < config.ttl + config.stale_if_error:
                 return TileResult(entry, "STALE")
             raise
         return TileResult(fresh, "MISS" if produced else "HIT")
 
-    def lock_key(self, request: TileRequest, meta: MetaTile) -> str:
-        """The coalescing lock of the metatile ``meta`` of ``request``."""
-        return self.keys.lock(*self._place(request, meta.col0, meta.row0))
+    def lock_key(self, request: TileRequest, meta: MetaTile, generation: str | None = None) -> str:
+        """The coalescing lock of the metatile ``meta`` of ``request`` in ``generation`` (the
+        layer's current one if ``None``)."""
+        return self.keys.lock(*self._place(request, meta.col0, meta.row0, generation))
 
     def metatile_of(self, request: TileRequest) -> MetaTile:
         """The metatile that holds the requested tile (see ``grids.metatile``)."""
@@ -157,33 +169,44 @@ class TilePipeline:
             request.scale,
         )
 
-    def metatile_keys(self, request: TileRequest, meta: MetaTile) -> list[str]:
-        """The cache keys of every tile of ``meta`` (all stored by one fetch)."""
-        return [self.key(replace(request, x=x, y=y)) for x, y, _ in meta.crops()]
+    def metatile_keys(
+        self, request: TileRequest, meta: MetaTile, generation: str | None = None
+    ) -> list[str]:
+        """The cache keys of every tile of ``meta`` in ``generation`` (the layer's current one
+        if ``None``), all stored by one fetch."""
+        return [self.key(replace(request, x=x, y=y), generation) for x, y, _ in meta.crops()]
 
-    async def _fetch(self, request: TileRequest, key: str) -> tuple[TileEntry, bool]:
-        return await self.fetch_metatile(request, self.metatile_of(request), key)
+    async def _fetch(
+        self, request: TileRequest, key: str, generation: str
+    ) -> tuple[TileEntry, bool]:
+        return await self.fetch_metatile(request, self.metatile_of(request), key, generation)
 
     async def fetch_metatile(
-        self, request: TileRequest, meta: MetaTile, key: str
+        self, request: TileRequest, meta: MetaTile, key: str, generation: str | None = None
     ) -> tuple[TileEntry, bool]:
-        """The fresh entry under ``key`` (a tile of ``meta``), from the cache or by fetching the
-        metatile through coalescing; ``True`` when this call made the upstream call.
+        """The fresh entry under ``key`` (a tile of ``meta`` in ``generation``, the layer's
+        current one if ``None``), from the cache or by fetching the metatile through
+        coalescing; ``True`` when this call made the upstream call. Another process's fetch
+        is waited for at most the upstream timeout (``server.upstream_timeout``).
 
         Raises ``UpstreamError``.
         """
-        config = self.layers[request.layer].config
+        layer = self.layers[request.layer]
+        generation = generation or self.generation(request)
         return await self.flight.fetch(
-            self.lock_key(request, meta),
+            self.lock_key(request, meta, generation),
             key,
-            lambda: self.produce(request, meta),
-            config.ttl,
-            config.lifetime,
+            lambda: self.produce(request, meta, generation),
+            layer.config.ttl,
+            layer.config.lifetime,
+            layer.client.upstream.timeout,
         )
 
-    async def produce(self, request: TileRequest, meta: MetaTile) -> dict[str, TileEntry]:
-        """One exportImage call for ``meta``: every tile of it by cache key (coalescing stores
-        them).
+    async def produce(
+        self, request: TileRequest, meta: MetaTile, generation: str | None = None
+    ) -> dict[str, TileEntry]:
+        """One exportImage call for ``meta``: every tile of it by cache key in ``generation``
+        (the layer's current one if ``None``; coalescing stores them).
 
         A 1 x 1 metatile without buffer keeps the upstream's bytes as they are, once they
         decode completely; a larger one is asked in the layer's metatile format
@@ -232,30 +255,32 @@ class TilePipeline:
         now = time.time()
         content_type = EXPORT_FORMATS[request.ext][1]
         return {
-            self.key(replace(request, x=col, y=row)): TileEntry(
+            self.key(replace(request, x=col, y=row), generation): TileEntry(
                 data, content_type, strong_etag(data), now, image.last_modified
             )
             for (col, row, _), data in zip(crops, tiles, strict=True)
         }
 
-    def _refresh_later(self, request: TileRequest, key: str) -> None:
+    def _refresh_later(self, request: TileRequest, key: str, generation: str) -> None:
         """Start one background refresh of the request's metatile unless one is running."""
-        if self.flight.running(self.lock_key(request, self.metatile_of(request))):
+        if self.flight.running(self.lock_key(request, self.metatile_of(request), generation)):
             return
-        task = asyncio.create_task(self._refresh(request, key))
+        task = asyncio.create_task(self._refresh(request, key, generation))
         self._refreshes.add(task)
         task.add_done_callback(self._refreshes.discard)
 
-    async def _refresh(self, request: TileRequest, key: str) -> None:
+    async def _refresh(self, request: TileRequest, key: str, generation: str) -> None:
         try:
-            await self._fetch(request, key)
+            await self._fetch(request, key, generation)
         except UpstreamError as exc:
             log.info("background refresh of %s failed: %s", key, exc.message)
 
     async def close(self) -> None:
-        """Wait for background refreshes to end (at shutdown)."""
+        """Wait for background refreshes to end, then stop retrying lock releases (at
+        shutdown)."""
         if self._refreshes:
             await asyncio.gather(*self._refreshes, return_exceptions=True)
+        await self.flight.close()
 
 
 @asynccontextmanager

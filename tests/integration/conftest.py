@@ -188,12 +188,14 @@ CONNECTION_BEHAVIOURS: dict[str, Callable[[web.Request], Awaitable[web.StreamRes
 class FakeUpstream:
     """The fixture upstream: ``url`` of its ImageServer, the exportImage queries it received,
     and the ``behaviour`` its exportImage currently has (a key of ``BEHAVIOURS`` or
-    ``CONNECTION_BEHAVIOURS``). Every exportImage call waits until ``gate`` is set (it is,
-    unless a test clears it); ``running`` counts the calls in flight, ``peak`` the most at once.
+    ``CONNECTION_BEHAVIOURS``), after ``delay`` seconds (a slow upstream). Every exportImage
+    call waits until ``gate`` is set (it is, unless a test clears it); ``running`` counts the
+    calls in flight, ``peak`` the most at once.
     """
 
     server: TestServer
     behaviour: str = "ok"
+    delay: float = 0.0
     queries: list[MultiDict[str]] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     running: int = 0
@@ -219,6 +221,7 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
         upstream.peak = max(upstream.peak, upstream.running)
         try:
             await upstream.gate.wait()
+            await asyncio.sleep(upstream.delay)
             if upstream.behaviour in CONNECTION_BEHAVIOURS:
                 return await CONNECTION_BEHAVIOURS[upstream.behaviour](request)
             return await BEHAVIOURS[upstream.behaviour](request.query)
