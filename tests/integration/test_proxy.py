@@ -79,7 +79,8 @@ class Upstream:
 
     @property
     def root(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+        """Its origin by name: cookie jars keep no cookies of a bare IP address."""
+        return f"http://localhost:{self.server.port}"
 
     def proxied(self) -> list[Seen]:
         return [seen for seen in self.seen if "/layer/" not in seen.raw_path]
