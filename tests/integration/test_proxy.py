@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.sources.http import Credentials, UpstreamRequest
 
 GATEWAY_TOKEN = "gateway-token-0123456789abcdef"
@@ -561,3 +561,28 @@ async def test_error_answers_to_cacheable_reads_are_relayed_not_cached(
         assert (await response.json())["error"]["code"] == 400
     assert upstream.counts["export"] == 2
     assert redis_client.keys(f"{key_prefix}:_proxy:*") == []
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ({"allow": ["../admin"]}, "allow prefix"),
+        ({"allow": ["a/%2e%2e"]}, "allow prefix"),
+        ({"path": "a/../b"}, "path"),
+        ({"url": "http://user:secret@gis.example/arcgis/rest/services"}, "user name"),
+        ({"url": "http://gis.example/arcgis/rest/services?token=abc"}, "query string"),
+    ],
+)
+def test_proxy_settings_refuse_what_routing_would_refuse(
+    service: dict[str, Any], message: str
+) -> None:
+    settings = {"url": "http://gis.example/arcgis/rest/services", "allow": ["a/ImageServer"]}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(
+            {
+                "layers": {
+                    "layer": {"url": "http://gis.example/arcgis/rest/services/a/ImageServer"}
+                },
+                "proxy": {"services": [{**settings, **service}]},
+            }
+        )
