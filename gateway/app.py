@@ -8,16 +8,19 @@ health probes:
     /wmts     WMTS 1.0.0, KVP and RESTful       OWS ExceptionReports
     /ogcapi   OGC API - Tiles                   JSON errors
     /admin    purge                             JSON errors
+    /arcgis/rest/services (``proxy.prefix``, when a ``proxy`` section is configured)
+              the ArcGIS REST reverse proxy         ArcGIS error JSON
     /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from gateway.config import GatewayConfig
+from gateway.proxy import proxy_app
 from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
@@ -30,20 +33,30 @@ from gateway.services.http import (
     render_json_error,
     root_app,
 )
+from gateway.sources.http import Credentials
 from gateway.tiles import load_service_info, open_pipeline
 
 FRONTS = web.AppKey("fronts", dict)
 """The fronts by the prefix they are mounted at."""
 
 
-def create_app(config: GatewayConfig) -> web.Application:
-    """The gateway for ``config``; upstream sessions and the cache open when the app starts."""
+def create_app(
+    config: GatewayConfig, credentials: Callable[[str], Credentials] | None = None
+) -> web.Application:
+    """The gateway for ``config``; upstream sessions and the cache open when the app starts.
+
+    ``credentials(name)`` gives the provider of a named credential set, for the reverse
+    proxy's services that name one (raises ``LookupError`` for an unknown name; without it,
+    naming a set is an error: ``LookupError`` from here).
+    """
     fronts = {
         "/tiles": front_app(config, [*xyz.routes(), *tilejson.routes()], render_json_error),
         "/wmts": front_app(config, wmts.routes(), wmts.render_error),
         "/ogcapi": front_app(config, ogcapi.routes(), render_json_error),
         "/admin": front_app(config, admin.routes(), render_json_error),
     }
+    if config.proxy is not None:
+        fronts[config.proxy.prefix] = proxy_app(config, credentials)
     ready = ReadyAnswers(cors_headers(config.server.cors_allow_origin))
     app = root_app(config, [*viewer.routes(), *admin.health_routes()], ready.answer)
     for prefix, front in fronts.items():

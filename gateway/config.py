@@ -1,6 +1,7 @@
 """Typed configuration of the gateway: one YAML file, with ``${VAR}`` environment substitution.
 
-The file has three sections, ``server``, ``cache`` and ``layers`` (see ``config/example.yaml``
+The file has three main sections, ``server``, ``cache`` and ``layers`` (plus the optional
+``proxy``) (see ``config/example.yaml``
 for every field with comments). Strings may reference environment variables as ``${NAME}`` or
 ``${NAME:-default}``; that is how URLs and secrets are overridden per deployment without
 editing the file (the same convention as MapProxy >= 6.1 and docker-compose).
@@ -361,15 +362,126 @@ class ViewerConfig(_Strict):
         return value if text.endswith("/") else AnyHttpUrl(text + "/")
 
 
+# A path segment the reverse proxy forwards: the characters of ArcGIS folder, service,
+# operation, job and output file names. Everything else (``%``, ``@``, ``:``, ``\``, spaces,
+# non-ASCII) is refused before any matching (README, "Reverse proxy").
+PROXY_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _proxy_segments(value: str, what: str, *, empty: bool) -> str:
+    """``value`` without surrounding slashes, checked to be ``/``-separated ``PROXY_SEGMENT``s
+    other than ``.`` and ``..``; ``""`` only when ``empty``."""
+    stripped = value.strip("/")
+    if not stripped:
+        if empty:
+            return ""
+        raise ValueError(f"{what} must not be empty")
+    for segment in stripped.split("/"):
+        if not PROXY_SEGMENT.match(segment) or segment in (".", ".."):
+            raise ValueError(
+                f"{what} {value!r}: each segment must be letters, digits, '_', '-' or '.', "
+                "and not '.' or '..'"
+            )
+    return stripped
+
+
+class ProxyServiceConfig(_Strict):
+    """One upstream of the reverse proxy: requests under ``<proxy.prefix>/<path>/`` go to
+    ``url`` (an upstream base URL, e.g. ``https://gis.example.com/arcgis/rest/services``) with
+    the rest of their path appended, when that rest starts with one of the ``allow`` service
+    path prefixes (whole segments: ``rgb/ImageServer`` allows ``rgb/ImageServer/exportImage``,
+    not ``rgb/ImageServerX``; case-sensitive). ``path`` may be ``""`` for one upstream.
+    ``credentials`` names the credential set whose token is sent upstream (none: no token).
+    ``outputs_url`` is the upstream's output directory, whose files ``exportImage?f=json``
+    names in ``href``; by default ``.../rest/directories/arcgisoutput`` beside ``url``'s
+    ``.../rest/services``.
+    """
+
+    path: str = ""
+    url: AnyHttpUrl
+    credentials: str | None = None
+    allow: Annotated[list[str], Field(min_length=1)]
+    outputs_url: AnyHttpUrl | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _proxy_segments(value, "path", empty=True)
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, value: list[str]) -> list[str]:
+        return [_proxy_segments(prefix, "allow prefix", empty=False) for prefix in value]
+
+    @field_validator("url", "outputs_url")
+    @classmethod
+    def _base_url(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        if value is not None and (value.query is not None or value.fragment is not None):
+            raise ValueError("must not carry a query string or fragment (tokens are not URLs)")
+        if value is not None and (value.username is not None or value.password is not None):
+            raise ValueError("must not carry a user name or password")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """``url`` without a trailing slash."""
+        return str(self.url).rstrip("/")
+
+    @property
+    def outputs_base(self) -> str | None:
+        """The upstream output directory without a trailing slash, or ``None`` when neither
+        configured nor derivable (``url`` has no ``/rest/services``)."""
+        if self.outputs_url is not None:
+            return str(self.outputs_url).rstrip("/")
+        base = self.base_url
+        head, found, _ = base.partition("/rest/services")
+        return f"{head}/rest/directories/arcgisoutput" if found else None
+
+
+class ProxyConfig(_Strict):
+    """The ArcGIS REST reverse proxy (README, "Reverse proxy").
+
+    ``prefix`` is where it is mounted on the gateway; ``services`` the upstreams, each under
+    its own ``path``. ``max_body_bytes`` bounds a POST body (larger: 413).
+    ``max_document_bytes`` bounds a JSON or text answer, which is read whole to be scrubbed
+    (larger: 502). ``cache_ttl`` is how long, in seconds, a cacheable read
+    (``exportImage?f=image`` with bbox and size, a cached service's ``tile/<level>/<row>/<col>``)
+    is kept, 0 for never; ``cache_max_pixels`` bounds the width x height of an export that is
+    cached (larger ones are streamed, never held in memory).
+    """
+
+    prefix: str = "/arcgis/rest/services"
+    services: Annotated[list[ProxyServiceConfig], Field(min_length=1)]
+    max_body_bytes: Annotated[int, Field(ge=0)] = 10 * 1024 * 1024
+    max_document_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    cache_ttl: Annotated[int, Field(ge=0)] = 86400
+    cache_max_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return "/" + _proxy_segments(value, "prefix", empty=False)
+
+    @model_validator(mode="after")
+    def _distinct_paths(self) -> ProxyConfig:
+        paths = [service.path for service in self.services]
+        for path in paths:
+            if paths.count(path) > 1:
+                raise ValueError(f"proxy.services: path {path!r} is given more than once")
+        return self
+
+
 class GatewayConfig(_Strict):
     """The whole configuration: server, service metadata, cache, the viewer, custom
-    TileMatrixSets and the layers keyed by their URL name."""
+    TileMatrixSets, the ArcGIS REST reverse proxy (optional) and the layers keyed by their URL
+    name."""
 
     server: ServerConfig = ServerConfig()
     service: ServiceConfig = ServiceConfig()
     cache: CacheConfig = CacheConfig()
     viewer: ViewerConfig = ViewerConfig()
     tile_matrix_sets: dict[str, TileMatrixSetConfig] = {}
+    proxy: ProxyConfig | None = None
     layers: Annotated[dict[str, LayerConfig], Field(min_length=1)]
 
     @model_validator(mode="after")

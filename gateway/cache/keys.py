@@ -7,6 +7,13 @@ Every key starts with the configured prefix:
     <prefix>:purge:generation:<layer>     whole-layer purges of the layer (a counter)
     <prefix>:purge:seq                    every purge (a counter)
     <prefix>:purge:log                    the last partial purges (a list of JSON events)
+    <prefix>:_proxy:<path>:<service path>:<read>           a cacheable read of the reverse proxy
+    <prefix>:lock:_proxy:<path>:<service path>:<read>      its coalescing lock
+
+``<read>`` is ``tile:<level>:<row>:<col>[:<digest>]`` or ``export:<digest>``, the digest
+(made by the proxy) of the normalised parameters without the token. ``_proxy`` cannot be a
+layer name (layer names start with a letter or digit), so a purge of a layer never reaches
+proxy entries.
 
 ``generation`` is the layer's fingerprint and purge count, so a change of what the upstream is
 asked for, or a purge, never serves the old bytes. A key holds no token and no client identity.
@@ -44,6 +51,16 @@ class KeyLayout:
         """The coalescing lock of the metatile whose first tile is TileCol ``col0``, TileRow
         ``row0`` of TileMatrix ``z``."""
         return f"{self.prefix}:lock:{layer}:{generation}:{tms}:{z}:{col0}:{row0}:{scale}.{ext}"
+
+    def proxy(self, path: str, service: str, read: str) -> str:
+        """A cacheable read of the reverse proxy: upstream ``path`` (``proxy.services[].path``,
+        ``"-"`` for the empty one), ``service`` path below it with ``/`` as ``:`` (for example
+        ``rgb:ImageServer``) and ``read`` (see the module docstring). The parts hold no token."""
+        return f"{self.prefix}:_proxy:{path}:{service}:{read}"
+
+    def proxy_lock(self, path: str, service: str, read: str) -> str:
+        """The coalescing lock of the proxy read ``proxy(path, service, read)``."""
+        return f"{self.prefix}:lock:_proxy:{path}:{service}:{read}"
 
     def layer_tiles(self, layer: str) -> str:
         """The start shared by every tile key of ``layer``, whatever its generation."""
