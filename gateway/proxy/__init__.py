@@ -101,4 +101,5 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await proxy.detach_cache()
         await proxy.state.close()

@@ -197,6 +197,9 @@ class Proxy:
         self.credentials = credentials
         self.state = state
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        # How long a read waits for another replica's fetch of the same answer before it
+        # fetches for itself (``SingleFlight.fetch``): about one upstream call.
+        self._wait = timeout
         self.cache: TileCache | None = None
         self.keys: KeyLayout | None = None
         self._flight: SingleFlight | None = None
@@ -206,6 +209,11 @@ class Proxy:
         if self.config.cache_ttl > 0:
             self.cache, self.keys = cache, keys
             self._flight = SingleFlight(cache, lease)
+
+    async def detach_cache(self) -> None:
+        """Stop the cacheable reads' background retries of stores and unlocks (at shutdown)."""
+        if self._flight is not None:
+            await self._flight.close()
 
     def _credentials(self, service: ProxyService) -> Credentials:
         return self.credentials[service.config.path]
@@ -479,6 +487,7 @@ class Proxy:
                 lambda: self._produce(request, target, params, key),
                 ttl,
                 ttl,
+                self._wait,
             )
         except _NotStored as exc:
             scrubber = self.scrubber(public_base, exc.secrets)
