@@ -45,9 +45,10 @@ def create_app(
 ) -> web.Application:
     """The gateway for ``config``; upstream sessions and the cache open when the app starts.
 
-    ``credentials(name)`` gives the provider of a named credential set, for the reverse
-    proxy's services that name one (raises ``LookupError`` for an unknown name; without it,
-    naming a set is an error: ``LookupError`` from here).
+    The reverse proxy's services that name a credential set get their tokens from the
+    configured providers (``gateway.credentials``), shared with the tile layers;
+    ``credentials(name)``, when given, provides them instead (raises ``LookupError`` for an
+    unknown name).
     """
     fronts = {
         "/tiles": front_app(config, [*xyz.routes(), *tilejson.routes()], render_json_error),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -259,6 +260,173 @@ class ExportParams(_Strict):
     pixelType: str | None = None
 
 
+# Keys a YAML file might use for a secret in plain text; each has ``<key>_env`` and
+# ``<key>_file`` forms instead.
+PLAIN_SECRETS = ("password", "token", "client_secret")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a secret is read when it is needed: the environment variable ``env`` or the file
+    ``file`` (e.g. a Kubernetes Secret mount), exactly one of them set. Never the secret."""
+
+    env: str | None
+    file: Path | None
+
+    @property
+    def source(self) -> str:
+        """Where the secret comes from, for messages: ``environment variable X`` or
+        ``file /path``."""
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+
+def _secret_ref(owner: BaseModel, name: str) -> SecretRef:
+    """The ``SecretRef`` of ``<name>_env`` / ``<name>_file`` of ``owner``; raises
+    ``ValueError`` unless exactly one is set."""
+    env, file = getattr(owner, f"{name}_env"), getattr(owner, f"{name}_file")
+    if (env is None) == (file is None):
+        raise ValueError(f"give exactly one of {name}_env and {name}_file")
+    return SecretRef(env, file)
+
+
+class CredentialsBase(_Strict):
+    """What every kind of credentials has: how the token travels (``send_as``: the ``token``
+    parameter, or the ``X-Esri-Authorization: Bearer`` header, arcgis-rest.md section 4.6),
+    the ``referer`` sent as the ``Referer`` header of every upstream and token request (and
+    the one tokens are bound to with ``client: referer``), and ``refresh_margin``: a token is
+    renewed that many seconds before it expires, or at 90 % of its lifetime when that is later
+    (a short-lived token is not renewed on every request)."""
+
+    send_as: Literal["param", "header"] = "param"
+    referer: str | None = None
+    refresh_margin: Annotated[float, Field(ge=0, le=86400)] = 300.0
+
+    @field_validator("referer")
+    @classmethod
+    def _referer_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/?#\s]+", value) or "?" in value or "#" in value:
+            # A referer with a query string gives unusable tokens (resource-proxy #434).
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return value
+
+
+class _GenerateTokenBinding(CredentialsBase):
+    """What a generateToken call binds its token to (ArcGIS REST "Generate Token",
+    arcgis-rest.md section 4.2): ``client`` ``referer`` (needs ``referer``) or ``requestip``
+    (the gateway's own address; breaks behind several egress addresses); by default
+    ``referer`` when a referer is given, else ``requestip``. ``expiration`` is the lifetime
+    asked for, in minutes (the server clamps it to its maximum); unset, the server's default."""
+
+    client: Literal["referer", "requestip"] | None = None
+    expiration: Annotated[int, Field(ge=1, le=525600)] | None = None
+
+    @model_validator(mode="after")
+    def _referer_given(self) -> _GenerateTokenBinding:
+        if self.client == "referer" and self.referer is None:
+            raise ValueError("client: referer needs a referer (the URL tokens are bound to)")
+        return self
+
+    @property
+    def binding(self) -> dict[str, str]:
+        """The ``client`` (and ``referer``) fields of a generateToken form."""
+        client = self.client or ("referer" if self.referer else "requestip")
+        if client == "referer" and self.referer is not None:
+            return {"client": client, "referer": self.referer}
+        return {"client": client}
+
+
+class StaticCredentials(CredentialsBase):
+    """A fixed token or API key (arcgis-rest.md section 4.5), read from ``token_env`` or
+    ``token_file``. It is sent as it is; a token file is read again when the upstream rejects
+    the token (a rotated Kubernetes Secret)."""
+
+    type: Literal["static"]
+    token_env: str | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StaticCredentials:
+        _secret_ref(self, "token")
+        return self
+
+    @property
+    def secret(self) -> SecretRef:
+        """Where the token is read."""
+        return _secret_ref(self, "token")
+
+
+class ServerCredentials(_GenerateTokenBinding):
+    """A user of a stand-alone ArcGIS Server: ``username`` and the password of
+    ``password_env`` / ``password_file``, POSTed to its ``.../tokens/generateToken``.
+
+    ``url`` is that token service; unset, it is discovered from the server's
+    ``<root>/rest/info`` (``authInfo.tokenServicesUrl``, arcgis-rest.md section 4.1).
+    """
+
+    type: Literal["server"]
+    url: AnyHttpUrl | None = None
+    username: Annotated[str, Field(min_length=1)]
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServerCredentials:
+        _secret_ref(self, "password")
+        return self
+
+    @property
+    def secret(self) -> SecretRef:
+        """Where the password is read."""
+        return _secret_ref(self, "password")
+
+
+class PortalCredentials(ServerCredentials):
+    """A user of an ArcGIS Enterprise portal or ArcGIS Online: ``username`` and password
+    POSTed to the portal's ``/sharing/rest/generateToken`` (``url``; unset, the
+    ``tokenServicesUrl`` of the server's ``/rest/info``, which a federated server points at
+    its portal). With ``exchange``, the portal token is exchanged at the same service for a
+    token of the layer's federated server (``token`` + ``serverUrl``, arcgis-rest.md section
+    4.3); without, the portal token itself is sent (ArcGIS Online hosted services)."""
+
+    type: Literal["portal"]
+    exchange: bool = False
+
+
+class OAuth2Credentials(CredentialsBase):
+    """An application registered with a portal or ArcGIS Online: ``client_id`` and the
+    secret of ``client_secret_env`` / ``client_secret_file``, POSTed with
+    ``grant_type=client_credentials`` to ``/sharing/rest/oauth2/token`` (``url``; unset,
+    beside the portal ``generateToken`` named by the server's ``/rest/info``), arcgis-rest.md
+    section 4.4. ``expiration`` is in minutes. With ``exchange``, the app token is exchanged
+    at the portal's ``generateToken`` for a token of the layer's federated server."""
+
+    type: Literal["oauth2"]
+    url: AnyHttpUrl | None = None
+    client_id: Annotated[str, Field(min_length=1)]
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    expiration: Annotated[int, Field(ge=1, le=525600)] | None = None
+    exchange: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OAuth2Credentials:
+        _secret_ref(self, "client_secret")
+        return self
+
+    @property
+    def secret(self) -> SecretRef:
+        """Where the client secret is read."""
+        return _secret_ref(self, "client_secret")
+
+
+CredentialsConfig = Annotated[
+    StaticCredentials | ServerCredentials | PortalCredentials | OAuth2Credentials,
+    Field(discriminator="type"),
+]
+
+
 class LayerConfig(_Strict):
     """One published tile layer: an upstream ImageServer plus fixed export parameters and policy.
 
@@ -279,7 +447,8 @@ class LayerConfig(_Strict):
     PNG, which keeps transparency; the upstream renders and sends a JPEG at a fraction of a
     PNG's cost. Stale serving: for ``stale_while_revalidate`` seconds past its ``ttl`` a
     tile is still served while one background refresh runs; for ``stale_if_error`` seconds
-    past it, it is served when the upstream fails (RFC 5861 semantics).
+    past it, it is served when the upstream fails (RFC 5861 semantics). ``credentials`` names
+    the entry of the top-level ``credentials`` that gets the upstream's token.
     """
 
     title: str | None = None
@@ -305,6 +474,7 @@ class LayerConfig(_Strict):
     metatile_jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
     stale_while_revalidate: Annotated[int, Field(ge=0)] = 0
     stale_if_error: Annotated[int, Field(ge=0)] = 0
+    credentials: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -473,8 +643,12 @@ class ProxyConfig(_Strict):
 
 class GatewayConfig(_Strict):
     """The whole configuration: server, service metadata, cache, the viewer, custom
-    TileMatrixSets, the ArcGIS REST reverse proxy (optional) and the layers keyed by their URL
-    name."""
+    TileMatrixSets, the upstream credentials keyed by a name layers refer to (and the proxy
+    names), the ArcGIS REST reverse proxy (optional) and the layers keyed by their URL name.
+
+    A secret is never written in the file: a ``password``, ``token`` or ``client_secret`` key
+    in a credentials entry is refused, naming the ``_env`` / ``_file`` keys to use instead.
+    """
 
     server: ServerConfig = ServerConfig()
     service: ServiceConfig = ServiceConfig()
@@ -482,7 +656,50 @@ class GatewayConfig(_Strict):
     viewer: ViewerConfig = ViewerConfig()
     tile_matrix_sets: dict[str, TileMatrixSetConfig] = {}
     proxy: ProxyConfig | None = None
+    credentials: dict[str, CredentialsConfig] = {}
     layers: Annotated[dict[str, LayerConfig], Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_secrets(cls, data: Any) -> Any:
+        # Before field validation, so that this message comes first, and never the value.
+        credentials = data.get("credentials") if isinstance(data, dict) else None
+        if not isinstance(credentials, dict):
+            return data
+        for name, entry in credentials.items():
+            for key in PLAIN_SECRETS:
+                if isinstance(entry, dict) and key in entry:
+                    raise ValueError(
+                        f"credentials.{name}.{key}: secrets are never written in the "
+                        f"configuration file; give {key}_env (the name of an environment "
+                        f"variable holding it) or {key}_file (a file holding it, such as a "
+                        "mounted Kubernetes Secret)"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _known_credentials(self) -> GatewayConfig:
+        for name in self.credentials:
+            if not LAYER_NAME.match(name):
+                raise ValueError(
+                    f"credentials: {name!r} must be letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit"
+                )
+        for layer_name, layer in self.layers.items():
+            if layer.credentials is not None and layer.credentials not in self.credentials:
+                known = ", ".join(self.credentials) or "none are configured"
+                raise ValueError(
+                    f"layers.{layer_name}.credentials: unknown credentials "
+                    f"{layer.credentials!r} ({known})"
+                )
+        for service in self.proxy.services if self.proxy is not None else ():
+            if service.credentials is not None and service.credentials not in self.credentials:
+                known = ", ".join(self.credentials) or "none are configured"
+                raise ValueError(
+                    f"proxy.services[path={service.path!r}].credentials: unknown credentials "
+                    f"{service.credentials!r} ({known})"
+                )
+        return self
 
     @model_validator(mode="after")
     def _known_tile_matrix_sets(self) -> GatewayConfig:

@@ -19,7 +19,7 @@ from gateway.config import GatewayConfig
 from gateway.proxy.relay import CredentialsLookup, Proxy, ProxyState
 from gateway.proxy.routing import Refused
 from gateway.services.http import CONFIG, NO_STORE, PIPELINE, front_app, public_base, public_vary
-from gateway.sources.http import Credentials, NoCredentials
+from gateway.sources.http import Credentials, NoCredentials, UpstreamRequest
 
 PROXY = web.AppKey("proxy", Proxy)
 # GET and HEAD for reads, POST for forms (esri-leaflet and arcgis-rest-js POST long requests).
@@ -41,8 +41,29 @@ def render_arcgis_error(request: web.Request, status: int, message: str) -> web.
     return arcgis_error(status, message)
 
 
-def _no_credential_sets(name: str) -> Credentials:
-    raise LookupError(name)
+class _ConfiguredCredentials:
+    """The provider of the configured credential set ``name`` for the upstream at ``url``:
+    the tile pipeline's (``TilePipeline.credentials``), which exists once the application
+    started; a ``Credentials`` (``gateway.sources.http``) that hands each call on to it."""
+
+    def __init__(self, app: web.Application, name: str, url: str) -> None:
+        self._app = app
+        self._name = name
+        # A trailing slash: the server root is what comes before "/rest/services/".
+        self._url = url.rstrip("/") + "/"
+
+    def _provider(self) -> Credentials:
+        providers = self._app[PIPELINE].credentials
+        assert providers is not None  # open_pipeline sets them before the app serves
+        return providers.for_service(self._name, self._url)
+
+    async def apply(self, request: UpstreamRequest) -> None:
+        """Add the set's current token to ``request``."""
+        await self._provider().apply(request)
+
+    async def refresh(self, rejected: UpstreamRequest) -> bool:
+        """Renew the set's token after ``rejected`` was refused; whether to retry."""
+        return await self._provider().refresh(rejected)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -61,24 +82,15 @@ def proxy_app(
 ) -> web.Application:
     """The proxy front of ``config`` (which has a ``proxy`` section).
 
-    ``credentials(name)`` is the provider of the credential set ``name``; a service without
-    ``credentials`` sends no token (``NoCredentials``). Raises ``LookupError`` naming a
-    credential set that ``credentials`` does not know.
+    A service naming ``credentials`` gets its tokens from the configured credential set of
+    that name (``gateway.credentials``: the providers the tile layers use, so a layer and a
+    proxied service of one ArcGIS Server share one token); ``credentials(name)``, when given,
+    provides them instead. A service without ``credentials`` sends no token
+    (``NoCredentials``). Raises ``LookupError`` naming a credential set that ``credentials``
+    does not know.
     """
     proxy_config = config.proxy
     assert proxy_config is not None
-    lookup = credentials or _no_credential_sets
-    providers: dict[str, Credentials] = {}
-    for service in proxy_config.services:
-        name = service.credentials
-        try:
-            providers[service.path] = NoCredentials() if name is None else lookup(name)
-        except LookupError:
-            raise LookupError(
-                f"proxy.services[path={service.path!r}]: no credential set {name!r}"
-            ) from None
-    server = config.server
-    state = ProxyState(agent="tile-gateway/0.1", connections=server.upstream_connections)
     # aiohttp adds HEAD to a GET route.
     app = front_app(
         config,
@@ -86,6 +98,22 @@ def proxy_app(
         render_arcgis_error,
         METHODS,
     )
+    providers: dict[str, Credentials] = {}
+    for service in proxy_config.services:
+        name = service.credentials
+        try:
+            if name is None:
+                providers[service.path] = NoCredentials()
+            elif credentials is None:
+                providers[service.path] = _ConfiguredCredentials(app, name, str(service.url))
+            else:
+                providers[service.path] = credentials(name)
+        except LookupError:
+            raise LookupError(
+                f"proxy.services[path={service.path!r}]: no credential set {name!r}"
+            ) from None
+    server = config.server
+    state = ProxyState(agent="tile-gateway/0.1", connections=server.upstream_connections)
     app[PROXY] = Proxy(proxy_config, providers, state, server.upstream_timeout)
     app.cleanup_ctx.append(_resources)
     return app

@@ -276,6 +276,11 @@ class UpstreamPool:
         slots = self._slots.get(service)
         if slots is None:
             slots = self._slots[service] = ExportSlots(self._exports)
+        return Upstream(self.session(url), credentials or NoCredentials(), timeout, slots)
+
+    def session(self, url: str) -> aiohttp.ClientSession:
+        """The keep-alive session of ``url``'s origin, made on first use (also for the token
+        services of credential providers)."""
         origin = origin_of(url)
         session = self._sessions.get(origin)
         if session is None:
@@ -285,7 +290,7 @@ class UpstreamPool:
                 ),
                 headers={"User-Agent": self._agent},
             )
-        return Upstream(session, credentials or NoCredentials(), timeout, slots)
+        return session
 
     async def close(self) -> None:
         """Close every session and its connections."""

@@ -11,6 +11,7 @@ import time
 
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.config import GatewayConfig, LayerConfig
+from gateway.credentials import CredentialProviders
 from gateway.errors import UpstreamError
 from gateway.grids import Grid, GridRegistry, TileLimits
 from gateway.imaging import EXPORT_FORMATS, empty_tile
@@ -186,20 +187,23 @@ class Layer:
 
 
 def build_layers(
-    config: GatewayConfig, upstreams: UpstreamPool, grids: GridRegistry
+    config: GatewayConfig,
+    upstreams: UpstreamPool,
+    grids: GridRegistry,
+    credentials: CredentialProviders,
 ) -> dict[str, Layer]:
     """Ready layers for ``config``; each ImageServer client shares its origin's session of
-    ``upstreams``."""
+    ``upstreams`` and, when the layer names credentials, their provider for its server."""
     timeout = config.server.upstream_timeout
-    return {
-        name: Layer(
-            name,
-            layer,
-            ImageServerClient(layer.service_url, upstreams.upstream(layer.service_url, timeout)),
-            grids,
+    layers = {}
+    for name, layer in config.layers.items():
+        url = layer.service_url
+        provider = (
+            None if layer.credentials is None else credentials.for_service(layer.credentials, url)
         )
-        for name, layer in config.layers.items()
-    }
+        client = ImageServerClient(url, upstreams.upstream(url, timeout, provider))
+        layers[name] = Layer(name, layer, client, grids)
+    return layers
 
 
 async def load_service_info(layers: list[Layer], timeout: float) -> None:

@@ -21,6 +21,7 @@ from gateway.cache.codec import TileEntry, strong_etag
 from gateway.cache.keys import KeyLayout
 from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig
+from gateway.credentials import CredentialProviders
 from gateway.errors import UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
 from gateway.imaging import EXPORT_FORMATS, UndecodableImage, check_image, cut_metatile
@@ -63,6 +64,8 @@ class TilePipeline:
         self.keys = keys
         self.grids = grids
         self.flight = SingleFlight(cache, lock_lease)
+        # The credential providers of the configuration (set by ``open_pipeline``).
+        self.credentials: CredentialProviders | None = None
         # The checked request of a tile address (``tiles.address.TileAddresses.resolve``).
         self.resolve = TileAddresses(layers).resolve
         self._refreshes: set[asyncio.Task[None]] = set()
@@ -298,7 +301,8 @@ async def open_pipeline(
     has no use for it); ``agent`` is the upstream User-Agent; ``upstream_connections``
     replaces ``server.upstream_connections`` (the requests in flight to each upstream origin);
     ``exports`` replaces the limit of each upstream service's exportImage calls, which is
-    otherwise ``server.max_concurrent_exports`` with its queue bounds.
+    otherwise ``server.max_concurrent_exports`` with its queue bounds. Layers naming
+    ``credentials`` get their tokens through the same sessions (``gateway.credentials``).
     Service info is not loaded: see ``tiles.layer.load_service_info``."""
     cache_config = config.cache if l1 else config.cache.model_copy(update={"l1_max_bytes": 0})
     cache = TileCache(cache_config)
@@ -314,16 +318,22 @@ async def open_pipeline(
         ),
     )
     grids = GridRegistry(config.tile_matrix_sets)
+    credentials = CredentialProviders(
+        config.credentials, upstreams.session, server.upstream_timeout
+    )
     pipeline = TilePipeline(
-        build_layers(config, upstreams, grids),
+        build_layers(config, upstreams, grids, credentials),
         cache,
         KeyLayout(config.cache.prefix),
         grids,
         config.cache.lock_lease,
     )
+    # The reverse proxy's services naming credentials share these providers (and tokens).
+    pipeline.credentials = credentials
     try:
         yield pipeline
     finally:
         await pipeline.close()
         await cache.close()
+        await credentials.close()
         await upstreams.close()

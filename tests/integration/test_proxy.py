@@ -149,6 +149,8 @@ def config(upstream: Upstream, cache: dict[str, Any] | None = None, **proxy: Any
     return parse_config(
         {
             "cache": cache or {},
+            # Named so that the config is valid; the tests pass their own provider of "main".
+            "credentials": {"main": {"type": "static", "token_env": "PROXY_TEST_UNUSED"}},
             "layers": {"layer": {"url": f"{upstream.root}/arcgis/rest/services/layer/ImageServer"}},
             "proxy": {
                 "services": [

@@ -8,14 +8,18 @@ import io
 import json
 from collections.abc import Awaitable, Callable
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.services.http import PIPELINE
 from gateway.sources.http import Credentials
 from tests.interop.proxy_support import (
+    PASSWORD,
+    USER,
     GeneratedToken,
     SecuredImageServer,
     proxy_config,
@@ -75,3 +79,46 @@ async def test_export_json_href_is_served_by_the_gateway_with_the_token_added(
     direct = await client.get(f"{RGB}/exportImage", params={**EXPORT, "f": "image"})
     assert direct.headers["X-Cache"] == "MISS"
     assert Image.open(io.BytesIO(await direct.read())).size == (40, 30)
+
+
+async def test_the_configured_server_credentials_serve_the_proxy_and_a_layer_with_one_token(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
+    secured_imageserver: SecuredImageServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No provider passed in: the gateway's own (generateToken, bound to its address), from the
+    # configuration, shared by the proxied rgb service and the rgb tile layer of one server.
+    monkeypatch.setenv("PROXY_TEST_PASSWORD", PASSWORD)
+    tree = proxy_config(secured_imageserver)
+    tree["credentials"] = {
+        "arcgis": {
+            "type": "server",
+            "url": secured_imageserver.token_url,
+            "username": USER,
+            "password_env": "PROXY_TEST_PASSWORD",
+            "client": "requestip",
+        }
+    }
+    tree["layers"]["rgb"] = {
+        "url": f"{secured_imageserver.services}/rgb/ImageServer",
+        "formats": ["png"],
+        "credentials": "arcgis",
+    }
+    client = await aiohttp_client(create_app(parse_config({**tree, "cache": {}})))
+    info = await client.get(RGB, params={"f": "json"})
+    text = await info.text()
+    assert info.status == 200, text
+    assert json.loads(text)["name"] == "rgb"
+    image = await client.get(f"{RGB}/exportImage", params={**EXPORT, "f": "image"})
+    assert (image.status, image.content_type) == (200, "image/png")
+    tile = await client.get("/tiles/rgb/12/1163/1759.png")
+    assert (tile.status, tile.headers["X-Cache"]) == (200, "MISS")
+    providers = client.app[PIPELINE].credentials
+    assert providers is not None
+    provider = providers.for_service("arcgis", f"{secured_imageserver.services}/")
+    token = provider._token  # the one token both got: never in what the client reads
+    assert token is not None
+    for answer, body in ((info, text.encode()), (image, await image.read())):
+        assert token.value.encode() not in body
+        assert token.value not in str(answer.headers)
+    assert PASSWORD not in text

@@ -1,5 +1,6 @@
 """What the reverse-proxy tests share: a token-secured reference ImageServer as a real process,
-credential providers for it, and a gateway process with those providers wired in.
+credential providers for it, and a gateway process whose configured credentials hold its API
+key.
 
 The providers speak the ``sources.http.Credentials`` protocol to the real token service of the
 reference ImageServer (``generateToken``) or send one of its API keys; the gateway's own
@@ -9,6 +10,7 @@ providers (``gateway/credentials``) plug into the same protocol.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.parse
@@ -27,6 +29,7 @@ from tests.conftest import DATA, free_port, wait_for_port
 
 USER, PASSWORD = "proxy-user", "proxy-password-0123"
 API_KEY = "proxy-test-api-key-0123456789abcdef"
+API_KEY_VARIABLE = "PROXY_TEST_API_KEY"
 
 
 @dataclass
@@ -80,19 +83,6 @@ def secured_imageserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         process.wait(10)
 
 
-class ApiKey:
-    """Sends a fixed API key as ``token``; nothing to refresh."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    async def apply(self, request: UpstreamRequest) -> None:
-        request.params["token"] = self.key
-
-    async def refresh(self, rejected: UpstreamRequest) -> bool:
-        return False
-
-
 @dataclass
 class GeneratedToken:
     """A server token from ``generateToken`` (POST, ``client=requestip``), fetched again when
@@ -131,8 +121,11 @@ def fetch_token(server: SecuredImageServer) -> str:
 
 def proxy_config(server: SecuredImageServer, **proxy: Any) -> dict[str, Any]:
     """A gateway config (YAML tree) whose proxy serves ``rgb`` and ``dtm`` of ``server`` at
-    ``/arcgis/rest/services/<name>/ImageServer``, with the credential set ``arcgis``."""
+    ``/arcgis/rest/services/<name>/ImageServer``, with the credential set ``arcgis`` (the API
+    key in ``$PROXY_TEST_API_KEY``, unless a test passes its own providers to ``create_app``)."""
     return {
+        # The gateway's own provider of the set: the API key, read from the environment.
+        "credentials": {"arcgis": {"type": "static", "token_env": API_KEY_VARIABLE}},
         "layers": {"dtm": {"url": f"{server.services}/dtm/ImageServer", "formats": ["png"]}},
         "proxy": {
             "services": [
@@ -151,15 +144,16 @@ def proxy_config(server: SecuredImageServer, **proxy: Any) -> dict[str, Any]:
 def start_proxy_gateway(
     config: dict[str, Any], workdir: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m tests.interop.proxy_gateway`` (the gateway with an ``ApiKey`` provider for
-    the credential set ``arcgis``) as a real process; returns it and its base URL."""
+    """``tile-gateway serve`` of ``config`` as a real process, with the test API key in its
+    environment for the credential set ``arcgis``; returns it and its base URL."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     (workdir / "gateway.yaml").write_text(yaml.safe_dump(config))
     log = workdir / "gateway.log"
-    command = [sys.executable, "-m", "tests.interop.proxy_gateway", str(workdir / "gateway.yaml")]
+    command = [sys.executable, "-m", "gateway", "serve", "--config", str(workdir / "gateway.yaml")]
+    env = {**os.environ, API_KEY_VARIABLE: API_KEY}
     with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     wait_for_port(port, process, log, timeout=60)
     return process, f"http://127.0.0.1:{port}"
 

@@ -226,3 +226,25 @@ def test_help_explains_each_command() -> None:
         result = run_cli(command, "--help")
         assert result.returncode == 0
         assert "usage: tile-gateway" in result.stdout
+
+
+def test_a_proxied_service_must_name_configured_credentials() -> None:
+    tree = {
+        "layers": {"a": {"url": "https://example.org/arcgis/rest/services/a/ImageServer"}},
+        "proxy": {
+            "services": [
+                {
+                    "path": "",
+                    "url": "https://example.org/arcgis/rest/services",
+                    "credentials": "enterprise",
+                    "allow": ["a/ImageServer"],
+                }
+            ]
+        },
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(tree)
+    assert "proxy.services[path='']" in str(caught.value)
+    assert "unknown credentials 'enterprise' (none are configured)" in str(caught.value)
+    tree["credentials"] = {"enterprise": {"type": "static", "token_env": "ARCGIS_API_KEY"}}
+    assert parse_config(tree).proxy is not None
