@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import importlib.util
+import json
 import os
+import secrets
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -20,8 +23,32 @@ from gateway.server import SHUTDOWN_TIMEOUT, PortInUse, serve_forever, start_sit
 IMAGESERVER_STARTUP = 120.0
 
 
-async def _start_imageserver(host: str, port: int) -> tuple[asyncio.subprocess.Process, int]:
-    """The reference ImageServer (``python -m imageserver``, built-in services) as a child
+# The demo's token-secured service of the reference ImageServer, and its one user: the
+# password is made at each start, handed to the ImageServer in a private file and to the
+# gateway in its environment (the demo config's credentials), and never printed.
+SECURED_SERVICE = "shadedrelief"
+DEMO_USER = "demo"
+PASSWORD_VARIABLE = "DEMO_IMAGESERVER_PASSWORD"
+
+
+def _imageserver_config(folder: str, password: str) -> str:
+    """A reference ImageServer config in ``folder`` (a private temporary directory): the
+    built-in services, ``SECURED_SERVICE`` behind ArcGIS Server tokens for ``DEMO_USER``."""
+    path = os.path.join(folder, "imageserver.yaml")
+    security = {
+        "enabled": True,
+        "users": {DEMO_USER: password},
+        "secured_services": [SECURED_SERVICE],
+    }
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        json.dump({"security": security}, file)  # JSON is YAML
+    return path
+
+
+async def _start_imageserver(
+    host: str, port: int, config: str
+) -> tuple[asyncio.subprocess.Process, int]:
+    """The reference ImageServer (``python -m imageserver --config config``) as a child
     process listening on ``host``:``port`` (0: a free port), and its port, once it answers.
 
     It runs as a program of its own, not imported: the gateway never imports it, and its
@@ -51,6 +78,8 @@ async def _start_imageserver(host: str, port: int) -> tuple[asyncio.subprocess.P
         sys.executable,
         "-m",
         "imageserver",
+        "--config",
+        config,
         "--host",
         host,
         "--port",
@@ -97,30 +126,55 @@ async def run_demo(
     config_path: str,
 ) -> None:
     """Serve the demo until cancelled: the reference ImageServer on ``host``:``imageserver_port``
-    as a child process, and the gateway of ``load(config_path)`` on ``host``:``port`` (0: any
-    free port), with ``${IMAGESERVER_URL}`` set to the child's URL; print the URLs. The child
-    is stopped on the way out. Raises ``SystemExit`` with a message saying how to choose
-    another port when one is taken.
+    as a child process, its ``SECURED_SERVICE`` behind tokens, and the gateway of
+    ``load(config_path)`` on ``host``:``port`` (0: any free port), with ``${IMAGESERVER_URL}``
+    set to the child's URL and ``${DEMO_IMAGESERVER_PASSWORD}`` to the password made for this
+    run; print the URLs. The child is stopped on the way out. Raises ``SystemExit`` with a
+    message saying how to choose another port when one is taken.
     """
-    upstream, upstream_port = await _start_imageserver(host, imageserver_port)
-    try:
-        # The demo config points its layers at ${IMAGESERVER_URL}: the child ImageServer.
-        os.environ["IMAGESERVER_URL"] = f"http://{url_host(host)}:{upstream_port}"
-        config = load(config_path)
-        config = config.model_copy(
-            update={"server": config.server.model_copy(update={"host": host, "port": port})}
+    password = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="tile-gateway-demo-") as folder:
+        upstream, upstream_port = await _start_imageserver(
+            host, imageserver_port, _imageserver_config(folder, password)
         )
+        # The gateway's credentials for the secured service; the browser never sees them.
+        os.environ[PASSWORD_VARIABLE] = password
         try:
-            gateway, listening = await start_site(create_app(config), host, port)
-        except PortInUse as exc:
-            raise SystemExit(
-                f"tile-gateway demo: the gateway {exc}; choose another with "
-                "make demo PORT=<port> (or tile-gateway demo --port <port>)"
-            ) from None
-        base = f"http://{url_host(host)}:{listening}"
-        print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
-        print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
-        print(f"Viewer: {base}/", flush=True)
-        await serve_forever([gateway])
-    finally:
-        await _stop(upstream)
+            await _serve_demo(host, port, upstream_port, load, config_path)
+        finally:
+            await _stop(upstream)
+
+
+async def _serve_demo(
+    host: str,
+    port: int,
+    upstream_port: int,
+    load: Callable[[str], GatewayConfig],
+    config_path: str,
+) -> None:
+    """The gateway of ``load(config_path)`` on ``host``:``port`` in front of the child
+    ImageServer on ``upstream_port``, until cancelled; the URLs printed."""
+    # The demo config points its layers at ${IMAGESERVER_URL}: the child ImageServer.
+    os.environ["IMAGESERVER_URL"] = f"http://{url_host(host)}:{upstream_port}"
+    config = load(config_path)
+    config = config.model_copy(
+        update={"server": config.server.model_copy(update={"host": host, "port": port})}
+    )
+    try:
+        gateway, listening = await start_site(create_app(config), host, port)
+    except PortInUse as exc:
+        raise SystemExit(
+            f"tile-gateway demo: the gateway {exc}; choose another with "
+            "make demo PORT=<port> (or tile-gateway demo --port <port>)"
+        ) from None
+    base = f"http://{url_host(host)}:{listening}"
+    print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
+    print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
+    if config.proxy is not None:
+        print(
+            f"ArcGIS REST through the gateway: {base}{config.proxy.prefix}/"
+            f"{SECURED_SERVICE}/ImageServer (token-secured upstream; the gateway holds "
+            "the credential)"
+        )
+    print(f"Viewer: {base}/", flush=True)
+    await serve_forever([gateway])

@@ -4,6 +4,7 @@ install steps say, and ``--log-level`` anywhere on the line. Real processes and 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -129,12 +130,26 @@ def test_make_demo_listens_on_port_and_imageserver_port(tmp_path: Path) -> None:
         ) as tile:
             assert tile.status == 200
             assert tile.read().startswith(b"\x89PNG")
+        # shadedrelief is token-secured: the upstream refuses a request without a token...
+        upstream = f"http://127.0.0.1:{imageserver_port}/arcgis/rest/services/shadedrelief"
+        with urllib.request.urlopen(f"{upstream}/ImageServer?f=json", timeout=30) as refused:
+            assert json.loads(refused.read())["error"]["code"] == 499
+        # ...and the gateway, holding the credential, serves it as tiles and through its proxy.
+        proxied = f"http://127.0.0.1:{port}/arcgis/rest/services/shadedrelief/ImageServer"
+        assert f"ArcGIS REST through the gateway: {proxied} " in "".join(lines)
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{imageserver_port}/arcgis/rest/services?f=json", timeout=30
-        ) as catalog:
-            assert catalog.status == 200
+            f"http://127.0.0.1:{port}/tiles/shadedrelief/3/4/2.jpg", timeout=60
+        ) as tile:
+            assert (tile.status, tile.headers["Content-Type"]) == (200, "image/jpeg")
+        with urllib.request.urlopen(f"{proxied}?f=json", timeout=60) as info:
+            text = info.read().decode()
+        assert json.loads(text)["name"] == "shadedrelief"
+        assert "token" not in text.lower()
     finally:
         stop(process)
+    # The password made for the run was never printed.
+    assert process.stdout is not None
+    assert "DEMO_IMAGESERVER_PASSWORD" not in "".join(lines) + process.stdout.read()
 
 
 def test_make_demo_on_a_busy_port_says_how_to_choose_another(
