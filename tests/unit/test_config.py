@@ -226,3 +226,42 @@ def test_help_explains_each_command() -> None:
         result = run_cli(command, "--help")
         assert result.returncode == 0
         assert "usage: tile-gateway" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        # The offending line holds a password: the message says where, never what.
+        (
+            "cache:\n  redis_url: redis://:hunter2@redis:6379/0: x\nlayers: {}\n",
+            "mapping values are not allowed here at line 2, column 43",
+        ),
+        (
+            "layers:\n  a:\n    url: 'http://u:hunter2@gis/arcgis\n",
+            "found unexpected end of stream at line 4, column 1",
+        ),
+        ("layers: [hunter2,\n", "expected the node content, but found '<stream end>' at line 2"),
+        ("a: hunter2\n\tb: 1\n", "found character '\\t' that cannot start any token at line 2"),
+        ("password: hunter2\x01\n", "character #x0001 is not allowed, at character 17"),
+        ("[" * 5000 + "hunter2", "nested too deeply"),
+    ],
+)
+def test_a_yaml_error_says_where_without_the_line(tmp_path: Path, text: str, where: str) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(text)
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"tile-gateway: invalid configuration: {config}: not valid YAML: ")
+    assert where in line
+    assert "hunter2" not in line
+
+
+def test_a_config_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_bytes(b"layers:\n  a:\n    title: caf\xe9\n")
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tile-gateway: invalid configuration: {config}: not UTF-8 text (line 3)"
+    ]
