@@ -229,6 +229,42 @@ def test_help_explains_each_command() -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6x79/0",
+        "redis://:s3cret@localhost:abc",
+        "redis://localhost:-1/0",
+        "redis://localhost:+80/0",
+        "redis://localhost:²/0",
+        "redis://localhost:\uff11\uff12/0",  # fullwidth digits: str.isdigit takes them
+        "redis://localhost:/0",
+        "redis://localhost:65536",
+        "redis://localhost?port=abc",
+        "redis://localhost?port=99999",
+        "redis+sentinel://s1:²/mymaster",
+        "redis+cluster://n1:7000,n2:",
+    ],
+)
+def test_check_config_refuses_a_redis_port_that_is_no_port(tmp_path: Path, url: str) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"cache:\n  redis_url: '{url}'\nlayers:\n  a:\n    url: {URL}\n")
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"tile-gateway: invalid configuration: {config}: cache.redis_url: ")
+    assert "s3cret" not in line
+
+
+def test_a_sentinel_database_of_other_digits_is_refused() -> None:
+    data = {"cache": {"redis_url": "redis+sentinel://s1:26379/m/²"}, "layers": {"a": {"url": URL}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "gw.yaml")
+    assert str(caught.value) == (
+        "gw.yaml: cache.redis_url: the database after the service must be a number"
+    )
+
+
+@pytest.mark.parametrize(
     ("text", "where"),
     [
         # The offending line holds a password: the message says where, never what.
