@@ -23,6 +23,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig
+from gateway.logs import ServerLog
 
 log = logging.getLogger("gateway")
 
@@ -55,12 +56,18 @@ async def start_site(
 ) -> tuple[web.AppRunner, int]:
     """Start ``app`` on ``host``:``port`` (0 = any free port); returns the runner and the port.
 
-    Access lines go to the ``gateway.access`` logger (shown at INFO level). Raises
+    Access lines go to the ``gateway.access`` logger (shown at INFO level); a request aiohttp
+    cannot parse is one INFO line of ``aiohttp.server`` without traceback; both escape what
+    the client sent (``logs.ServerLog``).
+    Raises
     ``PortInUse`` when the port is taken, ``OSError`` when binding fails otherwise; either way
     the app has been cleaned up again.
     """
     runner = web.AppRunner(
-        app, access_log=logging.getLogger("gateway.access"), shutdown_timeout=SHUTDOWN_TIMEOUT
+        app,
+        access_log=ServerLog(logging.getLogger("gateway.access")),
+        logger=ServerLog(logging.getLogger("aiohttp.server")),
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()
     try:
