@@ -329,3 +329,23 @@ async def test_requests_aiohttp_cannot_parse_log_one_escaped_line_without_traceb
         assert record.levelno <= logging.INFO, record.getMessage()
         assert record.exc_info is None, record.getMessage()
         assert record.getMessage().isprintable(), record.getMessage()
+
+
+async def test_access_lines_escape_what_the_client_sent(
+    gateway_site: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    status, _, _ = await raw_request(
+        gateway_site,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        # A tab, NEL (U+0085: a line break to some log viewers) and a byte outside UTF-8.
+        b"User-Agent: a\tb\xc2\x85c\r\nReferer: \xff",
+    )
+    assert status == 200
+    for _ in range(50):
+        access = [r for r in caplog.records if r.name == "gateway.access"]
+        if access:
+            break
+        await asyncio.sleep(0.02)
+    (record,) = access
+    assert record.getMessage().endswith('"\\udcff" "a\\tb\\x85c"')
