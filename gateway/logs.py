@@ -49,13 +49,15 @@ class ServerLog(logging.LoggerAdapter[logging.Logger]):
         """Log as ``logging.Logger.log`` does, the message escaped; a client's malformed request
         (``exc_info`` an ``HttpProcessingError`` or ``RequestPayloadError``) at INFO or below,
         without traceback."""
-        if not self.isEnabledFor(min(level, logging.INFO)):
+        error = kwargs.get("exc_info")
+        client = isinstance(error, (HttpProcessingError, web.RequestPayloadError))
+        if client:
+            level = min(level, logging.INFO)
+        if not self.isEnabledFor(level):
             return
         text = str(msg) % args if args else str(msg)
-        error = kwargs.get("exc_info")
-        if isinstance(error, (HttpProcessingError, web.RequestPayloadError)):
+        if client:
             kwargs = {k: v for k, v in kwargs.items() if k != "exc_info"}
-            level = min(level, logging.INFO)
             # Their text spans lines ("400, message:\n  Can not decode ..."): one line here.
             text = f"{text}: {' '.join(str(error).split())}"
         super().log(level, "%s", printable(text, 1000), **kwargs)
