@@ -806,15 +806,35 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
 def load_config(path: str | Path) -> GatewayConfig:
     """Read, substitute and validate a YAML configuration file.
 
-    Raises ``ConfigError`` when the file is missing, is not YAML, or has an invalid field.
+    Raises ``ConfigError`` when the file is missing, is not UTF-8 YAML (saying where, never
+    what the offending line holds), or has an invalid field.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_config(data, str(path))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where (line and column, from 1), without the snippet of
+    the offending line that ``str(exc)`` shows: the line may hold a password."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character #x{exc.character:04x} is not allowed, at character {exc.position}"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "the file cannot be parsed"
+    problem = exc.problem or exc.context or "the file cannot be parsed"
+    mark = exc.problem_mark or exc.context_mark
+    if mark is None:
+        return problem
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"

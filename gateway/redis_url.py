@@ -75,7 +75,7 @@ def parse_redis_url(url: str) -> RedisTarget:
             raise ValueError("a Sentinel URL names its service: redis+sentinel://h:p/<service>")
         service = segments[0]
         if len(segments) > 1:
-            if not segments[1].isdigit():
+            if not re.fullmatch(r"[0-9]+", segments[1]):
                 raise ValueError("the database after the service must be a number")
             db = int(segments[1])
     elif segments:
@@ -90,7 +90,12 @@ def check_redis_url(url: str) -> None:
     Raises ``ValueError`` naming what is wrong (never repeating the URL, which may hold a
     password): a port outside 1-65535, a database that is not a whole number (redis-py would
     silently use 0), a query option redis-py cannot read, or a malformed Sentinel/Cluster URL.
+    A ``port`` in the query is checked like the URL's own: redis-py passes it on as text,
+    which fails only when the cache connects.
     """
+    for name, value in parse_qsl(url.partition("?")[2]):
+        if name == "port":
+            _port(value)
     if "+" in url.partition("://")[0]:
         parse_redis_url(url)
         return

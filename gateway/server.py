@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ServerConfig
+from gateway.logs import ServerLog
 from gateway.services.http import CONFIG
 
 log = logging.getLogger("gateway")
@@ -82,14 +83,17 @@ async def start_site(
 
     Connections follow the app's configuration (``server.keepalive_timeout``,
     ``server.max_client_connections``; the defaults for an app without one): see
-    ``ServerConfig``. Access lines go to the ``gateway.access`` logger (shown at INFO level).
-    Raises ``PortInUse`` when the port is taken, ``OSError`` when binding fails otherwise;
-    either way the app has been cleaned up again.
+    ``ServerConfig``. Access lines go to the ``gateway.access`` logger (shown at INFO level); a
+    request aiohttp cannot parse is one INFO line of ``aiohttp.server`` without traceback; both
+    escape what the client sent (``logs.ServerLog``). Raises ``PortInUse`` when the port is
+    taken, ``OSError`` when binding fails otherwise; either way the app has been cleaned up
+    again.
     """
     server = app[CONFIG].server if CONFIG in app else ServerConfig()
     runner = web.AppRunner(
         app,
-        access_log=logging.getLogger("gateway.access"),
+        access_log=ServerLog(logging.getLogger("gateway.access")),
+        logger=ServerLog(logging.getLogger("aiohttp.server")),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         keepalive_timeout=server.keepalive_timeout,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 from typing import Any
 
@@ -94,8 +95,10 @@ async def purge(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     try:
-        body = await request.json()
-    except ValueError:
+        # From bytes: JSON is UTF-8 (RFC 8259 section 8.1) whatever charset a client claims.
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError):
+        # RecursionError: arrays or objects nested thousands deep.
         return json_error(400, 'the body must be JSON: {"layer": ..., ...}')
     if not isinstance(body, dict) or not isinstance(body.get("layer"), str):
         return json_error(400, 'the body must name a "layer"')

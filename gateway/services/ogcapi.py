@@ -56,7 +56,7 @@ from gateway.services.http import (
     serve_tile,
     upstream_error,
 )
-from gateway.tiles import Layer, TilePipeline
+from gateway.tiles import Layer, TilePipeline, shown_number
 
 JSON = "application/json"
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
@@ -417,7 +417,7 @@ class OgcApiService:
             return json_error(400, "tileMatrix, tileRow and tileCol must be whole numbers")
         except TileOutOfRange as exc:
             if exc.scope == "limits":
-                z, row, col = (int(part) for part in address)
+                z, row, col = (shown_number(part.lstrip("0") or "0") for part in address)
                 return json_error(
                     404, f"tile {z}/{row}/{col} is outside the tileMatrixSetLimits of {name!r}"
                 )

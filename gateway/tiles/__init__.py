@@ -2,7 +2,7 @@
 address for every front (``address``), ready layers (``layer``) and the pipeline that finds
 or makes each tile (``pipeline``)."""
 
-from gateway.tiles.address import TileRequest
+from gateway.tiles.address import TileRequest, shown_number
 from gateway.tiles.layer import Layer, load_service_info
 from gateway.tiles.pipeline import CacheStatus, TilePipeline, TileResult, open_pipeline
 
@@ -14,4 +14,5 @@ __all__ = [
     "TileResult",
     "load_service_info",
     "open_pipeline",
+    "shown_number",
 ]

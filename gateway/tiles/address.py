@@ -50,6 +50,14 @@ class TileRequest:
     scale: int = 1
 
 
+def shown_number(given: int | str) -> str:
+    """A tile address part as messages show it: ``given`` as sent, or its first 12 characters
+    and ``...`` for a number longer than any matrix index (a client may send thousands of
+    digits)."""
+    text = str(given)
+    return text if len(text) <= _MAX_DIGITS else text[:_MAX_DIGITS] + "..."
+
+
 def _number(part: AddressPart, value: int | str, signed: bool) -> int | None:
     """``value`` as an int; ``None`` for a number too long to be in any matrix.
 
@@ -126,7 +134,8 @@ class TileAddresses:
         low, high = found.zoom_range(grid)
         if z is None or not low <= z <= high:
             raise TileOutOfRange(
-                f"TileMatrix {tile_matrix if z is None else z} is outside {low}..{high} "
+                f"TileMatrix {shown_number(tile_matrix) if z is None else z} is outside "
+                f"{low}..{high} "
                 f"for {layer!r} in {tms}",
                 "TileMatrix",
                 value=z,
@@ -166,7 +175,8 @@ def _index(
     if limits is not None:
         if value is None or not limits[0] <= value <= limits[1]:
             raise TileOutOfRange(
-                f"{part} {given if value is None else value} is outside {limits[0]}..{limits[1]} "
+                f"{part} {shown_number(given) if value is None else value} is outside "
+                f"{limits[0]}..{limits[1]} "
                 f"of the TileMatrixSetLimits of {layer!r} at TileMatrix {z}",
                 part,
                 value=value,
@@ -178,7 +188,7 @@ def _index(
         return value
     if value is None or not 0 <= value < size:
         raise TileOutOfRange(
-            f"{part} {given if value is None else value} is outside 0..{size - 1} "
+            f"{part} {shown_number(given) if value is None else value} is outside 0..{size - 1} "
             f"at TileMatrix {z}",
             part,
             value=value,

@@ -248,3 +248,78 @@ def test_a_proxied_service_must_name_configured_credentials() -> None:
     assert "unknown credentials 'enterprise' (none are configured)" in str(caught.value)
     tree["credentials"] = {"enterprise": {"type": "static", "token_env": "ARCGIS_API_KEY"}}
     assert parse_config(tree).proxy is not None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6x79/0",
+        "redis://:s3cret@localhost:abc",
+        "redis://localhost:-1/0",
+        "redis://localhost:+80/0",
+        "redis://localhost:²/0",
+        "redis://localhost:\uff11\uff12/0",  # fullwidth digits: str.isdigit takes them
+        "redis://localhost:/0",
+        "redis://localhost:65536",
+        "redis://localhost?port=abc",
+        "redis://localhost?port=99999",
+        "redis+sentinel://s1:²/mymaster",
+        "redis+cluster://n1:7000,n2:",
+    ],
+)
+def test_check_config_refuses_a_redis_port_that_is_no_port(tmp_path: Path, url: str) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"cache:\n  redis_url: '{url}'\nlayers:\n  a:\n    url: {URL}\n")
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2, result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"tile-gateway: invalid configuration: {config}: cache.redis_url: ")
+    assert "s3cret" not in line
+
+
+def test_a_sentinel_database_of_other_digits_is_refused() -> None:
+    data = {"cache": {"redis_url": "redis+sentinel://s1:26379/m/²"}, "layers": {"a": {"url": URL}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "gw.yaml")
+    assert str(caught.value) == (
+        "gw.yaml: cache.redis_url: the database after the service must be a number"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        # The offending line holds a password: the message says where, never what.
+        (
+            "cache:\n  redis_url: redis://:hunter2@redis:6379/0: x\nlayers: {}\n",
+            "mapping values are not allowed here at line 2, column 43",
+        ),
+        (
+            "layers:\n  a:\n    url: 'http://u:hunter2@gis/arcgis\n",
+            "found unexpected end of stream at line 4, column 1",
+        ),
+        ("layers: [hunter2,\n", "expected the node content, but found '<stream end>' at line 2"),
+        ("a: hunter2\n\tb: 1\n", "found character '\\t' that cannot start any token at line 2"),
+        ("password: hunter2\x01\n", "character #x0001 is not allowed, at character 17"),
+        ("[" * 5000 + "hunter2", "nested too deeply"),
+    ],
+)
+def test_a_yaml_error_says_where_without_the_line(tmp_path: Path, text: str, where: str) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(text)
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"tile-gateway: invalid configuration: {config}: not valid YAML: ")
+    assert where in line
+    assert "hunter2" not in line
+
+
+def test_a_config_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_bytes(b"layers:\n  a:\n    title: caf\xe9\n")
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tile-gateway: invalid configuration: {config}: not UTF-8 text (line 3)"
+    ]

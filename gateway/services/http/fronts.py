@@ -4,6 +4,7 @@ formats (routing misses and unexpected errors included) and CORS on every answer
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -13,6 +14,7 @@ from cachetools import LRUCache
 
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.errors import UpstreamBusy, UpstreamError
+from gateway.logs import printable
 from gateway.tiles import TilePipeline
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,21 @@ _HOST_REFUSED = "the Host header names a host this gateway does not serve (serve
 RenderError = Callable[[web.Request, int, str], web.Response]
 """A front's error format: ``(request, status, message) -> response``."""
 
+# What a public base URL is made of, checked before it is written into a document: a host
+# (RFC 3986 section 3.2.2: reg-name, IPv4, or a bracketed IP literal) with an optional port
+# (section 3.2.3), an http(s) scheme, and a path prefix of segments (section 3.3).
+_HOST = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+)(?::[0-9]*)?"
+)
+_SCHEME = re.compile(r"https?", re.IGNORECASE)
+_PREFIX = re.compile(r"(?:/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})*)*")
+
+
+class BadRequestHeader(Exception):
+    """A request header the answer depends on has a value that cannot be used; every front
+    answers 400 in its own format (RFC 9112 section 3.2: a Host with an invalid value is a
+    400)."""
+
 
 def _named_host(request: web.Request, server: ServerConfig, host: str) -> str:
     """The host (``name[:port]``) a client asked for: with ``trust_proxy`` the first
@@ -44,6 +61,11 @@ def public_base(request: web.Request) -> str:
     ``server.public_url`` when configured; else, with ``server.trust_proxy``, the
     ``X-Forwarded-Proto``/``X-Forwarded-Host``/``X-Forwarded-Prefix`` headers (first value of
     each); else the request's own scheme and Host.
+
+    Raises ``BadRequestHeader`` when what would be used is not a URL's part: a Host (or
+    X-Forwarded-Host) that is not ``host[:port]`` (RFC 3986 section 3.2: no spaces, no bytes
+    outside ASCII, no ``/``), an X-Forwarded-Proto other than http/https, an
+    X-Forwarded-Prefix that is not a path.
     """
     server = request.app[CONFIG].server
     if server.public_url is not None:
@@ -55,6 +77,12 @@ def public_base(request: web.Request) -> str:
         prefix = headers.get("X-Forwarded-Prefix", "").split(",")[0].strip().rstrip("/")
         if prefix and not prefix.startswith("/"):
             prefix = "/" + prefix
+        if not _SCHEME.fullmatch(scheme):
+            raise BadRequestHeader("X-Forwarded-Proto must be http or https")
+        if not _PREFIX.fullmatch(prefix):
+            raise BadRequestHeader("X-Forwarded-Prefix must be a URL path")
+    if not _HOST.fullmatch(host):
+        raise BadRequestHeader("the Host (or X-Forwarded-Host) header must be host[:port]")
     return f"{scheme}://{host}{prefix}"
 
 
@@ -178,8 +206,10 @@ def _cors_middleware(
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Middleware: a request naming a host outside ``server.allowed_hosts`` answered 400
     (health probes excepted), CORS headers on every answer (errors too), preflights for
-    ``methods``, and HTTP errors (routing misses among them) and unexpected exceptions rendered
-    with ``render``; the latter are logged with their traceback and answered 500 without
+    ``methods``, and HTTP errors (routing misses among them), a bad request header
+    (``BadRequestHeader``) or body (``RequestPayloadError``, e.g. a gzip body that does not
+    inflate: 400) and unexpected exceptions rendered with ``render``; the latter are logged
+    with their traceback (the path escaped: ``logs.printable``) and answered 500 without
     details.
 
     On the root (``root`` given: the ready answers' lookup), a GET or HEAD of an allowed host
@@ -218,8 +248,15 @@ def _cors_middleware(
                     exc.headers.update(cors)
                     raise
                 response = render(request, exc.status, exc.reason)
+            except BadRequestHeader as exc:
+                response = render(request, 400, str(exc))
+            except web.RequestPayloadError:
+                # The body as sent cannot be read: its Content-Encoding, its chunks...
+                response = render(request, 400, "the request body cannot be read as sent")
             except Exception:
-                log.exception("unhandled error on %s %s", request.method, request.path)
+                log.exception(
+                    "unhandled error on %s %s", request.method, printable(request.path, 1000)
+                )
                 response = render(request, 500, "internal error")
         response.headers.update(cors)
         return response

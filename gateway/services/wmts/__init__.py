@@ -35,7 +35,7 @@ from gateway.services.wmts.ows import (
     invalid,
     render_error,
 )
-from gateway.tiles import TileRequest
+from gateway.tiles import TileRequest, shown_number
 
 __all__ = ["render_error", "routes"]
 
@@ -106,7 +106,7 @@ def locate(
         shown = (
             exc.value
             if exc.value is not None
-            else (tile_row if exc.part == "TileRow" else tile_col)
+            else shown_number(tile_row if exc.part == "TileRow" else tile_col)
         )
         raise WmtsError(
             400,

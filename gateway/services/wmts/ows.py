@@ -9,6 +9,8 @@ from typing import Final, NamedTuple
 from aiohttp import web
 from lxml import etree
 
+from gateway.logs import printable
+
 OWS_NS: Final = "http://www.opengis.net/ows/1.1"
 XLINK_NS: Final = "http://www.w3.org/1999/xlink"
 XSI_NS: Final = "http://www.w3.org/2001/XMLSchema-instance"
@@ -107,6 +109,5 @@ def render_error(request: web.Request, status: int, message: str) -> web.Respons
     ``<ServiceMetadataURL>/Bogus`` and expects a 404 ExceptionReport)."""
     if status == 404:
         # Shown escaped: control characters cannot be written in XML, nor sent to a log.
-        path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in request.path)
-        message = f"no WMTS resource {path}"
+        message = f"no WMTS resource {printable(request.path, 1000)}"
     return exception_report(WmtsError(status, OwsException("NoApplicableCode", None, message)))
