@@ -18,7 +18,15 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.proxy.relay import CredentialsLookup, Proxy, ProxyState
 from gateway.proxy.routing import Refused
-from gateway.services.http import CONFIG, NO_STORE, PIPELINE, front_app, public_base, public_vary
+from gateway.services.http import (
+    CONFIG,
+    NO_STORE,
+    PIPELINE,
+    cors_headers,
+    front_app,
+    public_base,
+    public_vary,
+)
 from gateway.sources.http import Credentials, NoCredentials, UpstreamRequest
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -115,8 +123,16 @@ def proxy_app(
     server = config.server
     state = ProxyState(agent="tile-gateway/0.1", connections=server.upstream_connections)
     app[PROXY] = Proxy(proxy_config, providers, state, server.upstream_timeout)
+    app.on_response_prepare.append(_cors_before_sending)
     app.cleanup_ctx.append(_resources)
     return app
+
+
+async def _cors_before_sending(request: web.Request, response: web.StreamResponse) -> None:
+    """The front's CORS headers, set as the headers are about to be sent: the middleware adds
+    them only once the handler has returned, too late for a streamed answer (an image, the
+    ``href`` of ``exportImage?f=json``), which a page on another origin could then not show."""
+    response.headers.update(cors_headers(request.config_dict[CONFIG].server.cors_allow_origin))
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

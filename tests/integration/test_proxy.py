@@ -456,6 +456,21 @@ async def test_large_answers_are_streamed(gateway: TestClient, upstream: Upstrea
     assert rest == b"second-half" * 1000
 
 
+async def test_streamed_answers_carry_the_cors_headers(
+    gateway: TestClient, upstream: Upstream
+) -> None:
+    """A streamed answer (an output file of ``exportImage?f=json``, a large image) sends its
+    headers before the front's middleware sees it: the CORS headers must be there all the same,
+    or a page on another origin cannot show it (esri-leaflet's ``imageMapLayer`` with
+    ``f: "json"`` loads the ``href`` as a CORS image)."""
+    upstream.release.set()
+    response = await gateway.get(f"{SERVICE}/big", headers={"Origin": "http://page.example"})
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "ETag" in response.headers["Access-Control-Expose-Headers"]
+    assert (await response.read()).endswith(b"second-half")
+
+
 async def test_json_answers_are_scrubbed(gateway: TestClient, upstream: Upstream) -> None:
     response = await gateway.get(SERVICE, params={"f": "json"})
     assert response.status == 200
