@@ -10,6 +10,7 @@
 // The report is printed as ONE JSON line on stdout with exit status 0 even for a broken page:
 // the verdict belongs to the Python test, which needs the whole report to explain a failure.
 
+import { writeFile } from "node:fs/promises";
 import path from "node:path";
 
 import { chromium } from "playwright-core";
@@ -51,7 +52,9 @@ export function parseArgs(argv, defaults, usage) {
  * Opens `url` and returns the report. `allowedOrigins` may be fetched for real (the page's own
  * origin always is); they and the page must be on loopback. Anything else is blocked.
  * `ready` runs in the page (polled) until true; `inspect(page, report)` then adds its
- * readings to the report, before the screenshot is taken.
+ * readings to the report, before the screenshot is taken. With `record` (a directory), every
+ * response's headers go into its request's entry and its body into a file there (`body`: the
+ * file's name), so the caller can scan all the browser received.
  */
 export async function runPage({
   url,
@@ -61,6 +64,7 @@ export async function runPage({
   allowedOrigins = [],
   ready,
   inspect,
+  record = null,
 }) {
   const target = new URL(url);
   const allowed = new Set([target.origin, ...allowedOrigins.map((other) => new URL(other).origin)]);
@@ -120,7 +124,7 @@ export async function runPage({
     });
     page.on("requestfinished", (request) => {
       settle();
-      pending.push(describe(request, report));
+      pending.push(describe(request, report, record && path.join(record, `${pending.length}`)));
     });
     page.on("requestfailed", (request) => {
       settle();
@@ -175,7 +179,7 @@ export async function runPage({
   return report;
 }
 
-async function describe(request, report) {
+async function describe(request, report, bodyFile) {
   const url = new URL(request.url());
   const entry = {
     url: request.url(),
@@ -199,6 +203,11 @@ async function describe(request, report) {
       entry.allowOrigin = headers["access-control-allow-origin"] ?? null;
       entry.cacheControl = headers["cache-control"] ?? null;
       entry.xCache = headers["x-cache"] ?? null;
+      if (bodyFile) {
+        entry.headers = headers;
+        await writeFile(bodyFile, await response.body());
+        entry.body = path.basename(bodyFile);
+      }
     }
   } catch (error) {
     // Say so rather than lose the request from the report.

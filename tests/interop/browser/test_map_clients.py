@@ -4,8 +4,8 @@ Each case opens one page of ``pages/`` through ``check_page.mjs``: Leaflet XYZ a
 ratio 1 and 2, OpenLayers XYZ, OpenLayers WMTS set up from the capabilities (read from the KVP
 or the RESTful URL; tiles by KVP or RESTful GetTile; WebMercatorQuad and WGS1984Quad, i.e.
 EPSG:3857 and EPSG:4326), and MapLibre from TileJSON. The pages are served by a second HTTP
-server here, another origin than the gateway, so every capabilities, TileJSON and tile request
-really crosses origins (CORS).
+server (conftest.py), another origin than the gateway, so every capabilities, TileJSON and tile
+request really crosses origins (CORS).
 
 Each page centres its map on a probe point of distinctive colour. The test then checks: the
 library loaded tiles and reported no tile error; no console error, failed or blocked request;
@@ -21,11 +21,9 @@ gateway that allows another origin only shows that Chromium does block the same 
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,12 @@ from PIL import Image, ImageStat
 from rasterio.transform import rowcol
 from rasterio.warp import transform
 
-from tests.browser.harness import NODE_MODULES, run_driver
+from tests.browser.harness import run_driver
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.browser
 
 HERE = Path(__file__).resolve().parent
-PAGES = HERE / "pages"
 CHECK_PAGE = HERE / "check_page.mjs"
 VIEWPORT = 512  # CSS pixels, square
 # Largest per-channel difference between the screenshot's centre and the source there: room
@@ -219,36 +216,6 @@ def misplacements(case: Case) -> dict[str, tuple[float, float]]:
     if abs(case.probe.lon) <= 90:
         places["axes swapped"] = (case.probe.lat, case.probe.lon)
     return places
-
-
-# --- the page server ---------------------------------------------------------------------
-
-
-class PageHandler(SimpleHTTPRequestHandler):
-    """``/node_modules/...`` from tests/browser/node_modules, anything else from pages/."""
-
-    def translate_path(self, path: str) -> str:
-        if path.startswith("/node_modules/"):
-            self.directory = str(NODE_MODULES)
-            path = path.removeprefix("/node_modules")
-        return super().translate_path(path)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the driver's report lists every request."""
-
-
-@pytest.fixture(scope="module")
-def page_origin() -> Iterator[str]:
-    """Origin of a static HTTP server of the test pages: 127.0.0.1 on a port of its own."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(PageHandler, directory=str(PAGES)))
-    thread = threading.Thread(target=server.serve_forever, name="test-pages", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 # --- checks ------------------------------------------------------------------------------
