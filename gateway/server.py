@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.access import access_logger
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.services.http import CONFIG
@@ -82,7 +83,8 @@ async def start_site(
 
     Connections follow the app's configuration (``server.keepalive_timeout``,
     ``server.max_client_connections``; the defaults for an app without one): see
-    ``ServerConfig``. Access lines go to the ``gateway.access`` logger (shown at INFO level).
+    ``ServerConfig``. Access lines go to the ``gateway.access`` logger (shown at INFO level),
+    API key parameters and tokens redacted.
     Raises ``PortInUse`` when the port is taken, ``OSError`` when binding fails otherwise;
     either way the app has been cleaned up again.
     """
@@ -90,6 +92,8 @@ async def start_site(
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("gateway.access"),
+        # Without API keys and tokens in the request line and Referer.
+        access_log_class=access_logger(app[CONFIG].access if CONFIG in app else None),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         keepalive_timeout=server.keepalive_timeout,
     )
