@@ -11,6 +11,8 @@ health probes:
     /arcgis/rest/services (``proxy.prefix``, when a ``proxy`` section is configured)
               the ArcGIS REST reverse proxy         ArcGIS error JSON
     /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
+
+Inbound access control (``gateway.access``) is per route group; the root is always open.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.access import Access
 from gateway.config import GatewayConfig
 from gateway.proxy import proxy_app
 from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
     CONFIG,
+    GATE,
     PIPELINE,
     READY,
     ReadyAnswers,
@@ -38,6 +42,9 @@ from gateway.tiles import load_service_info, open_pipeline
 
 FRONTS = web.AppKey("fronts", dict)
 """The fronts by the prefix they are mounted at."""
+ACCESS = web.AppKey("access", Access)
+# The route group (``access.groups``) of each front but the reverse proxy's.
+_GROUPS = {"/tiles": "tiles", "/wmts": "tiles", "/ogcapi": "tiles", "/admin": "admin"}
 
 
 def create_app(
@@ -49,6 +56,10 @@ def create_app(
     configured providers (``gateway.credentials``), shared with the tile layers;
     ``credentials(name)``, when given, provides them instead (raises ``LookupError`` for an
     unknown name).
+
+    Each front's route group (``tiles``: /tiles, /wmts, /ogcapi; ``proxy``; ``admin``) is
+    checked by its ``gateway.access`` gate when ``access.groups`` configures it. Raises
+    ``ValueError`` for an ``access.api_keys_file`` that cannot be read or parsed.
     """
     fronts = {
         "/tiles": front_app(config, [*xyz.routes(), *tilejson.routes()], render_json_error),
@@ -58,15 +69,31 @@ def create_app(
     }
     if config.proxy is not None:
         fronts[config.proxy.prefix] = proxy_app(config, credentials)
+    access = Access(config)
     ready = ReadyAnswers(cors_headers(config.server.cors_allow_origin))
     app = root_app(config, [*viewer.routes(), *admin.health_routes()], ready.answer)
     for prefix, front in fronts.items():
         front[READY] = ready
+        gate = access.gate(_GROUPS.get(prefix, "proxy"))
+        if gate is not None:
+            front[GATE] = gate
         app.add_subapp(prefix, front)
     app[READY] = ready
     app[FRONTS] = fronts
+    app[ACCESS] = access
+    app.cleanup_ctx.append(_access)
     app.cleanup_ctx.append(_resources)
     return app
+
+
+async def _access(app: web.Application) -> AsyncIterator[None]:
+    """The access checks' JWKS session and rate-limit storage, for the app's lifetime."""
+    access = app[ACCESS]
+    await access.start()
+    try:
+        yield
+    finally:
+        await access.close()
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from limits import parse_many
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -427,6 +428,18 @@ CredentialsConfig = Annotated[
 ]
 
 
+class ResourceAccess(_Strict):
+    """Who may use one layer or proxied service, beyond what its route group admits
+    (README, "Access control"): an identity by API key whose name is in ``api_keys``, or by
+    a JWT carrying every claim of ``claims`` (a claim matches when its value, or one of its
+    space-separated words (OAuth ``scope``, RFC 8693 section 4.2) or list items, is the
+    required value or one of the required values). Anyone else is refused: 401 without an
+    identity, 403 with one."""
+
+    api_keys: list[str] = []
+    claims: dict[str, str | list[str]] = {}
+
+
 class LayerConfig(_Strict):
     """One published tile layer: an upstream ImageServer plus fixed export parameters and policy.
 
@@ -448,7 +461,8 @@ class LayerConfig(_Strict):
     PNG's cost. Stale serving: for ``stale_while_revalidate`` seconds past its ``ttl`` a
     tile is still served while one background refresh runs; for ``stale_if_error`` seconds
     past it, it is served when the upstream fails (RFC 5861 semantics). ``credentials`` names
-    the entry of the top-level ``credentials`` that gets the upstream's token.
+    the entry of the top-level ``credentials`` that gets the upstream's token. ``access``
+    restricts the layer to some API keys or JWT claims (``ResourceAccess``).
     """
 
     title: str | None = None
@@ -475,6 +489,7 @@ class LayerConfig(_Strict):
     stale_while_revalidate: Annotated[int, Field(ge=0)] = 0
     stale_if_error: Annotated[int, Field(ge=0)] = 0
     credentials: str | None = None
+    access: ResourceAccess | None = None
 
     @field_validator("url")
     @classmethod
@@ -564,12 +579,14 @@ class ProxyServiceConfig(_Strict):
     ``credentials`` names the credential set whose token is sent upstream (none: no token).
     ``outputs_url`` is the upstream's output directory, whose files ``exportImage?f=json``
     names in ``href``; by default ``.../rest/directories/arcgisoutput`` beside ``url``'s
-    ``.../rest/services``.
+    ``.../rest/services``. ``access`` restricts the service to some API keys or JWT claims
+    (``ResourceAccess``).
     """
 
     path: str = ""
     url: AnyHttpUrl
     credentials: str | None = None
+    access: ResourceAccess | None = None
     allow: Annotated[list[str], Field(min_length=1)]
     outputs_url: AnyHttpUrl | None = None
 
@@ -641,10 +658,140 @@ class ProxyConfig(_Strict):
         return self
 
 
+# Signature algorithms a JWT may use (RFC 7518 section 3.1, RFC 8037): asymmetric only, so that
+# a key published in a JWKS can never sign; "none" and the HMAC ones are never accepted.
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+AuthMethod = Literal["api_key", "jwt"]
+RouteGroup = Literal["tiles", "proxy", "admin"]
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class JwtConfig(_Strict):
+    """JWT bearer tokens (``Authorization: Bearer``, RFC 6750 section 2.1) signed by a key of
+    the JWKS at ``jwks_url`` (RFC 7517).
+
+    A token must name an allowed ``algorithms`` entry, carry ``exp``, and have ``iss`` equal
+    to ``issuer`` and ``aud`` holding ``audience`` (or one of them); ``exp``/``nbf``/``iat``
+    are checked with ``leeway`` seconds of clock skew (RFC 7519 section 4.1). The key set is
+    kept ``jwks_cache`` seconds, and fetched again sooner when a token names a key id it does
+    not hold (a rotation), at most once per ``jwks_refetch_interval`` seconds. ``subject`` is
+    the claim that identifies a client for rate limits.
+    """
+
+    jwks_url: AnyHttpUrl
+    issuer: str
+    audience: str | Annotated[list[str], Field(min_length=1)]
+    algorithms: Annotated[list[JwtAlgorithm], Field(min_length=1)] = ["RS256", "ES256"]
+    leeway: Annotated[float, Field(ge=0, le=300)] = 30.0
+    jwks_cache: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    jwks_refetch_interval: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    subject: str = "sub"
+
+
+class GroupAccess(_Strict):
+    """Access to one route group (``tiles``: /tiles, /wmts and /ogcapi; ``proxy``: the
+    reverse proxy; ``admin``).
+
+    ``authenticate`` lists the identities accepted (``api_key``, ``jwt``); empty, the group is
+    open. With ``anonymous`` a request without credentials is admitted too (but not to a
+    restricted layer or service); wrong credentials are always refused (401).
+    ``rate_limit`` is a ``limits`` rate string (``100/second``, ``10/second;1000/hour``) per
+    client: an identity's key name or JWT subject, else the client address.
+    ``cors_allow_origins`` replaces ``server.cors_allow_origin`` for the group: ``["*"]``,
+    or origins echoed back when a request's ``Origin`` is one of them. ``referers`` lists URL
+    prefixes a request's ``Referer`` must start with (a convenience against casual embedding,
+    not a security boundary: any client can send any ``Referer``).
+    """
+
+    authenticate: list[AuthMethod] = []
+    anonymous: bool = False
+    rate_limit: str | None = None
+    cors_allow_origins: Annotated[list[str], Field(min_length=1)] | None = None
+    referers: Annotated[list[str], Field(min_length=1)] | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a rate such as 100/second or 10/second;1000/hour"
+                ) from None
+        return value
+
+
+class AccessConfig(_Strict):
+    """Inbound access control (README, "Access control"): API keys, JWT, rate limits, CORS
+    and Referer checks per route group (``groups``).
+
+    API keys are configured as the SHA-256 of the key (64 hex digits) by name: in
+    ``api_keys`` and/or in ``api_keys_file``, read at start-up, a ``name sha256hex`` pair per
+    line (``#`` comments). A client sends its key in the ``api_key_header`` header or, for
+    map clients that can only put it in a URL, in the ``api_key_param`` query parameter
+    (``null``: header only); the parameter is removed before the request goes further (never
+    in a cache key, a log line or an upstream request). ``trusted_proxy_hops`` is how many
+    reverse proxies in front of the gateway append to ``X-Forwarded-For``: the client address
+    of rate limits is the entry that many from the right (0: the connection's own address);
+    unset, 1 with ``server.trust_proxy``, else 0. Rate-limit counters live in the cache's
+    Redis (``cache.redis_url``) with the redis backend, so a limit holds across replicas;
+    else in this process's memory.
+    """
+
+    api_key_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]+$")] = "X-API-Key"
+    api_key_param: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] | None = "api_key"
+    api_keys: dict[str, str] = {}
+    api_keys_file: Path | None = None
+    jwt: JwtConfig | None = None
+    trusted_proxy_hops: Annotated[int, Field(ge=0, le=16)] | None = None
+    groups: dict[RouteGroup, GroupAccess] = {}
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digest in value.items():
+            if not LAYER_NAME.match(name):
+                raise ValueError(f"api key name {name!r} must be letters, digits, '_', '-', '.'")
+            if not _SHA256_HEX.match(digest):
+                # Never the value: it may be a key pasted by mistake.
+                raise ValueError(
+                    f"api_keys.{name}: give the SHA-256 of the key as 64 hex digits "
+                    "(printf %s KEY | sha256sum), never the key itself"
+                )
+        return {name: digest.lower() for name, digest in value.items()}
+
+    @model_validator(mode="after")
+    def _methods_configured(self) -> AccessConfig:
+        keys = bool(self.api_keys) or self.api_keys_file is not None
+        for group, settings in self.groups.items():
+            if "jwt" in settings.authenticate and self.jwt is None:
+                raise ValueError(f"groups.{group}: authenticate jwt needs access.jwt")
+            if "api_key" in settings.authenticate and not keys:
+                raise ValueError(
+                    f"groups.{group}: authenticate api_key needs api_keys or api_keys_file"
+                )
+            if group == "admin" and "jwt" in settings.authenticate:
+                raise ValueError(
+                    "groups.admin: the admin API's Authorization header carries its own token "
+                    "(TILE_GATEWAY_ADMIN_TOKEN); authenticate it with api_key only"
+                )
+        return self
+
+    def client_hops(self, server: ServerConfig) -> int:
+        """``trusted_proxy_hops``, or its default from ``server.trust_proxy``."""
+        if self.trusted_proxy_hops is not None:
+            return self.trusted_proxy_hops
+        return 1 if server.trust_proxy else 0
+
+
 class GatewayConfig(_Strict):
     """The whole configuration: server, service metadata, cache, the viewer, custom
     TileMatrixSets, the upstream credentials keyed by a name layers refer to (and the proxy
-    names), the ArcGIS REST reverse proxy (optional) and the layers keyed by their URL name.
+    names), inbound access control (``access``, per route group), the ArcGIS REST reverse
+    proxy (optional) and the layers keyed by their URL name.
 
     A secret is never written in the file: a ``password``, ``token`` or ``client_secret`` key
     in a credentials entry is refused, naming the ``_env`` / ``_file`` keys to use instead.
@@ -657,6 +804,7 @@ class GatewayConfig(_Strict):
     tile_matrix_sets: dict[str, TileMatrixSetConfig] = {}
     proxy: ProxyConfig | None = None
     credentials: dict[str, CredentialsConfig] = {}
+    access: AccessConfig = AccessConfig()
     layers: Annotated[dict[str, LayerConfig], Field(min_length=1)]
 
     @model_validator(mode="before")
@@ -699,6 +847,35 @@ class GatewayConfig(_Strict):
                     f"proxy.services[path={service.path!r}].credentials: unknown credentials "
                     f"{service.credentials!r} ({known})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _restrictions_enforced(self) -> GatewayConfig:
+        # A restriction in a group that reads no identity would admit nobody: say so now.
+        restricted: list[tuple[RouteGroup, str, ResourceAccess]] = [
+            ("tiles", f"layers.{name}", layer.access)
+            for name, layer in self.layers.items()
+            if layer.access is not None
+        ]
+        restricted += [
+            ("proxy", f"proxy.services[path={service.path!r}]", service.access)
+            for service in (self.proxy.services if self.proxy is not None else ())
+            if service.access is not None
+        ]
+        access = self.access
+        for group, where, rule in restricted:
+            methods = access.groups[group].authenticate if group in access.groups else []
+            if rule.api_keys and "api_key" not in methods:
+                raise ValueError(
+                    f"{where}.access.api_keys: access.groups.{group}.authenticate lacks api_key"
+                )
+            if rule.claims and "jwt" not in methods:
+                raise ValueError(
+                    f"{where}.access.claims: access.groups.{group}.authenticate lacks jwt"
+                )
+            unknown = [name for name in rule.api_keys if name not in access.api_keys]
+            if unknown and access.api_keys_file is None:
+                raise ValueError(f"{where}.access.api_keys: unknown API key {unknown[0]!r}")
         return self
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.access import access_logger
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.logs import ServerLog
@@ -83,16 +84,18 @@ async def start_site(
 
     Connections follow the app's configuration (``server.keepalive_timeout``,
     ``server.max_client_connections``; the defaults for an app without one): see
-    ``ServerConfig``. Access lines go to the ``gateway.access`` logger (shown at INFO level); a
-    request aiohttp cannot parse is one INFO line of ``aiohttp.server`` without traceback; both
-    escape what the client sent (``logs.ServerLog``). Raises ``PortInUse`` when the port is
-    taken, ``OSError`` when binding fails otherwise; either way the app has been cleaned up
-    again.
+    ``ServerConfig``. Access lines go to the ``gateway.access`` logger (shown at INFO level),
+    API key parameters and tokens redacted; a request aiohttp cannot parse is one INFO line of
+    ``aiohttp.server`` without traceback; both escape what the client sent
+    (``logs.ServerLog``). Raises ``PortInUse`` when the port is taken, ``OSError`` when binding
+    fails otherwise; either way the app has been cleaned up again.
     """
     server = app[CONFIG].server if CONFIG in app else ServerConfig()
     runner = web.AppRunner(
         app,
         access_log=ServerLog(logging.getLogger("gateway.access")),
+        # Without API keys and tokens in the request line and Referer.
+        access_log_class=access_logger(app[CONFIG].access if CONFIG in app else None),
         logger=ServerLog(logging.getLogger("aiohttp.server")),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         keepalive_timeout=server.keepalive_timeout,

@@ -25,6 +25,7 @@ from gateway.services.http.documents import (
 )
 from gateway.services.http.fronts import (
     CONFIG,
+    GATE,
     NO_STORE,
     PIPELINE,
     READ_METHODS,
@@ -43,6 +44,7 @@ from gateway.services.http.tiles import READY, ReadyAnswers, serve_tile, tile_re
 __all__ = [
     "CONFIG",
     "DOCUMENT_CACHE_CONTROL",
+    "GATE",
     "NO_STORE",
     "PIPELINE",
     "READY",

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from cachetools import LRUCache
 
+from gateway.access import Gate
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.logs import printable
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", GatewayConfig)
 PIPELINE = web.AppKey("pipeline", TilePipeline)
+GATE = web.AppKey("gate", Gate)
+"""A front's access check (``gateway.access``), when its route group is configured."""
 NO_STORE = {"Cache-Control": "no-store"}
 # Methods every front answers, and so lists in its preflights.
 READ_METHODS = "GET, HEAD, OPTIONS"
@@ -215,7 +218,11 @@ def _cors_middleware(
     On the root (``root`` given: the ready answers' lookup), a GET or HEAD of an allowed host
     that a front takes is first offered to ``root``, whose finished answers skip the front's
     layers; anything else the front takes passes through untouched: it has its own middleware,
-    which refuses a host in its own format."""
+    which refuses a host in its own format.
+
+    A front with a ``GATE`` has each request admitted by it first (preflights excepted), on
+    the root too before a ready answer, and answers its refusals with ``render``; the gate's
+    CORS headers replace the server's."""
     cors = cors_headers(server.cors_allow_origin)
     host_allowed = HostCheck(server) if server.allowed_hosts is not None else None
 
@@ -223,10 +230,20 @@ def _cors_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if root is not None and len(request.match_info.apps) > 1:
             if request.method in _READS and (host_allowed is None or host_allowed(request)):
+                gate = request.match_info.apps[-1].get(GATE)
+                if gate is not None:
+                    admission = await gate.admit(request)
+                    if admission.refusal is not None:
+                        # The front answers it, in its own format.
+                        return await handler(request)
+                    request = admission.request
                 ready = root(request)
                 if ready is not None:
+                    if gate is not None:
+                        gate.cors(request, ready)
                     return ready
             return await handler(request)
+        gate = request.app.get(GATE)
         if host_allowed is not None and request.path not in _PROBES and not host_allowed(request):
             response: web.StreamResponse = render(request, 400, _HOST_REFUSED)
         elif request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
@@ -241,27 +258,52 @@ def _cors_middleware(
                 },
             )
         else:
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                if exc.status < 400:
-                    exc.headers.update(cors)
-                    raise
-                response = render(request, exc.status, exc.reason)
-            except BadRequestHeader as exc:
-                response = render(request, 400, str(exc))
-            except web.RequestPayloadError:
-                # The body as sent cannot be read: its Content-Encoding, its chunks...
-                response = render(request, 400, "the request body cannot be read as sent")
-            except Exception:
-                log.exception(
-                    "unhandled error on %s %s", request.method, printable(request.path, 1000)
-                )
-                response = render(request, 500, "internal error")
-        response.headers.update(cors)
+            response = await _admitted(request, handler, render, gate, cors)
+        if gate is None:
+            response.headers.update(cors)
+        else:
+            gate.cors(request, response)
         return response
 
     return middleware
+
+
+async def _admitted(
+    request: web.Request,
+    handler: Handler,
+    render: RenderError,
+    gate: Gate | None,
+    cors: dict[str, str],
+) -> web.StreamResponse:
+    """The handler's answer to ``request`` once ``gate`` admits it, else the refusal; HTTP
+    errors, a bad request header (``BadRequestHeader``) or body (``RequestPayloadError``: 400)
+    and unexpected exceptions (logged with their traceback, the path escaped) rendered with
+    ``render``."""
+    if gate is not None:
+        admission = await gate.admit(request)
+        if admission.refusal is not None:
+            refused = render(request, admission.refusal.status, admission.refusal.message)
+            refused.headers.update(admission.refusal.headers)
+            return refused
+        request = admission.request
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            if gate is None:
+                exc.headers.update(cors)
+            else:
+                gate.cors(request, exc)
+            raise
+        return render(request, exc.status, exc.reason)
+    except BadRequestHeader as exc:
+        return render(request, 400, str(exc))
+    except web.RequestPayloadError:
+        # The body as sent cannot be read: its Content-Encoding, its chunks...
+        return render(request, 400, "the request body cannot be read as sent")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, printable(request.path, 1000))
+        return render(request, 500, "internal error")
 
 
 def front_app(

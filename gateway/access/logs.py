@@ -1,0 +1,44 @@
+"""Access log lines without credentials: the API key parameter and ArcGIS ``token`` values of
+a request line or ``Referer`` are replaced before the line is written."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from gateway.config import AccessConfig
+
+REDACTED = "[redacted]"
+# Always hidden: the ArcGIS token a client of the reverse proxy sends (the proxy drops it).
+_ALWAYS = ("token",)
+
+
+def redact(text: str, names: Iterable[str]) -> str:
+    """``text`` with the value of every query parameter among ``names`` (any case, as a
+    query or form field ``name=value``) replaced by ``[redacted]``."""
+    alternatives = "|".join(re.escape(name) for name in names)
+    pattern = rf"(?i)(^|[?&;]|%3F|%26)((?:{alternatives})=)[^&;\s\"]*"
+    return re.sub(pattern, rf"\1\2{REDACTED}", text)
+
+
+def access_logger(config: AccessConfig | None) -> type[AbstractAccessLogger]:
+    """aiohttp's ``AccessLogger`` (same format and fields) whose values pass through
+    ``redact`` for the configured ``api_key_param`` and ``token``."""
+    names = (*_ALWAYS, *((config.api_key_param,) if config and config.api_key_param else ()))
+
+    class RedactingAccessLogger(AccessLogger):
+        def _format_line(
+            self, request: BaseRequest, response: StreamResponse, time: float
+        ) -> Iterable[tuple[str | tuple[str, str], Any]]:
+            return [
+                (key, redact(value, names) if isinstance(value, str) else value)
+                for key, value in super()._format_line(request, response, time)
+            ]
+
+    return RedactingAccessLogger
