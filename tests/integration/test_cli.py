@@ -260,7 +260,8 @@ def test_install_test_deps_says_it_runs_npm_ci(tmp_path: Path) -> None:
     )
     assert result.stdout.splitlines() == [
         "install-test-deps: installing the browser tests' npm packages (esri-leaflet leaflet "
-        "maplibre-gl ol playwright-core, with their dependencies) into tests/browser/node_modules with npm ci",
+        "maplibre-gl ol playwright-core, with their dependencies) into tests/browser/node_modules "
+        "with npm ci",
         "npm called with: ci --prefix tests/browser --no-audit --no-fund --loglevel=error",
     ]
 
