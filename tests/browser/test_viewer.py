@@ -174,16 +174,20 @@ def gateway_requests(report: dict[str, Any], demo: DemoProcess) -> list[dict[str
 
 
 def assert_page_healthy(
-    report: dict[str, Any], demo: DemoProcess, client: str, page: str | None = None
+    report: dict[str, Any],
+    demo: DemoProcess,
+    client: str,
+    page: str | None = None,
+    layer: str = "bluemarble",
 ) -> None:
-    """What every mode shares: the library finished, tiles loaded, nothing failed anywhere,
-    and every request, the library's files first, went to the viewer's own folder (``page``,
-    the demo's by default): nothing was even tried off the machine."""
+    """What every mode shares: the library finished, tiles of ``layer`` loaded, nothing failed
+    anywhere, and every request, the library's files first, went to the viewer's own folder
+    (``page``, the demo's by default): nothing was even tried off the machine."""
     why = describe(report, demo)
     page = page or demo.url
     stats = report["stats"]
     assert report["timedOut"] is None, why
-    assert stats["layer"] == "bluemarble", why
+    assert stats["layer"] == layer, why
     assert stats["client"] == client, why
     assert stats["loaded"] > 0, why
     assert stats["errors"] == 0, why
@@ -419,6 +423,29 @@ def test_viewer_snippets_use_working_absolute_urls(
             filled = url.replace("{z}", "2").replace("{x}", "2").replace("{y}", "1")
             with urllib.request.urlopen(filled.replace("{r}", ""), timeout=30) as response:
                 assert response.status == 200, f"{client}: {filled}"
+
+
+def test_viewer_shows_the_token_secured_layer_through_openlayers_wmts(
+    demo: DemoProcess, tmp_path: Path
+) -> None:
+    """The demo's shadedrelief service needs ArcGIS Server tokens, which only the gateway
+    holds: OpenLayers reads the capabilities and draws its WMTS tiles, every one a 200 image,
+    and no answer the browser got carries a token."""
+    screenshot = tmp_path / "viewer-secured.png"
+    report = run_viewer(demo, screenshot, "--hash", "shadedrelief/openlayers/WebMercatorQuad")
+    why = describe(report, demo)
+    assert_page_healthy(report, demo, "openlayers", layer="shadedrelief")
+    tiles = [r for r in gateway_requests(report, demo) if r["path"] == "/wmts"]
+    assert tiles, why
+    for tile in tiles:
+        query = {k.lower(): v for k, v in parse_qsl(tile["query"].lstrip("?"))}
+        assert (query["request"], query["layer"]) == ("GetTile", "shadedrelief"), f"{tile}{why}"
+        assert tile["status"] == 200 and tile["contentType"].startswith("image/"), f"{tile}{why}"
+        assert "token" not in tile["query"].lower(), f"{tile}{why}"
+    # Relief, not an empty map: the screenshot has more than a handful of colours.
+    with Image.open(screenshot) as shot:
+        colours = shot.convert("RGB").getcolors(maxcolors=1 << 24)
+        assert colours is not None and len(colours) > 1000, why
 
 
 def test_viewer_maplibre_from_tilejson(demo: DemoProcess, tmp_path: Path) -> None:
