@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from limits import parse_many
@@ -301,6 +301,18 @@ class CredentialsBase(_Strict):
     send_as: Literal["param", "header"] = "param"
     referer: str | None = None
     refresh_margin: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # The secret each kind reads from ``<secret_name>_env`` or ``<secret_name>_file``.
+    secret_name: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CredentialsBase:
+        _secret_ref(self, self.secret_name)
+        return self
+
+    @property
+    def secret(self) -> SecretRef:
+        """Where the secret (token, password or client secret) is read."""
+        return _secret_ref(self, self.secret_name)
 
     @field_validator("referer")
     @classmethod
@@ -344,18 +356,9 @@ class StaticCredentials(CredentialsBase):
     the token (a rotated Kubernetes Secret)."""
 
     type: Literal["static"]
+    secret_name: ClassVar[str] = "token"
     token_env: str | None = None
     token_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> StaticCredentials:
-        _secret_ref(self, "token")
-        return self
-
-    @property
-    def secret(self) -> SecretRef:
-        """Where the token is read."""
-        return _secret_ref(self, "token")
 
 
 class ServerCredentials(_GenerateTokenBinding):
@@ -367,20 +370,11 @@ class ServerCredentials(_GenerateTokenBinding):
     """
 
     type: Literal["server"]
+    secret_name: ClassVar[str] = "password"
     url: AnyHttpUrl | None = None
     username: Annotated[str, Field(min_length=1)]
     password_env: str | None = None
     password_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ServerCredentials:
-        _secret_ref(self, "password")
-        return self
-
-    @property
-    def secret(self) -> SecretRef:
-        """Where the password is read."""
-        return _secret_ref(self, "password")
 
 
 class PortalCredentials(ServerCredentials):
@@ -404,22 +398,13 @@ class OAuth2Credentials(CredentialsBase):
     at the portal's ``generateToken`` for a token of the layer's federated server."""
 
     type: Literal["oauth2"]
+    secret_name: ClassVar[str] = "client_secret"
     url: AnyHttpUrl | None = None
     client_id: Annotated[str, Field(min_length=1)]
     client_secret_env: str | None = None
     client_secret_file: Path | None = None
     expiration: Annotated[int, Field(ge=1, le=525600)] | None = None
     exchange: bool = False
-
-    @model_validator(mode="after")
-    def _one_source(self) -> OAuth2Credentials:
-        _secret_ref(self, "client_secret")
-        return self
-
-    @property
-    def secret(self) -> SecretRef:
-        """Where the client secret is read."""
-        return _secret_ref(self, "client_secret")
 
 
 CredentialsConfig = Annotated[

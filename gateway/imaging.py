@@ -52,9 +52,9 @@ class UndecodableImage(ValueError):
     ``str()`` says what was wrong (Pillow's reason, or the size found)."""
 
 
-def decode(image: bytes, size: tuple[int, int]) -> Image.Image:
-    """``image`` decoded, every pixel of it, and checked to be ``size`` (width, height) pixels;
-    the caller closes it.
+def decode(image: bytes, size: tuple[int, int] | None) -> Image.Image:
+    """``image`` decoded, every pixel of it, and checked to be ``size`` (width, height) pixels
+    unless ``size`` is ``None``; the caller closes it.
 
     Pixel decoding fails on a truncated JPEG or PNG, but stops at the end of a PNG's image data:
     a PNG's chunks are also read to its IEND with their CRCs checked (Pillow ``verify``;
@@ -70,16 +70,16 @@ def decode(image: bytes, size: tuple[int, int]) -> Image.Image:
     # DecompressionBombError...): from bytes an upstream sent, each means "not an image".
     except Exception as exc:
         raise UndecodableImage(str(exc) or type(exc).__name__) from None
-    if opened.size != size:
+    if size is not None and opened.size != size:
         found = opened.size
         opened.close()
         raise UndecodableImage(f"{found[0]} x {found[1]} pixels, not {size[0]} x {size[1]}")
     return opened
 
 
-def check_image(image: bytes, size: tuple[int, int]) -> None:
-    """Raise ``UndecodableImage`` unless ``image`` decodes completely to ``size`` pixels (see
-    ``decode``); the bytes themselves are left as they are."""
+def check_image(image: bytes, size: tuple[int, int] | None) -> None:
+    """Raise ``UndecodableImage`` unless ``image`` decodes completely (to ``size`` pixels,
+    unless ``None``; see ``decode``); the bytes themselves are left as they are."""
     decode(image, size).close()
 
 

@@ -25,7 +25,8 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 
 from gateway.cache.codec import TileEntry
 from gateway.cache.store import TileCache
@@ -33,6 +34,18 @@ from gateway.cache.store import TileCache
 log = logging.getLogger(__name__)
 
 Produce = Callable[[], Awaitable[dict[str, TileEntry]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One ``SingleFlight.fetch``: its arguments, as its leader's loop reads them."""
+
+    lock_key: str
+    key: str
+    produce: Produce
+    freshness: float
+    lifetime: int
+    wait: float
 
 
 class SingleFlight:
@@ -88,7 +101,9 @@ class SingleFlight:
         future = asyncio.get_running_loop().create_future()
         self._inflight[lock_key] = future
         try:
-            tiles, produced = await self._lead(lock_key, key, produce, freshness, lifetime, wait)
+            tiles, produced = await self._lead(
+                _Ask(lock_key, key, produce, freshness, lifetime, wait)
+            )
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # marks it retrieved: with no waiter, nothing is left to log
@@ -103,23 +118,16 @@ class SingleFlight:
         entry = await self.cache.get(key, lifetime)
         return entry if entry is not None and _fresh(entry, freshness) else None
 
-    async def _lead(
-        self,
-        lock_key: str,
-        key: str,
-        produce: Produce,
-        freshness: float,
-        lifetime: int,
-        wait: float,
-    ) -> tuple[dict[str, TileEntry], bool]:
+    async def _lead(self, ask: _Ask) -> tuple[dict[str, TileEntry], bool]:
+        lock_key, key, produce, lifetime = ask.lock_key, ask.key, ask.produce, ask.lifetime
         loop = asyncio.get_running_loop()
         token = f"{self._process}.{next(self._count)}"
-        give_up = loop.time() + wait
+        give_up = loop.time() + ask.wait
         taken = loop.time()
         found = await self.cache.get_or_lock(key, lifetime, lock_key, token, self.lease)
         while True:
             if isinstance(found, TileEntry):
-                if _fresh(found, freshness):
+                if _fresh(found, ask.freshness):
                     return {key: found}, False
                 # A stale copy (kept for stale serving): the lock alone decides who refreshes.
                 taken = loop.time()
@@ -129,10 +137,10 @@ class SingleFlight:
             # Another process fetches: wait for its tiles, or for its lock to go.
             while await self.cache.locked(lock_key):
                 if loop.time() >= give_up:
-                    log.info("gave up waiting %g s for lock %s: fetching", wait, lock_key)
+                    log.info("gave up waiting %g s for lock %s: fetching", ask.wait, lock_key)
                     return await self._produce(produce, lifetime, None, taken), True
                 await asyncio.sleep(self.poll)
-                entry = await self._ready(key, freshness, lifetime)
+                entry = await self._ready(key, ask.freshness, lifetime)
                 if entry is not None:
                     return {key: entry}, False
             taken = loop.time()
@@ -147,21 +155,16 @@ class SingleFlight:
             tiles = await produce()
         except BaseException:
             if lock is not None and not await self.cache.unlock(*lock):
-                self._retry([], lifetime, lock, taken + self.lease)
+                self._retry(self._store_later([], lifetime, lock, taken + self.lease))
             raise
         items = list(tiles.items())
         if not await self.cache.set_many(items, lifetime, unlock=lock) and lock is not None:
-            self._retry(items, lifetime, lock, taken + self.lease)
+            self._retry(self._store_later(items, lifetime, lock, taken + self.lease))
         return tiles
 
-    def _retry(
-        self,
-        items: list[tuple[str, TileEntry]],
-        lifetime: int,
-        lock: tuple[str, str],
-        until: float,
-    ) -> None:
-        task = asyncio.create_task(self._store_later(items, lifetime, lock, until))
+    def _retry(self, store: Coroutine[None, None, None]) -> None:
+        """Run ``store`` (a ``_store_later``) in the background until it ends or ``close``."""
+        task = asyncio.create_task(store)
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 

@@ -1,13 +1,7 @@
-"""redis-py clients for the URL forms the gateway accepts: single node, Sentinel, Cluster.
-
-``redis://`` and ``rediss://`` are redis-py's own forms (``redis.from_url``); Sentinel and
-Cluster, which redis-py has no URL for, are spelled as Redis' other clients spell them::
-
-    redis+sentinel://[[user]:password@]host:port[,host:port...]/<service name>[/<db>]
-    redis+cluster://[[user]:password@]host:port[,host:port...]
-
-with ``rediss+`` for TLS. Query options of redis-py (``ssl_ca_certs``, ``ssl_cert_reqs``...)
-pass through as keyword arguments.
+"""redis-py clients for the URL forms the gateway accepts: single node (``redis://``,
+``rediss://``, redis-py's own), Sentinel and Cluster (``redis+sentinel://``,
+``redis+cluster://``, and ``rediss+`` for TLS), as ``gateway.redis_url`` parses and documents
+them; redis-py's query options pass through as keyword arguments.
 """
 
 from __future__ import annotations

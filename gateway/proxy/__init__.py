@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.config import GatewayConfig
-from gateway.proxy.relay import CredentialsLookup, Proxy, ProxyState
+from gateway.proxy.relay import CredentialsLookup, Proxy
 from gateway.proxy.routing import Refused
 from gateway.services.http import (
     CONFIG,
@@ -27,7 +27,7 @@ from gateway.services.http import (
     public_base,
     public_vary,
 )
-from gateway.sources.http import Credentials, NoCredentials, UpstreamRequest
+from gateway.sources.http import Credentials, NoCredentials, Sessions, UpstreamRequest
 
 PROXY = web.AppKey("proxy", Proxy)
 # GET and HEAD for reads, POST for forms (esri-leaflet and arcgis-rest-js POST long requests).
@@ -121,7 +121,7 @@ def proxy_app(
                 f"proxy.services[path={service.path!r}]: no credential set {name!r}"
             ) from None
     server = config.server
-    state = ProxyState(agent="tile-gateway/0.1", connections=server.upstream_connections)
+    state = Sessions(server.upstream_connections, "tile-gateway/0.1")
     app[PROXY] = Proxy(proxy_config, providers, state, server.upstream_timeout)
     app.on_response_prepare.append(_cors_before_sending)
     app.cleanup_ctx.append(_resources)

@@ -20,18 +20,16 @@ cache with coalescing; only a 200 image that decodes completely is stored.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from aiohttp import BodyPartReader, web
-from multidict import CIMultiDict, CIMultiDictProxy
-from PIL import Image, UnidentifiedImageError
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.cache.coalesce import SingleFlight
@@ -39,14 +37,15 @@ from gateway.cache.codec import TileEntry, strong_etag
 from gateway.cache.keys import KeyLayout
 from gateway.cache.store import TileCache
 from gateway.config import ProxyConfig
+from gateway.imaging import UndecodableImage, check_image
 from gateway.proxy.reads import CacheableRead, cacheable, service_key
 from gateway.proxy.routing import OUTPUTS, ProxyService, Refused, Router, Target
 from gateway.proxy.scrub import Scrubber
 from gateway.sources.http import (
     Credentials,
+    Sessions,
     UpstreamRequest,
     UpstreamResponse,
-    origin_of,
     token_rejected,
 )
 
@@ -122,74 +121,41 @@ class _Body:
         return not isinstance(self.data, AsyncIterator)
 
 
-@dataclass
-class _Answer:
-    """An upstream answer read whole: status, headers, body."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-
-
 class _NotStored(Exception):
     """A cacheable read whose upstream answer is not a storable image: relayed, not cached."""
 
-    def __init__(self, answer: _Answer, secrets_sent: set[str]) -> None:
+    def __init__(self, answer: UpstreamResponse, secrets_sent: set[str]) -> None:
         super().__init__("not an image")
         self.answer = answer
         self.secrets = secrets_sent
 
 
-@dataclass
-class ProxyState:
-    """What one running proxy holds: sessions per upstream origin (made on first use, closed
-    by ``close``) and, once the app started, the cache."""
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One request to relay: the client's ``request``, its checked ``target``, the query
+    ``params`` to send (the client's ``token`` left out) and the gateway's ``public_base``."""
 
-    agent: str
-    connections: int
-    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
-
-    def session(self, url: str) -> aiohttp.ClientSession:
-        """The keep-alive session of ``url``'s origin: no cookies kept, no proxy from the
-        environment, bodies decompressed."""
-        origin = origin_of(url)
-        session = self.sessions.get(origin)
-        if session is None:
-            session = self.sessions[origin] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self.connections, limit_per_host=self.connections
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"User-Agent": self.agent},
-                trust_env=False,
-            )
-        return session
-
-    async def close(self) -> None:
-        """Close every session."""
-        for session in self.sessions.values():
-            await session.close()
-        self.sessions.clear()
+    request: web.Request
+    target: Target
+    params: dict[str, str]
+    public_base: str
 
 
 class Proxy:
     """The reverse proxy of ``config``: ``handle(request, public_base)`` answers one request.
 
     ``credentials`` gives the provider of each credential set a service names (``NoCredentials``
-    is used where none is named, by the caller); ``timeout`` bounds, in seconds, connecting
-    and each wait for upstream bytes; ``cache``/``keys``/``lease`` are the tile cache, its key
-    layout and the coalescing lock lease.
+    is used where none is named, by the caller); ``state`` holds the keep-alive sessions to
+    the upstreams (closed by the caller); ``timeout`` bounds, in seconds, connecting and each
+    wait for upstream bytes; ``cache``/``keys`` (``attach_cache``) are the tile cache and its
+    key layout.
     """
 
     def __init__(
         self,
         config: ProxyConfig,
         credentials: Mapping[str, Credentials],
-        state: ProxyState,
+        state: Sessions,
         timeout: float,
     ) -> None:
         self.config = config
@@ -239,9 +205,9 @@ class Proxy:
         if request.method == "GET" and self._flight is not None:
             read = cacheable(target, params, self.config.cache_max_pixels)
             if read is not None:
-                return await self._cached(request, target, params, read, public_base)
+                return await self._cached(_Call(request, target, params, public_base), read)
         body = await self._body(request)
-        return await self._forward(request, target, params, body, public_base)
+        return await self._forward(_Call(request, target, params, public_base), body)
 
     # -- request bodies ------------------------------------------------------------------
 
@@ -385,21 +351,15 @@ class Proxy:
                 raise
         return None
 
-    async def _forward(
-        self,
-        request: web.Request,
-        target: Target,
-        params: dict[str, str],
-        body: _Body,
-        public_base: str,
-    ) -> web.StreamResponse:
-        upstream = self._upstream_request(request, target, params)
+    async def _forward(self, call: _Call, body: _Body) -> web.StreamResponse:
+        request, target, public_base = call.request, call.target, call.public_base
+        upstream = self._upstream_request(request, target, call.params)
         response, data, sent = await self._exchange(
             request.method, target, upstream, body, whole=False
         )
         try:
             if data is not None:
-                answer = _Answer(response.status, response.headers, data)
+                answer = UpstreamResponse(response.status, response.headers, data)
                 return self._document(target, answer, self.scrubber(public_base, sent), public_base)
             return await self._stream(request, response)
         finally:
@@ -416,7 +376,7 @@ class Proxy:
         return url.startswith(public_base)
 
     def _document(
-        self, target: Target, answer: _Answer, scrubber: Scrubber, public_base: str
+        self, target: Target, answer: UpstreamResponse, scrubber: Scrubber, public_base: str
     ) -> web.Response:
         """A read answer relayed: redirects passed on when they lead to an allowed gateway
         URL (else 502), HTML refused, JSON and text scrubbed. Raises ``Refused``."""
@@ -467,15 +427,14 @@ class Proxy:
 
     # -- cacheable reads ----------------------------------------------------------------
 
-    async def _cached(
-        self,
-        request: web.Request,
-        target: Target,
-        params: dict[str, str],
-        read: CacheableRead,
-        public_base: str,
-    ) -> web.StreamResponse:
+    async def _cached(self, call: _Call, read: CacheableRead) -> web.StreamResponse:
         assert self._flight is not None and self.keys is not None
+        request, target, params, public_base = (
+            call.request,
+            call.target,
+            call.params,
+            call.public_base,
+        )
         service = target.service
         key_parts = (service.key_path, service_key(target), read.read)
         key = self.keys.proxy(*key_parts)
@@ -513,7 +472,7 @@ class Proxy:
         response, data, sent = await self._exchange("GET", target, upstream, _Body(), whole=True)
         response.release()
         assert data is not None
-        answer = _Answer(response.status, response.headers, data)
+        answer = UpstreamResponse(response.status, response.headers, data)
         loop = asyncio.get_running_loop()
         if (
             answer.status != 200
@@ -525,10 +484,9 @@ class Proxy:
 
 
 def _decodes(data: bytes) -> bool:
-    """Whether ``data`` is an image Pillow decodes completely (every pixel)."""
+    """Whether ``data`` is an image that decodes completely (``imaging.decode``)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        check_image(data, None)
+    except UndecodableImage:
         return False
     return True

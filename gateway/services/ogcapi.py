@@ -47,12 +47,8 @@ from gateway.services.http import (
     CONFIG,
     PIPELINE,
     DocumentCache,
-    document_response,
-    encode_json,
     json_error,
     negotiate,
-    public_base,
-    public_vary,
     serve_tile,
     upstream_error,
 )
@@ -306,12 +302,7 @@ class OgcApiService:
             check_json(request.query.get("f"), request.headers.get("Accept"))
         except FormatError as exc:
             return json_error(exc.status, str(exc))
-        if not absolute:
-            document = self._documents.get(key, lambda: encode_json(build("")))
-            return document_response(request, document, JSON)
-        base = public_base(request)
-        document = self._documents.get((base, *key), lambda: encode_json(build(base)))
-        return document_response(request, document, JSON, vary=public_vary(request))
+        return self._documents.json_answer(request, key, build, absolute=absolute)
 
     async def landing(self, request: web.Request) -> web.Response:
         """``GET /ogcapi``: the landing page."""

@@ -27,11 +27,7 @@ from gateway.services.http import (
     CONFIG,
     PIPELINE,
     DocumentCache,
-    document_response,
-    encode_json,
     json_error,
-    public_base,
-    public_vary,
 )
 from gateway.tiles import Layer
 
@@ -143,15 +139,14 @@ class TileJSONService:
         scale_text = request.query.get("scale", "1")
         if scale_text not in ("1", "2"):
             return json_error(400, f"scale must be 1 or 2, not {scale_text!r}")
-        base = public_base(request)
         description = request.app[CONFIG].service.abstract
-        document = self._documents.get(
-            (base, name, ext, scale_text),
-            lambda: encode_json(tilejson(layer, grid, base, ext, int(scale_text), description)),
+        # Clients must honour the documents' short freshness (TileJSON 3.0.0 section 5); the
+        # tile URLs inside depend on the request's host (json_answer varies with it).
+        return self._documents.json_answer(
+            request,
+            (name, ext, scale_text),
+            lambda base: tilejson(layer, grid, base, ext, int(scale_text), description),
         )
-        # Clients must honour the documents' short freshness (TileJSON 3.0.0 section 5).
-        # The tile URLs inside depend on the headers public_vary names.
-        return document_response(request, document, "application/json", vary=public_vary(request))
 
 
 def routes() -> list[web.RouteDef]:

@@ -244,6 +244,40 @@ class Upstream:
             raise UpstreamError(502, None, f"unreachable ({type(exc).__name__})") from None
 
 
+class Sessions:
+    """Keep-alive ``aiohttp.ClientSession``s, one per origin, made on first use: at most
+    ``connections`` open connections to each (requests beyond them wait for one), ``agent``
+    as the User-Agent, no cookies kept (an upstream's ``Set-Cookie`` must not ride along with
+    later requests, nor reach a client), no proxy settings taken from the environment.
+    ``close`` ends them all (at shutdown)."""
+
+    def __init__(self, connections: int, agent: str) -> None:
+        self._connections = connections
+        self._agent = agent
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def session(self, url: str) -> aiohttp.ClientSession:
+        """The session of ``url``'s origin."""
+        origin = origin_of(url)
+        session = self._sessions.get(origin)
+        if session is None:
+            session = self._sessions[origin] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._connections, limit_per_host=self._connections
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": self._agent},
+                trust_env=False,
+            )
+        return session
+
+    async def close(self) -> None:
+        """Close every session and its connections."""
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
 class UpstreamPool:
     """The keep-alive sessions of the process, one per upstream origin, made on first use, and
     the exportImage slots of each upstream service.
@@ -260,10 +294,8 @@ class UpstreamPool:
         agent: str = "tile-gateway/0.1",
         exports: ExportLimit | None = None,
     ) -> None:
-        self._connections = connections
-        self._agent = agent
+        self._sessions = Sessions(connections, agent)
         self._exports = exports or ExportLimit(connections)
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._slots: dict[str, ExportSlots] = {}
 
     def upstream(
@@ -281,19 +313,8 @@ class UpstreamPool:
     def session(self, url: str) -> aiohttp.ClientSession:
         """The keep-alive session of ``url``'s origin, made on first use (also for the token
         services of credential providers)."""
-        origin = origin_of(url)
-        session = self._sessions.get(origin)
-        if session is None:
-            session = self._sessions[origin] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._connections, limit_per_host=self._connections
-                ),
-                headers={"User-Agent": self._agent},
-            )
-        return session
+        return self._sessions.session(url)
 
     async def close(self) -> None:
         """Close every session and its connections."""
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        await self._sessions.close()

@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 from cachetools import LRUCache
 
+from gateway.services.http.fronts import public_base, public_vary
+
 # Documents change only with the configuration: a short freshness lets a redeployment show.
 DOCUMENT_CACHE_CONTROL = "public, max-age=60"
 # Smaller documents gain too little from gzip to pay for its header and the CPU.
@@ -71,6 +73,9 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return weights.get("*", 0) > 0
 
 
+JSON_TYPE = "application/json"
+
+
 def encode_json(document: Any) -> bytes:
     """``document`` as compact UTF-8 JSON."""
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
@@ -108,6 +113,27 @@ class DocumentCache:
         if document is None:
             document = self._entries[key] = Document.of(build())
         return document
+
+    def json_answer(
+        self,
+        request: web.Request,
+        key: tuple[Hashable, ...],
+        build: Callable[[str], Any],
+        *,
+        absolute: bool = True,
+    ) -> web.Response:
+        """The 200 answer to ``request`` of a JSON document (``document_response``):
+        ``build(public base)`` encoded once per base and ``key``. With ``absolute`` false the
+        document holds no URL of the gateway (``build`` gets ``""``), so it is one document
+        whatever the request's host; else it varies with the headers the base comes from
+        (``fronts.public_vary``). Raises ``fronts.BadRequestHeader`` for a base that is no
+        URL's."""
+        if not absolute:
+            document = self.get(key, lambda: encode_json(build("")))
+            return document_response(request, document, JSON_TYPE)
+        base = public_base(request)
+        document = self.get((base, *key), lambda: encode_json(build(base)))
+        return document_response(request, document, JSON_TYPE, vary=public_vary(request))
 
     def __len__(self) -> int:
         return len(self._entries)
