@@ -76,6 +76,7 @@ class Job:
         self._step_delay = step_delay
         self._steps_done = 0
         self._total_steps = max(1, total_steps)
+        self._percent = 0
         self._started: float | None = None
         self.message(MessageType.INFORMATIVE, "Submitted.")
 
@@ -162,13 +163,16 @@ class Job:
             raise JobCancelled
         with self._lock:
             self._steps_done = min(self._steps_done + 1, self._total_steps)
+            # Never backwards, though add_steps may grow the scale later.
+            self._percent = max(self._percent, round(100 * self._steps_done / self._total_steps))
             if description is not None:
                 self._messages.append(
                     {"type": MessageType.INFORMATIVE.value, "description": description}
                 )
 
     def add_steps(self, count: int) -> None:
-        """Grow the progress scale once the worker knows how many steps it needs."""
+        """Grow the progress scale once the worker knows how many steps it needs (the
+        reported percentage holds until the steps catch up)."""
         with self._lock:
             self._total_steps += count
 
@@ -182,7 +186,7 @@ class Job:
                 document["progress"] = {
                     "type": "default",
                     "message": "Executing...",
-                    "percent": round(100 * self._steps_done / self._total_steps),
+                    "percent": self._percent,
                 }
             if self._status is JobStatus.SUCCEEDED:
                 document["results"] = {"result": {"paramUrl": "results/result"}}
