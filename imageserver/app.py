@@ -11,6 +11,8 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
     /arcgis/rest/services/<name>/ImageServer/keyProperties
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
+    /arcgis/rest/services/System                        folder of the GP service
+    /arcgis/rest/services/System/RasterAnalysisTools/GPServer/...   see imageserver.gp
 
 plus the token services of :mod:`imageserver.tokens` when ``security.enabled`` is set; then
 secured services (their root, operations and output files) answer 499 without a token and
