@@ -65,6 +65,7 @@ class JobRunner:
         jobs: job id -> job, kept for the life of the server.
         items: item id -> raster: the configured item registry plus the published
             collections, usable as ``itemIds`` of later jobs.
+        work_dir: the folder the mosaics are written to.
     """
 
     def __init__(self, app: web.Application, config: JobsConfig, work_dir: Path) -> None:
@@ -73,7 +74,7 @@ class JobRunner:
         self.items: dict[str, Path] = dict(app[CONFIG].items)
         self._app = app
         self._config = config
-        self._work_dir = work_dir
+        self.work_dir = work_dir
         self._slot = asyncio.Semaphore(1)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reserved: set[str] = set()
@@ -119,7 +120,7 @@ class JobRunner:
 
     async def _run(self, job: Job, request: CollectionRequest, secured: bool) -> None:
         delay = self._config.step_delay
-        path = self._work_dir / f"{request.name}_{job.job_id}.tif"
+        path = self.work_dir / f"{request.name}_{job.job_id}.tif"
         try:
             await asyncio.sleep(delay)
             job.set_status(JobStatus.WAITING)

@@ -21,6 +21,8 @@ from rasterio.warp import transform as transform_points
 
 from imageserver.app import create_app
 from imageserver.config import ImageServerConfig, JobsConfig, SecurityConfig, ServiceSpec
+from imageserver.gp import RUNNER
+from imageserver.jobs import JobStatus
 from tests.imageserver.conftest import AiohttpClient, data_path
 from tests.imageserver.helpers import SERVICES, pixel_centres, read_tiff, sample_source
 
@@ -62,7 +64,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def gp_config(
     store: Path,
-    work_dir: Path,
+    work_dir: Path | None,
     *,
     step_delay: float = 0.0,
     max_pixels: int = 100_000_000,
@@ -347,7 +349,7 @@ async def test_the_documented_example_runs_through_the_item_registry(
 async def test_statuses_go_by_in_order_with_progress_and_messages(
     aiohttp_client: AiohttpClient, store: Path, tmp_path: Path
 ) -> None:
-    client = await aiohttp_client(create_app(gp_config(store, tmp_path, step_delay=0.25)))
+    client = await aiohttp_client(create_app(gp_config(store, tmp_path, step_delay=0.4)))
     submitted = await submit(
         client, inputRasters=uris(COG1), imageCollection=collection("one"), rasterType="Landsat 8"
     )
@@ -435,6 +437,25 @@ async def test_a_job_waits_for_the_running_one_and_can_be_cancelled_while_waitin
     assert job["jobStatus"] == "esriJobCancelled"
     job, _ = await wait_for_job(client, first["jobId"])
     assert job["jobStatus"] == "esriJobSucceeded"
+
+
+async def test_stopping_the_server_cancels_its_jobs_and_removes_the_work_folder(
+    aiohttp_client: AiohttpClient, store: Path
+) -> None:
+    app = create_app(gp_config(store, None, step_delay=0.3))
+    client = await aiohttp_client(app)
+    runner = app[RUNNER]
+    assert runner.work_dir.is_dir()  # a temporary folder: jobs.work_dir is not set
+    params = {"inputRasters": uris(COG1, COG2), "rasterType": RASTER_DATASET}
+    running = await submit(client, **params, imageCollection=collection("running"))
+    waiting = await submit(client, **params, imageCollection=collection("waiting"))
+    while runner.jobs[running["jobId"]].status is not JobStatus.EXECUTING:
+        await asyncio.sleep(0.02)
+    # Bounded: the worker stops at its next step, well within the step delay.
+    await asyncio.wait_for(client.close(), timeout=10)
+    assert runner.jobs[running["jobId"]].status is JobStatus.CANCELLED
+    assert runner.jobs[waiting["jobId"]].status is JobStatus.CANCELLED
+    assert not runner.work_dir.exists()
 
 
 async def test_a_submitted_job_cannot_be_cancelled_yet(
