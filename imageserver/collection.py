@@ -12,8 +12,9 @@ The mosaic (:func:`build_mosaic`) is a tiled GeoTIFF on one grid in ``context.ou
 the first input's CRS): each input is warped onto it through a rasterio ``WarpedVRT``
 (nearest neighbour, so pixel values are kept), later inputs on top of earlier ones wherever
 they hold data; nodata and masks of the inputs are respected and the output carries a mask
-band. Raster types are recorded, not applied: georeferenced inputs are mosaicked as they are
-(no photogrammetric adjustment).
+band (no nodata value, so no valid pixel can collide with one) and no colour table. Raster
+types are recorded, not applied: georeferenced inputs are mosaicked as they are (no
+photogrammetric adjustment).
 """
 
 from __future__ import annotations
