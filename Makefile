@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 HOST = 127.0.0.1
 PORT = 8080
 IMAGESERVER_PORT = 8081
+# The demo ImageServer's raster store: GeoTIFFs dropped there are CreateImageCollection inputs.
+RASTER_STORE = raster-store
 
 .PHONY: demo test lint bench bench-cache bench-peers clean
 
@@ -32,10 +34,10 @@ $(VENV)/.bench-installed: pyproject.toml
 	@touch $@
 
 ## demo: install, start the reference ImageServer and the gateway, print the viewer URL
-##       (PORT=8080, IMAGESERVER_PORT=8081 and HOST=127.0.0.1 unless given)
+##       (PORT=8080, IMAGESERVER_PORT=8081, HOST=127.0.0.1 and RASTER_STORE=raster-store unless given)
 demo: $(VENV)/.demo-installed
 	@echo "Starting the reference ImageServer on $(HOST):$(IMAGESERVER_PORT) and the gateway on $(HOST):$(PORT) ..."
-	@$(BIN)/tile-gateway demo --host '$(HOST)' --port '$(PORT)' --imageserver-port '$(IMAGESERVER_PORT)'
+	@$(BIN)/tile-gateway demo --host '$(HOST)' --port '$(PORT)' --imageserver-port '$(IMAGESERVER_PORT)' --raster-store '$(RASTER_STORE)'
 
 ## test: install the test extras (and redis-server/chromium/node when missing), run every test
 test: $(VENV)/.test-installed

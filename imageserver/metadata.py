@@ -56,10 +56,11 @@ def server_info(
 
 
 def catalog(service_names: Iterable[str]) -> dict[str, Any]:
-    """``/arcgis/rest/services``: every service is an ImageServer at the root folder."""
+    """``/arcgis/rest/services``: every image service is an ImageServer at the root folder;
+    the ``System`` folder holds the RasterAnalysisTools GP service, as on ArcGIS Server."""
     return {
         "currentVersion": CURRENT_VERSION,
-        "folders": [],
+        "folders": ["System"],
         "services": [{"name": name, "type": "ImageServer"} for name in sorted(service_names)],
     }
 

@@ -31,6 +31,8 @@ from imageserver.security import Binding, TokenState, TokenStore, parse_binding
 
 TOKENS = web.AppKey("imageserver_tokens", TokenStore)
 SECURITY = web.AppKey("imageserver_security", SecurityConfig)
+# Services published at run time (image collections) that need a token, casefolded.
+SECURED_AT_RUNTIME = web.AppKey("imageserver_secured_at_runtime", set[str])
 
 SERVER_TOKENS = "/arcgis/tokens"
 PORTAL_REST = "/arcgis/sharing/rest"
@@ -52,6 +54,7 @@ def add_token_routes(app: web.Application, security: SecurityConfig) -> None:
     """Register the token services (and the stats endpoint when enabled) on ``app``."""
     app[TOKENS] = TokenStore(security)
     app[SECURITY] = security
+    app[SECURED_AT_RUNTIME] = set()
     if not security.enabled:
         return
     add_route(app, SERVER_TOKENS, _server_generate_token)
@@ -86,6 +89,15 @@ def owning_system_url(request: web.Request) -> str | None:
     return str(request.url.origin().with_path("/arcgis"))
 
 
+def is_secured(app: web.Application, service: str) -> bool:
+    """Whether ``service`` needs a token: named in ``security.secured_services``, or
+    published at run time as a secured service (see :mod:`imageserver.gp`)."""
+    security = app[SECURITY]
+    return security.is_secured(service) or (
+        security.enabled and service.casefold() in app[SECURED_AT_RUNTIME]
+    )
+
+
 def token_state(request: web.Request, params: Mapping[str, str]) -> TokenState:
     """Whether ``request`` carries no token, a valid one or an invalid one (always MISSING
     when security is off: tokens are then ignored)."""
@@ -104,7 +116,7 @@ def guard(request: web.Request, params: Mapping[str, str], service: str) -> web.
     state = token_state(request, params)
     if state is TokenState.INVALID:
         return token_error(request, params, 498)
-    secured = request.app[SECURITY].is_secured(service)
+    secured = is_secured(request.app, service)
     if state is TokenState.MISSING and secured:
         return token_error(request, params, 499)
     return None

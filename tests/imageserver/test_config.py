@@ -9,6 +9,7 @@ import pytest
 from imageserver.config import (
     ConfigError,
     ImageServerConfig,
+    JobsConfig,
     SecurityConfig,
     ServiceSpec,
     TokenErrorStyle,
@@ -147,3 +148,41 @@ def test_security_section(tmp_path: Path) -> None:
     assert security.is_secured("landsat") and not security.is_secured("bluemarble")
     assert security.origin_allowed("https://maps.example.org")
     assert not security.origin_allowed("https://other.example.org")
+
+
+def test_image_collection_settings_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    (tmp_path / "a.tif").write_bytes(data_path("dtm.tif").read_bytes())
+    config = load_config(
+        write(
+            tmp_path,
+            "raster_store: store\n"
+            "items: {1780d648db3545bba8661ad98df824a4: a.tif}\n"
+            "jobs: {step_delay: 0.5, work_dir: work, max_pixels: 1000}\n",
+        )
+    )
+    assert config.raster_store == tmp_path / "store"
+    assert config.items == {"1780d648db3545bba8661ad98df824a4": tmp_path / "a.tif"}
+    assert config.jobs == JobsConfig(step_delay=0.5, work_dir=tmp_path / "work", max_pixels=1000)
+
+
+def test_image_collection_settings_default_to_none() -> None:
+    config = load_config(None)
+    assert (config.raster_store, config.items) == (None, {})
+    assert config.jobs == JobsConfig(step_delay=0, work_dir=None, max_pixels=100_000_000)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("raster_store: nowhere\n", "raster_store .* is not a folder"),
+        ("items: {abc: missing.tif}\n", "item 'abc': no such file"),
+        ("items: {'a/b': missing.tif}\n", "item id 'a/b'"),
+        ("jobs: {step_delay: -1}\n", "step_delay"),
+        ("jobs: {max_pixels: 0}\n", "max_pixels"),
+        ("jobs: {concurrency: 2}\n", "concurrency"),
+    ],
+)
+def test_invalid_image_collection_settings(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
