@@ -66,9 +66,10 @@ class DemoProcess:
 
 
 @pytest.fixture(scope="module")
-def demo() -> Iterator[DemoProcess]:
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProcess]:
     """``tile-gateway demo`` as a real process on free ports, until the module's tests end."""
     port, imageserver_port = free_port(), free_port()
+    raster_store = tmp_path_factory.mktemp("raster-store")  # not a folder in the checkout
     command = [
         sys.executable,
         "-m",
@@ -80,6 +81,8 @@ def demo() -> Iterator[DemoProcess]:
         str(port),
         "--imageserver-port",
         str(imageserver_port),
+        "--raster-store",
+        str(raster_store),
     ]
     process = subprocess.Popen(
         command,

@@ -117,6 +117,7 @@ def test_make_demo_listens_on_port_and_imageserver_port(tmp_path: Path) -> None:
         f"VENV={fake_venv(tmp_path / 'venv')}",
         f"PORT={port}",
         f"IMAGESERVER_PORT={imageserver_port}",
+        f"RASTER_STORE={tmp_path / 'raster-store'}",  # not a folder in the checkout
     )
     try:
         lines = read_until(process, "Viewer:")
@@ -155,7 +156,12 @@ def test_make_demo_listens_on_port_and_imageserver_port(tmp_path: Path) -> None:
 def test_make_demo_on_a_busy_port_says_how_to_choose_another(
     tmp_path: Path, busy_port: int
 ) -> None:
-    process = make("demo", f"VENV={fake_venv(tmp_path / 'venv')}", f"PORT={busy_port}")
+    process = make(
+        "demo",
+        f"VENV={fake_venv(tmp_path / 'venv')}",
+        f"PORT={busy_port}",
+        f"RASTER_STORE={tmp_path / 'raster-store'}",
+    )
     try:
         output, _ = process.communicate(timeout=90)
     finally:
@@ -168,8 +174,18 @@ def test_make_demo_on_a_busy_port_says_how_to_choose_another(
     assert "Traceback" not in output
 
 
-def test_demo_with_a_busy_imageserver_port_says_how_to_choose_another(busy_port: int) -> None:
-    result = cli("demo", "--port", str(free_port()), "--imageserver-port", str(busy_port))
+def test_demo_with_a_busy_imageserver_port_says_how_to_choose_another(
+    busy_port: int, tmp_path: Path
+) -> None:
+    result = cli(
+        "demo",
+        "--port",
+        str(free_port()),
+        "--imageserver-port",
+        str(busy_port),
+        "--raster-store",
+        str(tmp_path / "raster-store"),
+    )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (
         f"tile-gateway demo: the reference ImageServer cannot listen on 127.0.0.1:{busy_port}: "
