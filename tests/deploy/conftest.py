@@ -39,14 +39,16 @@ def imageserver_image(podman: Podman) -> str:
 
 @pytest.fixture
 def run_container(podman: Podman) -> Iterator[RunContainer]:
-    """``run_container(image, *args, options=[...]) -> name``: a detached container on the host's
-    network (loopback is the host's), removed with its anonymous volumes after the test."""
+    """``run_container(image, *args, options=[...]) -> name``: a detached container, on the
+    host's network (loopback is the host's) unless ``options`` name another, removed with its
+    anonymous volumes after the test."""
     names: list[str] = []
 
     def run(image: str, *args: str, options: tuple[str, ...] = ()) -> str:
         name = f"tg-test-{uuid.uuid4().hex[:12]}"
         names.append(name)
-        podman("run", "--detach", "--name", name, "--network", "host", *options, image, *args)
+        network = () if "--network" in options else ("--network", "host")
+        podman("run", "--detach", "--name", name, *network, *options, image, *args)
         return name
 
     yield run
