@@ -52,5 +52,6 @@ def run_container(podman: Podman) -> Iterator[RunContainer]:
         return name
 
     yield run
-    for name in names:
-        podman("rm", "--force", "--volumes", "--time", "0", name, check=False)
+    # The last first: a container in another's network namespace holds that one.
+    for name in reversed(names):
+        podman("rm", "--force", "--volumes", "--time", "0", name)
