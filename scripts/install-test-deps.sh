@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # System programs the test suite drives for real: redis-server (unless REDIS_URL names a Redis),
 # GDAL's command line tools (gdal-bin: WMTS/XYZ interop tests), Chromium and Node.js (browser
-# tests), and the browser tests' npm packages from the lockfile.
+# tests), podman, runc and debootstrap (container tests: tests/deploy), the browser tests' npm
+# packages from the lockfile, and checkov in a virtualenv of its own (.venv/checkov: its pinned
+# dependencies would fight the gateway's) for the Kubernetes manifests' policy scan.
 # Installs what is missing with apt-get when it can (root or passwordless sudo); otherwise it
 # says what to install and fails, because the suite must not silently skip what it cannot run.
 set -euo pipefail
@@ -13,6 +15,9 @@ missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then sudo=(); elif sudo -n true 2>/dev/null; then sudo=(sudo -n); else
@@ -32,4 +37,12 @@ if [ -f tests/browser/package-lock.json ] && \
   echo "install-test-deps: installing the browser tests' npm packages ($packages, with their" \
     "dependencies) into tests/browser/node_modules with npm ci"
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+
+checkov_version=3.3.30
+if ! .venv/checkov/bin/checkov --version 2>/dev/null | grep -qx "$checkov_version"; then
+  echo "install-test-deps: installing checkov $checkov_version into .venv/checkov (the policy scan" \
+    "of k8s/)"
+  python3 -m venv .venv/checkov
+  .venv/checkov/bin/python -m pip install --quiet "checkov==$checkov_version"
 fi

@@ -260,9 +260,14 @@ def test_install_test_deps_says_it_runs_npm_ci(tmp_path: Path) -> None:
     shutil.copy2(REPO / "tests" / "browser" / "package-lock.json", browser)
     stubs = tmp_path / "stubs"
     stubs.mkdir()
-    for program in ("redis-server", "gdal_translate", "gdalinfo", "chromium", "npm"):
+    programs = ("redis-server", "gdal_translate", "gdalinfo", "chromium", "npm", "podman", "runc")
+    for program in (*programs, "debootstrap"):
         (stubs / program).write_text(f'#!/bin/sh\necho "{program} called with: $*"\n')
         (stubs / program).chmod(0o755)
+    checkov = tmp_path / ".venv" / "checkov" / "bin" / "checkov"
+    checkov.parent.mkdir(parents=True)
+    checkov.write_text("#!/bin/sh\necho 3.3.30\n")
+    checkov.chmod(0o755)
     node = shutil.which("node")
     assert node, "the browser tests need node (Debian: apt-get install nodejs)"
     (stubs / "node").symlink_to(node)
