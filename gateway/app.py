@@ -10,6 +10,8 @@ health probes:
     /admin    purge                             JSON errors
     /arcgis/rest/services (``proxy.prefix``, when a ``proxy`` section is configured)
               the ArcGIS REST reverse proxy         ArcGIS error JSON
+    <proxy prefix>/<jobs.path>/CreateImageCollection (when a ``jobs`` section is configured)
+              the GP jobs relay, before the proxy   ArcGIS error JSON
     /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
 
 Inbound access control (``gateway.access``) is per route group; the root is always open.
@@ -23,6 +25,7 @@ from aiohttp import web
 
 from gateway.access import Access
 from gateway.config import GatewayConfig
+from gateway.jobs import jobs_app, mount_path
 from gateway.proxy import proxy_app
 from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
@@ -57,7 +60,8 @@ def create_app(
     ``credentials(name)``, when given, provides them instead (raises ``LookupError`` for an
     unknown name).
 
-    Each front's route group (``tiles``: /tiles, /wmts, /ogcapi; ``proxy``; ``admin``) is
+    Each front's route group (``tiles``: /tiles, /wmts, /ogcapi; ``proxy``, which the jobs
+    front belongs to too; ``admin``) is
     checked by its ``gateway.access`` gate when ``access.groups`` configures it. Raises
     ``ValueError`` for an ``access.api_keys_file`` that cannot be read or parsed.
     """
@@ -67,6 +71,9 @@ def create_app(
         "/ogcapi": front_app(config, ogcapi.routes(), render_json_error),
         "/admin": front_app(config, admin.routes(), render_json_error),
     }
+    # The jobs front first: its paths are under the proxy's prefix, and answered by it alone.
+    if config.jobs is not None:
+        fronts[mount_path(config)] = jobs_app(config, credentials)
     if config.proxy is not None:
         fronts[config.proxy.prefix] = proxy_app(config, credentials)
     access = Access(config)
