@@ -25,8 +25,9 @@ from aiohttp import web
 
 from gateway.access import Access
 from gateway.config import GatewayConfig
-from gateway.jobs import jobs_app, mount_path
+from gateway.jobs import RELAY, jobs_app, mount_path
 from gateway.proxy import proxy_app
+from gateway.published import Publisher
 from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
@@ -104,7 +105,8 @@ async def _access(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """The tile pipeline and the purge watcher, for the app's lifetime, handed to every front."""
+    """The tile pipeline, the purge watcher and the published layers, for the app's lifetime,
+    handed to every front."""
     config = app[CONFIG]
     async with open_pipeline(config) as pipeline:
         await load_service_info(list(pipeline.layers.values()), config.server.startup_timeout)
@@ -114,9 +116,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             front[PIPELINE] = pipeline
         app[READY].attach(pipeline)
         fronts["/admin"][admin.PURGER] = purger
+        publisher = Publisher(pipeline, config)
+        fronts["/admin"][admin.PUBLISHER] = publisher
+        if config.jobs is not None:
+            relay = fronts[mount_path(config)][RELAY]
+            publisher.relay = relay
+            relay.on_succeeded = publisher.publish_job
         await purger.start()
         purger.start_watching(config.cache.purge_poll)
+        # Published layers are served from the start, and followed like purges.
+        await publisher.start(config.cache.purge_poll)
         try:
             yield
         finally:
+            await publisher.stop()
             await purger.stop_watching()

@@ -12,6 +12,8 @@ Every key starts with the configured prefix:
     <prefix>:_job:<jobId>                 a GP job's record (owner, upstream, digest, times)
     <prefix>:_job:<jobId>:status          its last status seen upstream, with a version
     <prefix>:lock:_job:<jobId>            the lease of its one poller
+    <prefix>:_layers                      published layers (a hash: name -> JSON)
+    <prefix>:_layers:seq                  every change of them (a counter replicas poll)
 
 ``<read>`` is ``tile:<level>:<row>:<col>[:<digest>]`` or ``export:<digest>``, the digest
 (made by the proxy) of the normalised parameters without the token. ``_proxy`` cannot be a
@@ -95,3 +97,13 @@ class KeyLayout:
     def job_lease(self, job_id: str) -> str:
         """The lease of the one replica polling GP job ``job_id`` upstream."""
         return f"{self.prefix}:lock:_job:{job_id}"
+
+    @property
+    def published_layers(self) -> str:
+        """The hash of published layers (layer name -> its JSON description)."""
+        return f"{self.prefix}:_layers"
+
+    @property
+    def published_seq(self) -> str:
+        """The counter of changes to the published layers, which replicas poll."""
+        return f"{self.prefix}:_layers:seq"

@@ -16,11 +16,12 @@ here: none falls through to the reverse proxy, which would skip the owner check.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,7 @@ from gateway.config import GatewayConfig, JobsConfig
 from gateway.jobs.params import InvalidParameter, check_submission
 from gateway.jobs.store import (
     JobRecord,
+    JobState,
     JobStore,
     MemoryJobStore,
     RedisJobStore,
@@ -39,13 +41,14 @@ from gateway.jobs.store import (
 )
 from gateway.jobs.upstream import GPAnswer, GPTask, GPUnavailable
 from gateway.jobs.watch import Watches
-from gateway.proxy.scrub import Scrubber
+from gateway.proxy.scrub import Scrubber, without_token
 from gateway.services.http import CONFIG, NO_STORE, PIPELINE, cors_headers, front_app, public_base
 from gateway.sources.http import Credentials, NoCredentials
 
 log = logging.getLogger(__name__)
 
 TASK = "CreateImageCollection"
+SUCCEEDED = "esriJobSucceeded"
 # The gateway's own submission parameter: publish the result as a tile layer.
 PUBLISH = "gatewayPublish"
 # Never forwarded: the client's token (the gateway sends its own), the format (always json
@@ -98,6 +101,9 @@ class JobsRelay:
         self.config = config
         self.jobs: JobsConfig = jobs
         self.hops = config.access.client_hops(config.server)
+        # Called with a job id when a job submitted with gatewayPublish=true succeeds.
+        self.on_succeeded: Callable[[str], Awaitable[object]] | None = None
+        self._followers: set[asyncio.Task[None]] = set()
 
     def start(self, task: GPTask, store: JobStore) -> None:
         """Serve with ``task`` and ``store``."""
@@ -114,9 +120,52 @@ class JobsRelay:
             sync=min(jobs.poll_min, 0.25),
         )
 
+    def follow(self, job_id: str) -> None:
+        """Wait in the background for the job to finish (through the watches: no poller of
+        its own), then hand a succeeded job to ``on_succeeded``; gives up after
+        ``jobs.retention`` seconds."""
+        task = asyncio.create_task(self._follow(job_id))
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
+
+    async def _follow(self, job_id: str) -> None:
+        deadline = time.monotonic() + self.jobs.retention
+        last: JobState | None = None
+        while time.monotonic() < deadline and (last is None or not last.terminal):
+            async for state in self.watches.states(job_id, self.jobs.max_wait):
+                last = state
+        if last is not None and last.status == SUCCEEDED and self.on_succeeded is not None:
+            try:
+                await self.on_succeeded(job_id)
+            except (ValueError, LookupError, GPUnavailable, StoreUnavailable) as exc:
+                log.warning("jobs: job %s succeeded but was not published: %s", job_id, exc)
+
     async def stop(self) -> None:
-        """Stop the watches (at shutdown)."""
+        """Stop the background followers and the watches (at shutdown)."""
+        for task in list(self._followers):
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
         await self.watches.close()
+
+    async def result_service(self, job_id: str) -> tuple[str | None, str]:
+        """The collection name of a succeeded job (when known) and the ImageServer URL of
+        its ``result`` (its
+        ``value.url``, arcgis-rest.md section 5.2; no token). Raises ``LookupError`` for a job
+        not recorded, ``ValueError`` for one not succeeded or without an ImageServer result,
+        ``GPUnavailable``."""
+        record = await self.store.load(job_id) if _JOB_ID.match(job_id) else None
+        if record is None:
+            raise LookupError(f"job {job_id} not found")
+        answer = await self.task.call(("jobs", job_id), {})
+        status = answer.document.get("jobStatus")
+        if status != SUCCEEDED:
+            raise ValueError(f"job {job_id} is {status or 'of unknown status'}, not {SUCCEEDED}")
+        answer = await self.task.call(("jobs", job_id, "results", "result"), {})
+        value = answer.document.get("value")
+        url = value.get("url") if isinstance(value, dict) else None
+        if not isinstance(url, str) or not url.split("?")[0].rstrip("/").endswith("/ImageServer"):
+            raise ValueError(f"the result of job {job_id} names no ImageServer")
+        return record.collection, without_token(url)
 
     async def poll(self, job_id: str) -> dict[str, Any]:
         """The job JSON upstream with its messages, tokens cut out. Raises ``GPUnavailable``,
@@ -232,6 +281,8 @@ async def submit(request: web.Request) -> web.Response:
         )
     )
     await _record(relay, job_id, answer)
+    if _flag(params, PUBLISH):
+        relay.follow(job_id)
     return _relayed(request, answer)
 
 
