@@ -5,7 +5,8 @@ Every call is a form POST with ``f=json`` (clients POST GP calls too, arcgis-res
 section 0), redirects are not followed and no cookie is kept. When ArcGIS rejects the token
 (``sources.http.token_rejected``) the provider renews it and the call is sent once more, so a
 job outliving its token goes on. Answers are JSON objects; an ArcGIS error JSON is an answer
-too (the client gets it), anything else is ``GPUnavailable``.
+too (the client gets it); anything else, and a token service that fails, is
+``GPUnavailable``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from gateway.errors import UpstreamError
 from gateway.sources.http import Credentials, UpstreamRequest, UpstreamResponse, token_rejected
 
 log = logging.getLogger(__name__)
@@ -83,14 +85,18 @@ class GPTask:
         url = "/".join((self.url, *segments))
         form = {**params, "f": "json"}
         sent = UpstreamRequest(url, {}, {})
-        await self._credentials.apply(sent)
-        answer = await self._post(sent, form)
-        secrets = _secrets(sent)
-        if token_rejected(answer) and await self._credentials.refresh(sent):
-            retry = UpstreamRequest(url, {}, {})
-            await self._credentials.apply(retry)
-            answer = await self._post(retry, form)
-            secrets |= _secrets(retry)
+        try:
+            await self._credentials.apply(sent)
+            answer = await self._post(sent, form)
+            secrets = _secrets(sent)
+            if token_rejected(answer) and await self._credentials.refresh(sent):
+                retry = UpstreamRequest(url, {}, {})
+                await self._credentials.apply(retry)
+                answer = await self._post(retry, form)
+                secrets |= _secrets(retry)
+        except UpstreamError as exc:
+            # The token service failed: its message names the credential set, never a secret.
+            raise GPUnavailable(exc.status, exc.message) from None
         try:
             document = json.loads(answer.body)
         except ValueError:

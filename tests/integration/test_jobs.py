@@ -307,3 +307,17 @@ async def test_without_redis_jobs_are_kept_in_memory(
     gp.move(job_id, "esriJobFailed")
     body = await (await asyncio.wait_for(waiting, 5)).json()
     assert body["jobStatus"] == "esriJobFailed"
+
+
+async def test_a_failing_token_service_is_an_arcgis_error(
+    gp: GP, replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = await replicas()
+    monkeypatch.setenv("TG_TEST_GP_PASSWORD", "not-the-password")
+    for method, path in (("POST", "/submitJob"), ("GET", "")):
+        response = await first.request(method, f"{TASK}{path}", data=SUBMISSION, headers=ALICE)
+        assert response.status == 502
+        error = (await response.json())["error"]
+        assert error["code"] == 502 and "credentials 'gp'" in error["message"]
+        assert "not-the-password" not in json.dumps(error)
+    assert gp.submissions == []
