@@ -1,7 +1,7 @@
 """Typed configuration of the gateway: one YAML file, with ``${VAR}`` environment substitution.
 
 The file has three main sections, ``server``, ``cache`` and ``layers`` (plus the optional
-``proxy``) (see ``config/example.yaml``
+``proxy`` and ``jobs``) (see ``config/example.yaml``
 for every field with comments). Strings may reference environment variables as ``${NAME}`` or
 ``${NAME:-default}``; that is how URLs and secrets are overridden per deployment without
 editing the file (the same convention as MapProxy >= 6.1 and docker-compose).
@@ -831,7 +831,8 @@ class GatewayConfig(_Strict):
     """The whole configuration: server, service metadata, cache, the viewer, custom
     TileMatrixSets, the upstream credentials keyed by a name layers refer to (and the proxy
     names), inbound access control (``access``, per route group), the ArcGIS REST reverse
-    proxy (optional) and the layers keyed by their URL name.
+    proxy (optional), the CreateImageCollection jobs relay (``jobs``, optional) and the
+    layers keyed by their URL name.
 
     A secret is never written in the file: a ``password``, ``token`` or ``client_secret`` key
     in a credentials entry is refused, naming the ``_env`` / ``_file`` keys to use instead.

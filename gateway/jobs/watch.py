@@ -156,7 +156,7 @@ class Watches:
                 try:
                     held = await self._store.take_lease(watch.job_id, token, self._lease)
                     if held:
-                        changed = await self._poll_once(watch)
+                        changed = await self.record(watch.job_id, await self._poll(watch.job_id))
                         interval = (
                             self._poll_min if changed else min(self._poll_max, interval * _BACKOFF)
                         )
@@ -186,12 +186,6 @@ class Watches:
                 watch.changed.notify_all()
             if self._watches.get(watch.job_id) is watch:
                 del self._watches[watch.job_id]
-
-    async def _poll_once(self, watch: _Watch) -> bool:
-        """One status call upstream; the state kept in the store when it changed. Whether
-        it changed."""
-        changed = await self.record(watch.job_id, await self._poll(watch.job_id))
-        return changed
 
     async def record(self, job_id: str, job: dict[str, Any]) -> bool:
         """Keep the job JSON ``job`` (tokens removed) as the job's state when its status
