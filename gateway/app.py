@@ -10,7 +10,7 @@ health probes:
     /admin    purge                             JSON errors
     /arcgis/rest/services (``proxy.prefix``, when a ``proxy`` section is configured)
               the ArcGIS REST reverse proxy         ArcGIS error JSON
-    <proxy prefix>/<jobs.path>/CreateImageCollection (when a ``jobs`` section is configured)
+    <proxy prefix>/<jobs.path> (when a ``jobs`` section is configured: the GP service)
               the GP jobs relay, before the proxy   ArcGIS error JSON
     /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
 

@@ -1,17 +1,18 @@
-"""The jobs front: ``<proxy prefix>/<jobs.path>/CreateImageCollection`` and below, answered in
-ArcGIS error JSON (arcgis-rest.md sections 3 and 5.1).
+"""The jobs front: the GP service ``<proxy prefix>/<jobs.path>`` and everything below it,
+answered in ArcGIS error JSON (arcgis-rest.md sections 3 and 5.1).
 
-    (task)                                 GET        the task resource, relayed
-    submitJob                              GET, POST  parameters checked, job recorded
-    jobs/<jobId>[?wait=<s>]                GET, POST  status; with wait, a long poll
-    jobs/<jobId>/events                    GET        Server-Sent Events of status changes
-    jobs/<jobId>/results/<paramName>       GET, POST  a result
-    jobs/<jobId>/cancel                    GET, POST  cancel
+    CreateImageCollection                                        GET        the task resource
+    CreateImageCollection/submitJob                              GET, POST  checked, recorded
+    CreateImageCollection/jobs/<jobId>[?wait=<s>]                GET, POST  status; long poll
+    CreateImageCollection/jobs/<jobId>/events                    GET        Server-Sent Events
+    CreateImageCollection/jobs/<jobId>/results/<paramName>       GET, POST  a result
+    CreateImageCollection/jobs/<jobId>/cancel                    GET, POST  cancel
 
 Job ids are the upstream's, returned as they are (opaque; one upstream per gateway, so they
 cannot collide); a job not recorded, expired, or owned by another client is 404, the same
-answer, so that nobody learns which job ids exist. Every path below the task is answered
-here: none falls through to the reverse proxy, which would skip the owner check.
+answer, so that nobody learns which job ids exist. Every other path below the GP service is
+404 here: none falls through to the reverse proxy, which would skip the owner check — not
+even the task's name in another case (ArcGIS reads names case-insensitively) or encoding.
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ CredentialsLookup = Callable[[str], Credentials]
 
 
 def mount_path(config: GatewayConfig) -> str:
-    """Where the jobs front is mounted: the proxy's prefix (its default without a proxy),
-    ``jobs.path`` and the task name."""
+    """Where the jobs front is mounted: the proxy's prefix (its default without a proxy) and
+    ``jobs.path``, the GP service."""
     assert config.jobs is not None
     prefix = config.proxy.prefix if config.proxy is not None else "/arcgis/rest/services"
-    return f"{prefix}/{config.jobs.path}/{TASK}"
+    return f"{prefix}/{config.jobs.path}"
 
 
 def job_error(status: int, message: str, details: list[str] | None = None) -> web.Response:
@@ -180,7 +181,7 @@ class JobsRelay:
         """Upstream URLs mapped to the gateway: the GP service to this front's service, the
         proxied upstreams (and their output directories) to the proxy's paths."""
         base = public_base(request)
-        prefix = mount_path(self.config).removesuffix(f"/{self.jobs.path}/{TASK}")
+        prefix = mount_path(self.config).removesuffix(f"/{self.jobs.path}")
         bases = [(self.jobs.service.base_url, f"{base}{prefix}/{self.jobs.path}")]
         proxy = self.config.proxy
         for service in proxy.services if proxy is not None else ():
@@ -375,7 +376,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def _elsewhere(request: web.Request) -> web.Response:
-    return job_error(404, "not a resource of this task")
+    return job_error(404, f"not a resource of this gateway's {TASK} relay")
 
 
 @web.middleware
@@ -402,15 +403,19 @@ def jobs_app(
     configured providers (shared with the tile layers and the proxy), or from
     ``credentials(name)`` when given; none without a set.
     """
+    task = f"/{TASK}"
     routes = [
-        web.get("", task_resource),
-        web.get("/", task_resource),
-        *(web.route(m, "/submitJob", submit) for m in ("GET", "POST")),
-        *(web.route(m, "/jobs/{job}", status) for m in ("GET", "POST")),
-        web.get("/jobs/{job}/events", events),
-        *(web.route(m, "/jobs/{job}/results/{param}", result) for m in ("GET", "POST")),
-        *(web.route(m, "/jobs/{job}/cancel", cancel) for m in ("GET", "POST")),
-        *(web.route(m, "/{tail:.*}", _elsewhere) for m in ("GET", "POST")),
+        web.get(task, task_resource),
+        web.get(f"{task}/", task_resource),
+        *(web.route(m, f"{task}/submitJob", submit) for m in ("GET", "POST")),
+        *(web.route(m, f"{task}/jobs/{{job}}", status) for m in ("GET", "POST")),
+        web.get(f"{task}/jobs/{{job}}/events", events),
+        *(web.route(m, f"{task}/jobs/{{job}}/results/{{param}}", result) for m in ("GET", "POST")),
+        *(web.route(m, f"{task}/jobs/{{job}}/cancel", cancel) for m in ("GET", "POST")),
+        # The GP service is the relay's alone: any other path, other tasks and other
+        # spellings included, is 404 here rather than the proxy's.
+        web.route("*", "/{tail:.*}", _elsewhere),
+        web.route("*", "", _elsewhere),
     ]
     app = front_app(config, routes, _render_error, METHODS)
     app[RELAY] = JobsRelay(config)

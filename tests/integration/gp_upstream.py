@@ -230,7 +230,7 @@ def config_for(gp: GP, redis_url: str | None, key_prefix: str, **jobs: Any) -> A
                     {
                         "url": f"{gp.root}/arcgis/rest/services",
                         "credentials": "gp",
-                        "allow": ["Hosted"],
+                        "allow": ["Hosted", "System/RasterAnalysisTools/GPServer"],
                     }
                 ]
             },

@@ -321,3 +321,35 @@ async def test_a_failing_token_service_is_an_arcgis_error(
         assert error["code"] == 502 and "credentials 'gp'" in error["message"]
         assert "not-the-password" not in json.dumps(error)
     assert gp.submissions == []
+
+
+async def _raw_get(client: TestClient, target: str, headers: dict[str, str]) -> int:
+    """The status of a GET of ``target`` written to the socket as it is (no normalising)."""
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n{head}Connection: close\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return int(data.split(b" ", 2)[1])
+
+
+async def test_no_spelling_of_a_job_path_reaches_the_upstream_past_the_owner_check(
+    gp: GP, replicas: Replicas
+) -> None:
+    """The proxy allows the GP service too: the task's paths in another case or encoding
+    (ArcGIS reads names case-insensitively) are still answered by the jobs front alone."""
+    first, _ = await replicas()
+    job_id = await submit(first, ALICE)
+    service = TASK.removesuffix("/CreateImageCollection")
+    for target in (
+        f"{service}/createimagecollection/jobs/{job_id}",
+        f"{service}/CREATEIMAGECOLLECTION/jobs/{job_id}/results/result",
+        f"{service}/CreateImageCollectio%6E/jobs/{job_id}",
+        f"{service}/CreateImageCollection/Jobs/{job_id}",
+        f"{service}/CreateImageCollection/jobs/{job_id}/../{job_id}",
+        f"{TASK}//jobs/{job_id}",
+    ):
+        assert await _raw_get(first, target, BOB) in (403, 404), target
+    assert gp.status_calls == []
