@@ -129,5 +129,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await publisher.stop()
+            # The purge watcher first: it may be inside a sync that must see its cancel.
             await purger.stop_watching()
+            await publisher.stop()

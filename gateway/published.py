@@ -140,6 +140,7 @@ class Publisher:
         self._seq: int | None = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._stopped = False
         # The jobs relay whose succeeded jobs are published (when ``jobs`` is configured).
         self.relay: JobResults | None = None
 
@@ -243,13 +244,21 @@ class Publisher:
     async def _watch(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            if self._stopped:
+                return
             try:
                 await self.sync()
             except _FAILURES as exc:
                 log.warning("published layers not synchronised: %s", exc)
 
     async def stop(self) -> None:
-        """End the watching and close the registry's connections."""
+        """End the watching and close the registry's connections.
+
+        The flag ends the loop even when the cancellation is lost below it: on Python 3.11 a
+        cancel that meets a redis-py timeout can come out as a ``TimeoutError``, which the
+        loop takes for a failed sync (as ``Purger.stop_watching`` knows).
+        """
+        self._stopped = True
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)

@@ -105,6 +105,7 @@ class JobsRelay:
         # Called with a job id when a job submitted with gatewayPublish=true succeeds.
         self.on_succeeded: Callable[[str], Awaitable[object]] | None = None
         self._followers: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     def start(self, task: GPTask, store: JobStore) -> None:
         """Serve with ``task`` and ``store``."""
@@ -132,7 +133,11 @@ class JobsRelay:
     async def _follow(self, job_id: str) -> None:
         deadline = time.monotonic() + self.jobs.retention
         last: JobState | None = None
-        while time.monotonic() < deadline and (last is None or not last.terminal):
+        while (
+            not self._stopped
+            and time.monotonic() < deadline
+            and (last is None or not last.terminal)
+        ):
             async for state in self.watches.states(job_id, self.jobs.max_wait):
                 last = state
         if last is not None and last.status == SUCCEEDED and self.on_succeeded is not None:
@@ -143,6 +148,7 @@ class JobsRelay:
 
     async def stop(self) -> None:
         """Stop the background followers and the watches (at shutdown)."""
+        self._stopped = True
         for task in list(self._followers):
             task.cancel()
         await asyncio.gather(*self._followers, return_exceptions=True)

@@ -72,6 +72,7 @@ class Watches:
         self._lease = lease
         self._sync = sync
         self._watches: dict[str, _Watch] = {}
+        self._closed = False
 
     @contextlib.asynccontextmanager
     async def _joined(self, job_id: str) -> AsyncIterator[_Watch]:
@@ -152,7 +153,11 @@ class Watches:
                 stored = await self._store.state(watch.job_id)
                 if stored is not None:
                     await watch.adopt(stored)
-            while watch.waiters > 0 and not (watch.state is not None and watch.state.terminal):
+            while (
+                watch.waiters > 0
+                and not self._closed
+                and not (watch.state is not None and watch.state.terminal)
+            ):
                 try:
                     held = await self._store.take_lease(watch.job_id, token, self._lease)
                     if held:
@@ -202,7 +207,10 @@ class Watches:
         return changed
 
     async def close(self) -> None:
-        """Stop every watch (at shutdown)."""
+        """Stop every watch (at shutdown). The flag ends a watch even when its cancellation
+        is lost in a Redis call (on Python 3.11 it may come out as a timeout, which the watch
+        takes for a store failure)."""
+        self._closed = True
         tasks = [watch.task for watch in self._watches.values() if watch.task is not None]
         for task in tasks:
             task.cancel()
