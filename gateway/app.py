@@ -10,6 +10,8 @@ health probes:
     /admin    purge                             JSON errors
     /arcgis/rest/services (``proxy.prefix``, when a ``proxy`` section is configured)
               the ArcGIS REST reverse proxy         ArcGIS error JSON
+    <proxy prefix>/<jobs.path> (when a ``jobs`` section is configured: the GP service)
+              the GP jobs relay, before the proxy   ArcGIS error JSON
     /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
 
 Inbound access control (``gateway.access``) is per route group; the root is always open.
@@ -23,7 +25,9 @@ from aiohttp import web
 
 from gateway.access import Access
 from gateway.config import GatewayConfig
+from gateway.jobs import RELAY, jobs_app, mount_path
 from gateway.proxy import proxy_app
+from gateway.published import Publisher
 from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
@@ -57,7 +61,8 @@ def create_app(
     ``credentials(name)``, when given, provides them instead (raises ``LookupError`` for an
     unknown name).
 
-    Each front's route group (``tiles``: /tiles, /wmts, /ogcapi; ``proxy``; ``admin``) is
+    Each front's route group (``tiles``: /tiles, /wmts, /ogcapi; ``proxy``, which the jobs
+    front belongs to too; ``admin``) is
     checked by its ``gateway.access`` gate when ``access.groups`` configures it. Raises
     ``ValueError`` for an ``access.api_keys_file`` that cannot be read or parsed.
     """
@@ -67,6 +72,9 @@ def create_app(
         "/ogcapi": front_app(config, ogcapi.routes(), render_json_error),
         "/admin": front_app(config, admin.routes(), render_json_error),
     }
+    # The jobs front first: its paths are under the proxy's prefix, and answered by it alone.
+    if config.jobs is not None:
+        fronts[mount_path(config)] = jobs_app(config, credentials)
     if config.proxy is not None:
         fronts[config.proxy.prefix] = proxy_app(config, credentials)
     access = Access(config)
@@ -97,7 +105,8 @@ async def _access(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """The tile pipeline and the purge watcher, for the app's lifetime, handed to every front."""
+    """The tile pipeline, the purge watcher and the published layers, for the app's lifetime,
+    handed to every front."""
     config = app[CONFIG]
     async with open_pipeline(config) as pipeline:
         await load_service_info(list(pipeline.layers.values()), config.server.startup_timeout)
@@ -107,9 +116,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             front[PIPELINE] = pipeline
         app[READY].attach(pipeline)
         fronts["/admin"][admin.PURGER] = purger
+        publisher = Publisher(pipeline, config)
+        fronts["/admin"][admin.PUBLISHER] = publisher
+        if config.jobs is not None:
+            relay = fronts[mount_path(config)][RELAY]
+            publisher.relay = relay
+            relay.on_succeeded = publisher.publish_job
         await purger.start()
         purger.start_watching(config.cache.purge_poll)
+        # Published layers are served from the start, and followed like purges.
+        await publisher.start(config.cache.purge_poll)
         try:
             yield
         finally:
+            # The purge watcher first: it may be inside a sync that must see its cancel.
             await purger.stop_watching()
+            await publisher.stop()

@@ -1,7 +1,7 @@
 """Typed configuration of the gateway: one YAML file, with ``${VAR}`` environment substitution.
 
 The file has three main sections, ``server``, ``cache`` and ``layers`` (plus the optional
-``proxy``) (see ``config/example.yaml``
+``proxy`` and ``jobs``) (see ``config/example.yaml``
 for every field with comments). Strings may reference environment variables as ``${NAME}`` or
 ``${NAME:-default}``; that is how URLs and secrets are overridden per deployment without
 editing the file (the same convention as MapProxy >= 6.1 and docker-compose).
@@ -643,6 +643,61 @@ class ProxyConfig(_Strict):
         return self
 
 
+class JobsServiceConfig(_Strict):
+    """The upstream geoprocessing service of the jobs relay: ``url`` is its ``GPServer`` URL
+    (``https://host/arcgis/rest/services/System/RasterAnalysisTools/GPServer``, arcgis-rest.md
+    section 5.2) and ``credentials`` the credential set whose token it gets (none: no token)."""
+
+    url: AnyHttpUrl
+    credentials: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _plain_url(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        if value.query is not None or value.fragment is not None:
+            raise ValueError("must not carry a query string or fragment (tokens are not URLs)")
+        if value.username is not None or value.password is not None:
+            raise ValueError("must not carry a user name or password")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """``url`` without a trailing slash."""
+        return str(self.url).rstrip("/")
+
+
+class JobsConfig(_Strict):
+    """The ``CreateImageCollection`` jobs relay (README, "Jobs"), mounted under the proxy's
+    prefix (``proxy.prefix``, ``/arcgis/rest/services`` without a proxy) at ``path``.
+
+    ``retention`` is how long, in seconds, a job's record (its owner) is kept after its
+    submission; ``max_wait`` bounds the ``wait`` of a long poll and the life of an event
+    stream without a status change, in seconds; the one poller of a job asks the upstream
+    every ``poll_min`` seconds after a change, backing off by half again each time nothing
+    changed up to ``poll_max``; ``max_memory_jobs`` bounds the records kept in memory
+    without Redis (the oldest dropped first).
+    """
+
+    path: str = "System/RasterAnalysisTools/GPServer"
+    service: JobsServiceConfig
+    retention: Annotated[int, Field(ge=60)] = 7 * 86400
+    max_wait: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    poll_min: Annotated[float, Field(gt=0, le=600)] = 1.0
+    poll_max: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    max_memory_jobs: Annotated[int, Field(ge=1)] = 10_000
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _proxy_segments(value, "path", empty=False)
+
+    @model_validator(mode="after")
+    def _poll_range(self) -> JobsConfig:
+        if self.poll_max < self.poll_min:
+            raise ValueError("poll_max must not be below poll_min")
+        return self
+
+
 # Signature algorithms a JWT may use (RFC 7518 section 3.1, RFC 8037): asymmetric only, so that
 # a key published in a JWKS can never sign; "none" and the HMAC ones are never accepted.
 JwtAlgorithm = Literal[
@@ -776,7 +831,8 @@ class GatewayConfig(_Strict):
     """The whole configuration: server, service metadata, cache, the viewer, custom
     TileMatrixSets, the upstream credentials keyed by a name layers refer to (and the proxy
     names), inbound access control (``access``, per route group), the ArcGIS REST reverse
-    proxy (optional) and the layers keyed by their URL name.
+    proxy (optional), the CreateImageCollection jobs relay (``jobs``, optional) and the
+    layers keyed by their URL name.
 
     A secret is never written in the file: a ``password``, ``token`` or ``client_secret`` key
     in a credentials entry is refused, naming the ``_env`` / ``_file`` keys to use instead.
@@ -788,6 +844,7 @@ class GatewayConfig(_Strict):
     viewer: ViewerConfig = ViewerConfig()
     tile_matrix_sets: dict[str, TileMatrixSetConfig] = {}
     proxy: ProxyConfig | None = None
+    jobs: JobsConfig | None = None
     credentials: dict[str, CredentialsConfig] = {}
     access: AccessConfig = AccessConfig()
     layers: Annotated[dict[str, LayerConfig], Field(min_length=1)]
@@ -832,6 +889,10 @@ class GatewayConfig(_Strict):
                     f"proxy.services[path={service.path!r}].credentials: unknown credentials "
                     f"{service.credentials!r} ({known})"
                 )
+        jobs = self.jobs.service.credentials if self.jobs is not None else None
+        if jobs is not None and jobs not in self.credentials:
+            known = ", ".join(self.credentials) or "none are configured"
+            raise ValueError(f"jobs.service.credentials: unknown credentials {jobs!r} ({known})")
         return self
 
     @model_validator(mode="after")

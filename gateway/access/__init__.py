@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from gateway.access.gate import Admission, Gate, Refusal, Resource
+from gateway.access.gate import Admission, Gate, Refusal, Resource, admission_of, client_address
 from gateway.access.keys import ApiKeys
 from gateway.access.logs import access_logger, redact
 from gateway.access.rates import RateLimits, limiter_storage
@@ -34,6 +34,8 @@ __all__ = [
     "Gate",
     "Refusal",
     "access_logger",
+    "admission_of",
+    "client_address",
     "redact",
 ]
 

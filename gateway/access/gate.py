@@ -48,10 +48,33 @@ class Refusal:
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What the check decided: the ``request`` to hand on (a clone without the API key query
-    parameter when it had one) or the ``refusal`` to answer."""
+    parameter when it had one) or the ``refusal`` to answer, and who the ``client`` is:
+    ``key:<API key name>``, ``sub:<JWT subject>`` or ``ip:<address>`` (what rate limits
+    count, and what owns a GP job)."""
 
     request: web.Request
     refusal: Refusal | None = None
+    client: str = ""
+
+
+def admission_of(request: web.Request) -> Admission | None:
+    """The admission a gate decided for ``request``, ``None`` when no gate saw it."""
+    known = request.get(_ADMISSION)
+    return known if isinstance(known, Admission) else None
+
+
+def client_address(request: web.Request, hops: int) -> str:
+    """The client's address: the ``X-Forwarded-For`` entry ``hops`` from the right (the one
+    the outermost trusted proxy added), else the connection's peer."""
+    if hops:
+        entries = [
+            entry.strip()
+            for value in request.headers.getall("X-Forwarded-For", ())
+            for entry in value.split(",")
+        ]
+        if entries:
+            return entries[-min(hops, len(entries))]
+    return request.remote or "-"
 
 
 class Gate:
@@ -126,26 +149,31 @@ class Gate:
         known = request.get(_ADMISSION)
         if isinstance(known, Admission):
             return known
-        admission = Admission(request, await self._refusal(request))
+        refusal, client = await self._refusal(request)
+        admission = Admission(request, refusal, client)
         param = self._param
         if admission.refusal is None and param is not None and param in request.rel_url.query:
             clone = request.clone(rel_url=request.rel_url.without_query_params(param))
-            admission = Admission(clone)
+            admission = Admission(clone, None, client)
             clone[_ADMISSION] = admission
         request[_ADMISSION] = admission
         return admission
 
-    async def _refusal(self, request: web.Request) -> Refusal | None:
+    async def _refusal(self, request: web.Request) -> tuple[Refusal | None, str]:
+        """The refusal of ``request`` (``None``: admitted) and who the client is."""
         try:
             identity = await self._identify(request)
         except TokenRejected as exc:
-            return self._unauthorised(str(exc), 'error="invalid_token"')
+            return self._unauthorised(str(exc), 'error="invalid_token"'), ""
         except IssuerUnavailable as exc:
-            return Refusal(503, str(exc), {"Retry-After": "10"})
+            return Refusal(503, str(exc), {"Retry-After": "10"}), ""
+        client = f"{identity.kind}:{identity.name}" if identity else f"ip:{self.client(request)}"
+        return await self._decide(request, identity, client), client
+
+    async def _decide(
+        self, request: web.Request, identity: Identity | None, client: str
+    ) -> Refusal | None:
         if self._rates.limits(self.group):
-            client = (
-                f"{identity.kind}:{identity.name}" if identity else f"ip:{self.client(request)}"
-            )
             wait = await self._rates.hit(self.group, client)
             if wait is not None:
                 return Refusal(
@@ -191,17 +219,8 @@ class Gate:
         return None
 
     def client(self, request: web.Request) -> str:
-        """The client's address: the ``X-Forwarded-For`` entry ``trusted_proxy_hops`` from
-        the right (the one the outermost trusted proxy added), else the connection's peer."""
-        if self._hops:
-            entries = [
-                entry.strip()
-                for value in request.headers.getall("X-Forwarded-For", ())
-                for entry in value.split(",")
-            ]
-            if entries:
-                return entries[-min(self._hops, len(entries))]
-        return request.remote or "-"
+        """The client's address (``client_address`` with ``trusted_proxy_hops``)."""
+        return client_address(request, self._hops)
 
 
 def _admits(rule: ResourceAccess, identity: Identity | None) -> bool:

@@ -9,11 +9,17 @@ Every key starts with the configured prefix:
     <prefix>:purge:log                    the last partial purges (a list of JSON events)
     <prefix>:_proxy:<path>:<service path>:<read>           a cacheable read of the reverse proxy
     <prefix>:lock:_proxy:<path>:<service path>:<read>      its coalescing lock
+    <prefix>:_job:<jobId>                 a GP job's record (owner, upstream, digest, times)
+    <prefix>:_job:<jobId>:status          its last status seen upstream, with a version
+    <prefix>:lock:_job:<jobId>            the lease of its one poller
+    <prefix>:_layers                      published layers (a hash: name -> JSON)
+    <prefix>:_layers:seq                  every change of them (a counter replicas poll)
 
 ``<read>`` is ``tile:<level>:<row>:<col>[:<digest>]`` or ``export:<digest>``, the digest
 (made by the proxy) of the normalised parameters without the token. ``_proxy`` cannot be a
 layer name (layer names start with a letter or digit), so a purge of a layer never reaches
-proxy entries.
+proxy entries; nor does it reach ``_job`` entries. ``<jobId>`` is the upstream's job id,
+letters, digits, ``_`` and ``-`` only (checked by the jobs relay).
 
 ``generation`` is the layer's fingerprint and purge count, so a change of what the upstream is
 asked for, or a purge, never serves the old bytes. A key holds no token and no client identity.
@@ -79,3 +85,25 @@ class KeyLayout:
     def purge_log(self) -> str:
         """The list of the last partial purges (JSON events, newest first)."""
         return f"{self.prefix}:purge:log"
+
+    def job(self, job_id: str) -> str:
+        """The record of GP job ``job_id`` (the upstream's id)."""
+        return f"{self.prefix}:_job:{job_id}"
+
+    def job_status(self, job_id: str) -> str:
+        """The last status of GP job ``job_id`` seen upstream, with its version."""
+        return f"{self.prefix}:_job:{job_id}:status"
+
+    def job_lease(self, job_id: str) -> str:
+        """The lease of the one replica polling GP job ``job_id`` upstream."""
+        return f"{self.prefix}:lock:_job:{job_id}"
+
+    @property
+    def published_layers(self) -> str:
+        """The hash of published layers (layer name -> its JSON description)."""
+        return f"{self.prefix}:_layers"
+
+    @property
+    def published_seq(self) -> str:
+        """The counter of changes to the published layers, which replicas poll."""
+        return f"{self.prefix}:_layers:seq"

@@ -1,5 +1,6 @@
 """Operational endpoints: ``/healthz`` (liveness) and ``/readyz`` (readiness) at the root, and
-the ``/admin`` front: ``POST /admin/purge`` (bearer token from ``TILE_GATEWAY_ADMIN_TOKEN``)."""
+the ``/admin`` front (bearer token from ``TILE_GATEWAY_ADMIN_TOKEN``): ``POST /admin/purge``,
+and ``GET|POST /admin/layers``, ``DELETE /admin/layers/<name>`` for published layers."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet, UpstreamError
+from gateway.published import Publisher, PublishRefused
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.services.http import NO_STORE, PIPELINE, json_error
 from gateway.tiles import Layer
 
 PURGER = web.AppKey("purger", Purger)
+PUBLISHER = web.AppKey("publisher", Publisher)
 # The admin API's bearer token, from the environment (never from the config file).
 ADMIN_TOKEN_ENV = "TILE_GATEWAY_ADMIN_TOKEN"
 
@@ -124,6 +127,54 @@ async def purge(request: web.Request) -> web.Response:
     )
 
 
+async def published_layers(request: web.Request) -> web.Response:
+    """``GET /admin/layers``: ``{"layers": [{name, jobId, published}]}``, the published
+    layers this replica serves."""
+    refused = _authorised(request)
+    if refused is not None:
+        return refused
+    layers = request.app[PUBLISHER].published.values()
+    return web.json_response({"layers": [layer.describe() for layer in layers]}, headers=NO_STORE)
+
+
+async def publish(request: web.Request) -> web.Response:
+    """``POST /admin/layers`` with ``{"jobId": J, "name"?: N}``: the ImageServer a succeeded
+    CreateImageCollection job made becomes tile layer ``N`` (by default the collection's
+    name) on every replica. 201 with the layer; 400 bad body, name or result; 404 unknown
+    job; 409 a job not succeeded or a configured layer's name; 502/503 upstream or store."""
+    refused = _authorised(request)
+    if refused is not None:
+        return refused
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError):
+        return json_error(400, 'the body must be JSON: {"jobId": ..., "name"?: ...}')
+    if not isinstance(body, dict) or not isinstance(body.get("jobId"), str):
+        return json_error(400, 'the body must name a "jobId"')
+    name = body.get("name")
+    if name is not None and not isinstance(name, str):
+        return json_error(400, '"name" must be a string')
+    try:
+        layer = await request.app[PUBLISHER].publish_job(body["jobId"], name)
+    except PublishRefused as exc:
+        return json_error(exc.status, str(exc))
+    return web.json_response(layer.describe(), status=201, headers=NO_STORE)
+
+
+async def unpublish(request: web.Request) -> web.Response:
+    """``DELETE /admin/layers/<name>``: the published layer is no longer served, on any
+    replica. 200; 404 not published; 409 a configured layer."""
+    refused = _authorised(request)
+    if refused is not None:
+        return refused
+    name = request.match_info["name"]
+    try:
+        await request.app[PUBLISHER].unpublish(name)
+    except PublishRefused as exc:
+        return json_error(exc.status, str(exc))
+    return web.json_response({"name": name, "unpublished": True}, headers=NO_STORE)
+
+
 def health_routes() -> list[web.RouteDef]:
     """``/healthz`` and ``/readyz``, at the root where probes expect them."""
     return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
@@ -131,4 +182,9 @@ def health_routes() -> list[web.RouteDef]:
 
 def routes() -> list[web.RouteDef]:
     """The admin route table, relative to ``/admin``."""
-    return [web.post("/purge", purge)]
+    return [
+        web.post("/purge", purge),
+        web.get("/layers", published_layers),
+        web.post("/layers", publish),
+        web.delete("/layers/{name}", unpublish),
+    ]

@@ -302,7 +302,9 @@ class OgcApiService:
             check_json(request.query.get("f"), request.headers.get("Accept"))
         except FormatError as exc:
             return json_error(exc.status, str(exc))
-        return self._documents.json_answer(request, key, build, absolute=absolute)
+        # Documents list the layers, which published layers change.
+        version = request.app[PIPELINE].layers_version
+        return self._documents.json_answer(request, (version, *key), build, absolute=absolute)
 
     async def landing(self, request: web.Request) -> web.Response:
         """``GET /ogcapi``: the landing page."""

@@ -141,10 +141,11 @@ class TileJSONService:
             return json_error(400, f"scale must be 1 or 2, not {scale_text!r}")
         description = request.app[CONFIG].service.abstract
         # Clients must honour the documents' short freshness (TileJSON 3.0.0 section 5); the
-        # tile URLs inside depend on the request's host (json_answer varies with it).
+        # tile URLs inside depend on the request's host (json_answer varies with it). A layer
+        # published again under its name is another layer: the layers' version is in the key.
         return self._documents.json_answer(
             request,
-            (name, ext, scale_text),
+            (name, ext, scale_text, pipeline.layers_version),
             lambda base: tilejson(layer, grid, base, ext, int(scale_text), description),
         )
 

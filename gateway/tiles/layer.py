@@ -186,24 +186,37 @@ class Layer:
         return self._empty[key]
 
 
+def build_layer(
+    name: str,
+    layer: LayerConfig,
+    timeout: float,
+    upstreams: UpstreamPool,
+    grids: GridRegistry,
+    credentials: CredentialProviders,
+) -> Layer:
+    """The ready layer ``name`` of ``layer``: its ImageServer client shares its origin's
+    session of ``upstreams`` (calls bounded by ``timeout`` seconds) and, when the layer names
+    credentials, their provider for its server."""
+    url = layer.service_url
+    provider = (
+        None if layer.credentials is None else credentials.for_service(layer.credentials, url)
+    )
+    client = ImageServerClient(url, upstreams.upstream(url, timeout, provider))
+    return Layer(name, layer, client, grids)
+
+
 def build_layers(
     config: GatewayConfig,
     upstreams: UpstreamPool,
     grids: GridRegistry,
     credentials: CredentialProviders,
 ) -> dict[str, Layer]:
-    """Ready layers for ``config``; each ImageServer client shares its origin's session of
-    ``upstreams`` and, when the layer names credentials, their provider for its server."""
+    """Ready layers for ``config`` (``build_layer`` of each)."""
     timeout = config.server.upstream_timeout
-    layers = {}
-    for name, layer in config.layers.items():
-        url = layer.service_url
-        provider = (
-            None if layer.credentials is None else credentials.for_service(layer.credentials, url)
-        )
-        client = ImageServerClient(url, upstreams.upstream(url, timeout, provider))
-        layers[name] = Layer(name, layer, client, grids)
-    return layers
+    return {
+        name: build_layer(name, layer, timeout, upstreams, grids, credentials)
+        for name, layer in config.layers.items()
+    }
 
 
 async def load_service_info(layers: list[Layer], timeout: float) -> None:

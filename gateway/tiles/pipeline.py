@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -20,14 +20,14 @@ from gateway.cache.coalesce import SingleFlight
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.cache.keys import KeyLayout
 from gateway.cache.store import TileCache
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, LayerConfig
 from gateway.credentials import CredentialProviders
 from gateway.errors import UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
 from gateway.imaging import EXPORT_FORMATS, UndecodableImage, check_image, cut_metatile
 from gateway.sources.http import ExportLimit, UpstreamPool
 from gateway.tiles.address import TileAddresses, TileRequest
-from gateway.tiles.layer import Layer, build_layers
+from gateway.tiles.layer import Layer, build_layer, build_layers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class TilePipeline:
     ``layers`` maps layer names to ready layers; ``cache`` is the tile store; ``keys`` its key
     layout; ``grids`` every TileMatrixSet known; ``lock_lease`` the seconds a replica may hold
     a metatile's lock.
+
+    Layers may be added and removed while the pipeline runs (``add_layer``, ``remove_layer``:
+    published GP results); ``layers_version`` counts those changes, so that documents listing
+    the layers are built again.
     """
 
     def __init__(
@@ -69,6 +73,32 @@ class TilePipeline:
         # The checked request of a tile address (``tiles.address.TileAddresses.resolve``).
         self.resolve = TileAddresses(layers).resolve
         self._refreshes: set[asyncio.Task[None]] = set()
+        self.layers_version = 0
+        # Makes a ready layer of a layer config (set by ``open_pipeline``).
+        self.builder: Callable[[str, LayerConfig], Layer] | None = None
+
+    def build_layer(self, name: str, config: LayerConfig) -> Layer:
+        """A ready layer ``name`` of ``config``, through this pipeline's upstream sessions and
+        credential providers, not yet served (see ``add_layer``)."""
+        assert self.builder is not None  # open_pipeline sets it
+        return self.builder(name, config)
+
+    def add_layer(self, layer: Layer) -> None:
+        """Serve ``layer`` from now on (replacing a layer of its name)."""
+        self.layers[layer.name] = layer
+        self.layers_version += 1
+
+    def remove_layer(self, name: str) -> None:
+        """Stop serving layer ``name``: its tiles leave the in-process tier at once (ready
+        answers are served from there before any front runs); those in Redis age out by
+        their TTL."""
+        if self.layers.pop(name, None) is None:
+            return
+        self.layers_version += 1
+        l1 = self.cache.l1
+        if l1 is not None:
+            start = self.keys.layer_tiles(name)
+            l1.discard_where(lambda key: key.startswith(start))
 
     def generation(self, request: TileRequest) -> str:
         """The current generation of the request's layer (``Layer.generation``).
@@ -330,6 +360,13 @@ async def open_pipeline(
     )
     # The reverse proxy's services naming credentials share these providers (and tokens).
     pipeline.credentials = credentials
+    pipeline.builder = partial(
+        build_layer,
+        timeout=server.upstream_timeout,
+        upstreams=upstreams,
+        grids=grids,
+        credentials=credentials,
+    )
     try:
         yield pipeline
     finally:

@@ -21,6 +21,9 @@ from aiohttp.test_utils import TestServer
 from multidict import MultiDict
 from PIL import Image
 
+# The scripted GP upstream and the two replicas of the jobs tests.
+from tests.integration.gp_upstream import gp, replicas  # noqa: F401
+
 SERVICE_PATH = "/arcgis/rest/services/fake/ImageServer"
 
 

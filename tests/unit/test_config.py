@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,6 +141,30 @@ def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     example = load_config(REPO / "config" / "example.yaml")
     assert example.cache.effective_backend == "redis"
     assert str(example.layers["imagery"].url).startswith("https://gis.example.org/arcgis/")
+    assert example.jobs is not None
+    assert example.jobs.service.base_url == (
+        "https://gis.example.org/arcgis/rest/services/System/RasterAnalysisTools/GPServer"
+    )
+
+
+@pytest.mark.parametrize(
+    ("jobs", "wanted"),
+    [
+        ({"poll_min": 5, "poll_max": 1}, "poll_max must not be below poll_min"),
+        (
+            {"service": {"url": "https://gis.example/gp", "credentials": "nope"}},
+            "unknown credentials",
+        ),
+        ({"service": {"url": "https://gis.example/gp?token=abc"}}, "query string"),
+        ({"path": "a/../b"}, "'.' or '..'"),
+    ],
+)
+def test_jobs_settings_are_checked(jobs: dict[str, Any], wanted: str) -> None:
+    section = {"service": {"url": "https://gis.example/gp"}, **jobs}
+    with pytest.raises(ConfigError, match=re.escape(wanted)):
+        parse_config(
+            {"layers": {"a": {"url": "https://gis.example/a/ImageServer"}}, "jobs": section}
+        )
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -356,14 +356,19 @@ def _union(boxes: Iterable[Bounds]) -> Bounds:
     return (min(west), min(south), max(east), max(north))
 
 
-_CONTENTS: weakref.WeakKeyDictionary[TilePipeline, Contents] = weakref.WeakKeyDictionary()
+_CONTENTS: weakref.WeakKeyDictionary[TilePipeline, tuple[int, Contents]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def contents_of(request: web.Request) -> Contents:
     """The ``Contents`` of the request's app, made on first use (after start-up, when layers
-    know their data extent) and kept as long as its pipeline lives."""
+    know their data extent) and kept as long as its pipeline lives and its layers stay the
+    same (``TilePipeline.layers_version``: published layers come and go)."""
     pipeline = request.app[PIPELINE]
-    contents = _CONTENTS.get(pipeline)
-    if contents is None:
-        contents = _CONTENTS[pipeline] = Contents(pipeline, request.app[CONFIG].service)
+    known = _CONTENTS.get(pipeline)
+    if known is not None and known[0] == pipeline.layers_version:
+        return known[1]
+    contents = Contents(pipeline, request.app[CONFIG].service)
+    _CONTENTS[pipeline] = (pipeline.layers_version, contents)
     return contents
