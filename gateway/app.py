@@ -10,7 +10,8 @@ health probes:
     /admin    purge                             JSON errors
     /arcgis/rest/services (``proxy.prefix``, when a ``proxy`` section is configured)
               the ArcGIS REST reverse proxy         ArcGIS error JSON
-    /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
+    /         viewer, /layers.json, /healthz, /readyz, /metrics (Prometheus), and every other
+              path: JSON errors
 
 Inbound access control (``gateway.access``) is per route group; the root is always open.
 """
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.access import Access
 from gateway.config import GatewayConfig
 from gateway.proxy import proxy_app
@@ -28,6 +30,7 @@ from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
     CONFIG,
+    FRONT,
     GATE,
     PIPELINE,
     READY,
@@ -71,9 +74,14 @@ def create_app(
         fronts[config.proxy.prefix] = proxy_app(config, credentials)
     access = Access(config)
     ready = ReadyAnswers(cors_headers(config.server.cors_allow_origin))
-    app = root_app(config, [*viewer.routes(), *admin.health_routes()], ready.answer)
+    app = root_app(
+        config,
+        [*viewer.routes(), *admin.health_routes(), web.get("/metrics", metrics.handle)],
+        ready.answer,
+    )
     for prefix, front in fronts.items():
         front[READY] = ready
+        front[FRONT] = prefix.strip("/") if prefix in _GROUPS else "proxy"
         gate = access.gate(_GROUPS.get(prefix, "proxy"))
         if gate is not None:
             front[GATE] = gate

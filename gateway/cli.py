@@ -17,6 +17,7 @@ from gateway.config import ConfigError, GatewayConfig, config_warnings, load_con
 from gateway.demo import DEFAULT_RASTER_STORE, run_demo
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
+from gateway.logs import configure_logging
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
 from gateway.server import PortInUse, event_loop, run, serve
@@ -343,9 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         event_loop()
     except ValueError as exc:
         parser.error(f"environment variable {exc}")
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     if args.command == "check-config":
         config = _load_or_exit(args.file)
         print(
@@ -362,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "serve":
             config = _load_or_exit(args.config)
+            configure_logging(args.log_level, config.server.log_format)
             for warning in config_warnings(config):
                 log.warning("%s", warning)
             overrides = {
