@@ -1,10 +1,11 @@
-"""Command line: ``tile-gateway serve | demo | seed | purge | check-config``
+"""Command line: ``tile-gateway serve | demo | seed | purge | check-config | config-schema``
 (also ``python -m gateway``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -301,6 +302,14 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("file", help="path of the YAML configuration")
+    commands.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the configuration file",
+        description=(
+            "Print the JSON Schema (draft 2020-12) of the YAML configuration, from its pydantic "
+            "models, for editors that check YAML against a schema."
+        ),
+    )
     # Also after the command, where users put it; SUPPRESS keeps one given before it.
     for command in commands.choices.values():
         _log_level_option(command, argparse.SUPPRESS)
@@ -345,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(f"environment variable {exc}")
     configure_logging(args.log_level)
+    if args.command == "config-schema":
+        print(json.dumps(GatewayConfig.model_json_schema(), indent=2))
+        return
     if args.command == "check-config":
         config = _load_or_exit(args.file)
         print(
