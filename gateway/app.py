@@ -12,7 +12,8 @@ health probes:
               the ArcGIS REST reverse proxy         ArcGIS error JSON
     <proxy prefix>/<jobs.path> (when a ``jobs`` section is configured: the GP service)
               the GP jobs relay, before the proxy   ArcGIS error JSON
-    /         viewer, /layers.json, /healthz, /readyz, and every other path: JSON errors
+    /         viewer, /layers.json, /healthz, /readyz, /metrics (Prometheus), and every other
+              path: JSON errors
 
 Inbound access control (``gateway.access``) is per route group; the root is always open.
 """
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.access import Access
 from gateway.config import GatewayConfig
 from gateway.jobs import RELAY, jobs_app, mount_path
@@ -32,6 +34,7 @@ from gateway.purge import Purger
 from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
     CONFIG,
+    FRONT,
     GATE,
     PIPELINE,
     READY,
@@ -73,15 +76,26 @@ def create_app(
         "/admin": front_app(config, admin.routes(), render_json_error),
     }
     # The jobs front first: its paths are under the proxy's prefix, and answered by it alone.
-    if config.jobs is not None:
-        fronts[mount_path(config)] = jobs_app(config, credentials)
+    jobs_prefix = mount_path(config) if config.jobs is not None else None
+    if jobs_prefix is not None:
+        fronts[jobs_prefix] = jobs_app(config, credentials)
     if config.proxy is not None:
         fronts[config.proxy.prefix] = proxy_app(config, credentials)
     access = Access(config)
     ready = ReadyAnswers(cors_headers(config.server.cors_allow_origin))
-    app = root_app(config, [*viewer.routes(), *admin.health_routes()], ready.answer)
+    app = root_app(
+        config,
+        [*viewer.routes(), *admin.health_routes(), web.get("/metrics", metrics.handle)],
+        ready.answer,
+    )
     for prefix, front in fronts.items():
         front[READY] = ready
+        # The front's name in metric labels.
+        front[FRONT] = (
+            prefix.strip("/")
+            if prefix in _GROUPS
+            else ("jobs" if prefix == jobs_prefix else "proxy")
+        )
         gate = access.gate(_GROUPS.get(prefix, "proxy"))
         if gate is not None:
             front[GATE] = gate

@@ -1,10 +1,11 @@
-"""Command line: ``tile-gateway serve | demo | seed | purge | check-config``
+"""Command line: ``tile-gateway serve | demo | seed | purge | check-config | config-schema``
 (also ``python -m gateway``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from gateway.config import ConfigError, GatewayConfig, config_warnings, load_con
 from gateway.demo import DEFAULT_RASTER_STORE, run_demo
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
+from gateway.logs import configure_logging
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
 from gateway.server import PortInUse, event_loop, run, serve
@@ -300,6 +302,14 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("file", help="path of the YAML configuration")
+    commands.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the configuration file",
+        description=(
+            "Print the JSON Schema (draft 2020-12) of the YAML configuration, from its pydantic "
+            "models, for editors that check YAML against a schema."
+        ),
+    )
     # Also after the command, where users put it; SUPPRESS keeps one given before it.
     for command in commands.choices.values():
         _log_level_option(command, argparse.SUPPRESS)
@@ -343,9 +353,10 @@ def main(argv: list[str] | None = None) -> None:
         event_loop()
     except ValueError as exc:
         parser.error(f"environment variable {exc}")
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
+    if args.command == "config-schema":
+        print(json.dumps(GatewayConfig.model_json_schema(), indent=2))
+        return
     if args.command == "check-config":
         config = _load_or_exit(args.file)
         print(
@@ -362,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "serve":
             config = _load_or_exit(args.config)
+            configure_logging(args.log_level, config.server.log_format)
             for warning in config_warnings(config):
                 log.warning("%s", warning)
             overrides = {

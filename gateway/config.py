@@ -90,6 +90,11 @@ class ServerConfig(_Strict):
     answer; bytes trickling in do not restart it, so it bounds the time to receive a request's
     headers as well as idleness (aiohttp's ``keepalive_timeout``). ``max_client_connections``
     bounds the open client connections; one accepted beyond it is closed at once.
+
+    ``log_format`` is ``text`` (a line of words) or ``json`` (one JSON object a line:
+    ``logs.JsonFormatter``). Every answer carries an ``X-Request-Id``, sent upstream too and
+    logged: the client's own (1 to 128 letters, digits and ``._:+=/-``) with ``trust_proxy``,
+    else a new one.
     """
 
     host: str = "127.0.0.1"
@@ -106,6 +111,7 @@ class ServerConfig(_Strict):
     startup_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 75.0
     max_client_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from gateway import metrics
 from gateway.cache.generations import LOG_LENGTH, PurgeRecords
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import Grid, parse_bbox, parse_zoom
@@ -161,6 +162,7 @@ class Purger:
             counter = await self.records.purge_layer(spec.layer)
             self._adopt_generation(spec.layer, layer.purges + 1 if counter is None else counter)
             await self.records.announce(None)
+            metrics.purged(spec.layer, whole=True)
             return PurgeResult(spec.layer, generation=layer.generation)
         if self.count(spec) > MAX_KEYS:
             raise PurgeTooLarge(
@@ -174,6 +176,7 @@ class Purger:
             # (health probes among them) are answered between slices of a long purge.
             await asyncio.sleep(0)
         await self.records.announce(asdict(spec))
+        metrics.purged(spec.layer, whole=False)
         return PurgeResult(spec.layer, keys=computed, deleted=deleted)
 
     def _adopt_generation(self, name: str, purges: int) -> None:

@@ -15,18 +15,21 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.access import access_logger
 from gateway.app import create_app
 from gateway.config import GatewayConfig, ServerConfig
-from gateway.logs import ServerLog
+from gateway.logs import ServerLog, configure_logging
 from gateway.services.http import CONFIG
 
 log = logging.getLogger("gateway")
@@ -228,8 +231,10 @@ async def _check_port(host: str, port: int) -> None:
 
 
 def _worker(config: GatewayConfig, log_level: str) -> None:
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    configure_logging(
+        log_level,
+        config.server.log_format,
+        "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
     # The parent stops the workers with SIGTERM; end like Ctrl-C so cleanup runs.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -243,7 +248,9 @@ def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> i
 
     With several workers the port must be fixed (not 0), and a ``memory`` cache is one per
     worker: a warning says so. A worker that dies ends the others (a supervisor such as
-    Kubernetes restarts the whole). SIGTERM stops gracefully, like Ctrl-C.
+    Kubernetes restarts the whole). SIGTERM stops gracefully, like Ctrl-C. The workers share
+    their metrics through a fresh temporary folder (``PROMETHEUS_MULTIPROC_DIR``, made under
+    ``TMPDIR`` for the run and removed after it: see ``gateway.metrics``).
     """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if workers <= 1:
@@ -261,6 +268,16 @@ def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> i
             "configure cache.redis_url to share tiles and coalesce misses",
             workers,
         )
+    # Values from an earlier run must not count: a fresh folder per run, set before the workers
+    # start (they import prometheus-client, which reads it then).
+    os.environ[metrics.MULTIPROC_DIR] = tempfile.mkdtemp(prefix="tile-gateway-metrics-")
+    try:
+        return _run_workers(config, workers, log_level)
+    finally:
+        shutil.rmtree(os.environ.pop(metrics.MULTIPROC_DIR), ignore_errors=True)
+
+
+def _run_workers(config: GatewayConfig, workers: int, log_level: str) -> int:
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker, args=(config, log_level), name=f"worker-{n}")
@@ -279,6 +296,8 @@ def serve(config: GatewayConfig, workers: int = 1, log_level: str = "INFO") -> i
         ended = next(p for p in processes if p.sentinel in sentinel)
         # Its sentinel fires as it exits, possibly before it can be reaped: join, then read.
         ended.join()
+        if ended.pid is not None:
+            metrics.worker_ended(ended.pid)
         status = ended.exitcode or 0
         log.error("worker %s ended with status %s; stopping the others", ended.name, status)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.access.keys import ApiKeys
 from gateway.access.rates import RateLimits
 from gateway.access.tokens import IssuerUnavailable, JwtVerifier, TokenRejected
@@ -176,6 +177,7 @@ class Gate:
         if self._rates.limits(self.group):
             wait = await self._rates.hit(self.group, client)
             if wait is not None:
+                metrics.rate_limited(self.group)
                 return Refusal(
                     429, f"too many requests: try again in {wait} s", {"Retry-After": str(wait)}
                 )

@@ -1,5 +1,6 @@
 """Access log lines without credentials: the API key parameter and ArcGIS ``token`` values of
-a request line or ``Referer`` are replaced before the line is written."""
+a request line or ``Referer`` are replaced before the line is written. Each line carries the
+request's fields too, for the JSON log format (``logs.JsonFormatter``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from gateway.config import AccessConfig
+from gateway.logs import EXCHANGES, Exchange, printable
 
 REDACTED = "[redacted]"
 # Always hidden: the ArcGIS token a client of the reverse proxy sends (the proxy drops it).
@@ -29,7 +31,11 @@ def redact(text: str, names: Iterable[str]) -> str:
 
 def access_logger(config: AccessConfig | None) -> type[AbstractAccessLogger]:
     """aiohttp's ``AccessLogger`` (same format and fields) whose values pass through
-    ``redact`` for the configured ``api_key_param`` and ``token``."""
+    ``redact`` for the configured ``api_key_param`` and ``token``; each line's record also
+    has ``method``, ``path`` (raw, redacted, escaped: ``logs.printable``), ``status``,
+    ``duration`` (seconds), and when known ``cache`` (``X-Cache``), ``layer``,
+    ``upstream_duration`` (seconds), ``remote`` and ``request_id`` (the request's
+    ``logs.Exchange``)."""
     names = (*_ALWAYS, *((config.api_key_param,) if config and config.api_key_param else ()))
 
     class RedactingAccessLogger(AccessLogger):
@@ -40,5 +46,29 @@ def access_logger(config: AccessConfig | None) -> type[AbstractAccessLogger]:
                 (key, redact(value, names) if isinstance(value, str) else value)
                 for key, value in super()._format_line(request, response, time)
             ]
+
+        def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+            try:
+                values = tuple(value for _, value in self._format_line(request, response, time))
+                self.logger.info(self._log_format % values, extra=_fields(request, response, time))
+            except Exception:
+                self.logger.exception("Error in logging")
+
+    def _fields(request: BaseRequest, response: StreamResponse, time: float) -> dict[str, Any]:
+        exchange: Exchange | None = request.get(EXCHANGES)
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": printable(redact(request.raw_path, names), 1000),
+            "status": response.status,
+            "duration": round(time, 6),
+            "cache": response.headers.get("X-Cache"),
+            "remote": request.remote,
+        }
+        if exchange is not None:
+            fields["request_id"] = exchange.request_id
+            fields["layer"] = exchange.layer
+            if exchange.upstream_seconds:
+                fields["upstream_duration"] = round(exchange.upstream_seconds, 6)
+        return fields
 
     return RedactingAccessLogger

@@ -16,6 +16,7 @@ from typing import Literal, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
+from gateway import metrics
 from gateway.cache.codec import TileEntry
 
 log = logging.getLogger(__name__)
@@ -138,13 +139,16 @@ class Guard:
         return result
 
     async def failed(self, operation: str, exc: BaseException) -> None:
-        """Record a failed ``operation``: the outage starts (logged, then ``on_outage``
-        awaited) or goes on."""
+        """Record a failed ``operation`` (counted: ``metrics.cache_failed``): the outage starts
+        (logged, marked in ``metrics.cache_unavailable``, then ``on_outage`` awaited) or goes
+        on."""
+        metrics.cache_failed(operation)
         now = time.monotonic()
         self._next_probe = now + self._retry_interval
         if self._down_since is not None:
             return
         self._down_since = now
+        metrics.cache_unavailable(True)
         log.warning(
             "cache %s unavailable (%s on %s: %s); reads are misses and writes are dropped "
             "until it is back",
@@ -165,3 +169,4 @@ class Guard:
                 time.monotonic() - self._down_since,
             )
             self._down_since = None
+            metrics.cache_unavailable(False)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 from cachetools import TLRUCache
 
+from gateway import metrics
 from gateway.cache.codec import TileEntry
 
 # Bookkeeping per entry beyond the tile bytes (key, header strings, the cache's own links, and
@@ -42,7 +43,9 @@ def _expiry(_key: str, item: L1Item, _now: float) -> float:
 class MemoryTier:
     """Tile entries by key, least recently used dropped first once ``max_bytes`` is reached.
 
-    Each entry carries its own expiry (epoch seconds); ``clock`` is the time source.
+    Each entry carries its own expiry (epoch seconds); ``clock`` is the time source. Its
+    bytes and entries are reported after each change (``metrics.l1_held``); entries that
+    expire unseen are dropped (and reported) at the next change.
     """
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
@@ -89,6 +92,13 @@ class MemoryTier:
         if _size(item) > self._entries.maxsize:
             return
         self._entries[key] = item
+        self._report()
+
+    def _report(self) -> None:
+        entries = self._entries
+        # Expired entries would otherwise count until something touches them.
+        entries.expire()
+        metrics.l1_held(int(entries.currsize), len(entries))
 
     def discard(self, keys: Iterable[str]) -> int:
         """Drop these keys if present; returns how many of them were live."""
@@ -102,6 +112,7 @@ class MemoryTier:
             except KeyError:
                 continue
             dropped += 1
+        self._report()
         return dropped
 
     def discard_where(self, predicate: Callable[[str], bool]) -> int:
@@ -112,3 +123,4 @@ class MemoryTier:
     def clear(self) -> None:
         """Drop every entry."""
         self._entries.clear()
+        self._report()

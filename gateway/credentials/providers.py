@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import metrics
 from gateway.config import (
     CredentialsBase,
     OAuth2Credentials,
@@ -79,6 +80,7 @@ class StaticToken:
     """
 
     def __init__(self, name: str, config: StaticCredentials) -> None:
+        self.name = name
         self.owner = f"credentials {name!r}"
         self._config = config
         self._value: str | None = None
@@ -127,6 +129,7 @@ class RenewedToken(ABC):
         service: TokenService,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.name = name
         self.owner = f"credentials {name!r}"
         self.root = root
         self._config = config
@@ -177,6 +180,7 @@ class RenewedToken(ABC):
             value, lifetime = await self._fetch()
         except UpstreamError as exc:
             log.warning("%s: no token for %s: %s", self.owner, self.root, exc.message)
+            metrics.token_renewed(self.name, ok=False)
             self._postpone()
             raise
         finally:
@@ -185,6 +189,7 @@ class RenewedToken(ABC):
         ahead = min(self._config.refresh_margin, lifetime * MAX_AHEAD)
         self._token = Token(value, now + lifetime, now + lifetime - ahead)
         log.info("%s: new token for %s, valid %.0f s", self.owner, self.root, lifetime)
+        metrics.token_renewed(self.name, ok=True)
         return self._token
 
     def _postpone(self) -> None:

@@ -38,6 +38,7 @@ from gateway.cache.keys import KeyLayout
 from gateway.cache.store import TileCache
 from gateway.config import ProxyConfig
 from gateway.imaging import UndecodableImage, check_image
+from gateway.logs import EXCHANGE
 from gateway.proxy.reads import CacheableRead, cacheable, service_key
 from gateway.proxy.routing import OUTPUTS, ProxyService, Refused, Router, Target
 from gateway.proxy.scrub import Scrubber
@@ -271,6 +272,10 @@ class Proxy:
         self, request: web.Request, target: Target, params: dict[str, str]
     ) -> UpstreamRequest:
         headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
+        exchange = EXCHANGE.get()
+        if exchange is not None:
+            # The upstream's logs then match ours.
+            headers["X-Request-Id"] = exchange.request_id
         return UpstreamRequest(target.url, dict(params), headers)
 
     async def _send(

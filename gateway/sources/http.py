@@ -29,6 +29,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from gateway.errors import UpstreamBusy, UpstreamError
+from gateway.logs import EXCHANGE
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +220,11 @@ class Upstream:
         Raises ``UpstreamError``: 504 when no answer came within the timeout, 502 when the
         upstream cannot be reached (the message names the kind of failure, never the URL).
         """
-        request = UpstreamRequest(url, dict(params))
+        request = UpstreamRequest(url, dict(params), _traced())
         await self.credentials.apply(request)
         response = await self._send(request)
         if token_rejected(response):
-            retry = UpstreamRequest(url, dict(params))
+            retry = UpstreamRequest(url, dict(params), _traced())
             if await self.credentials.refresh(request):
                 await self.credentials.apply(retry)
                 response = await self._send(retry)
@@ -242,6 +243,13 @@ class Upstream:
             # The exception text names the host; the client only learns the kind of failure.
             log.warning("upstream request to %s failed: %s", URL(request.url).origin(), exc)
             raise UpstreamError(502, None, f"unreachable ({type(exc).__name__})") from None
+
+
+def _traced() -> dict[str, str]:
+    """The headers of every upstream request: the ``X-Request-Id`` of the request being
+    answered (``logs.EXCHANGE``), when there is one, so that upstream logs match ours."""
+    exchange = EXCHANGE.get()
+    return {} if exchange is None else {"X-Request-Id": exchange.request_id}
 
 
 class Sessions:

@@ -16,15 +16,17 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
+from gateway import metrics
 from gateway.cache.coalesce import SingleFlight
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.cache.keys import KeyLayout
 from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig, LayerConfig
 from gateway.credentials import CredentialProviders
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
 from gateway.imaging import EXPORT_FORMATS, UndecodableImage, check_image, cut_metatile
+from gateway.logs import EXCHANGE
 from gateway.sources.http import ExportLimit, UpstreamPool
 from gateway.tiles.address import TileAddresses, TileRequest
 from gateway.tiles.layer import Layer, build_layer, build_layers
@@ -155,7 +157,9 @@ class TilePipeline:
         (refreshed in the background), else from the upstream through coalescing; when the
         upstream fails, a stale one inside ``stale_if_error``.
 
-        Only validated images that decode completely are stored. Raises ``UpstreamError``
+        A miss answered by another request's upstream call counts as a coalesced wait
+        (``metrics.coalesced_wait``). Only validated images that decode completely are stored.
+        Raises ``UpstreamError``
         (502/504, or ``UpstreamBusy`` 503 when the upstream's exportImage slots are taken) when
         the upstream fails and no stale copy may stand in; nothing is cached then.
         """
@@ -181,6 +185,8 @@ class TilePipeline:
             if entry is not None and age < config.ttl + config.stale_if_error:
                 return TileResult(entry, "STALE")
             raise
+        if not produced:
+            metrics.coalesced_wait(request.layer)
         return TileResult(fresh, "MISS" if produced else "HIT")
 
     def lock_key(self, request: TileRequest, meta: MetaTile, generation: str | None = None) -> str:
@@ -253,13 +259,27 @@ class TilePipeline:
         grid = self.grids[request.tms]
         single = meta.cols == meta.rows == 1 and meta.width == meta.tile_px == meta.height
         fmt = request.ext if single else layer.metatile_format(request.ext)
-        image = await layer.client.export_image(
-            meta.bbox,
-            layer.wkid_for(grid),
-            (meta.width, meta.height),
-            fmt,
-            layer.fixed_params if single else layer.metatile_params(fmt),
-        )
+        with metrics.upstream_call(request.layer, "exportImage") as call:
+            try:
+                image = await layer.client.export_image(
+                    meta.bbox,
+                    layer.wkid_for(grid),
+                    (meta.width, meta.height),
+                    fmt,
+                    layer.fixed_params if single else layer.metatile_params(fmt),
+                )
+            except UpstreamError as exc:
+                call.outcome = (
+                    "busy"
+                    if isinstance(exc, UpstreamBusy)
+                    else "timeout"
+                    if exc.status == 504
+                    else "error"
+                )
+                raise
+        exchange = EXCHANGE.get()
+        if exchange is not None:
+            exchange.upstream_seconds += call.seconds
         crops = meta.crops()
         size = (meta.width, meta.height)
         loop = asyncio.get_running_loop()

@@ -200,6 +200,8 @@ class FakeUpstream:
     behaviour: str = "ok"
     delay: float = 0.0
     queries: list[MultiDict[str]] = field(default_factory=list)
+    # The X-Request-Id of each exportImage call ("" without one).
+    request_ids: list[str] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     running: int = 0
     peak: int = 0
@@ -220,6 +222,7 @@ async def fake_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
     async def export_image(request: web.Request) -> web.StreamResponse:
         upstream = state["upstream"]
         upstream.queries.append(request.query.copy())
+        upstream.request_ids.append(request.headers.get("X-Request-Id", ""))
         upstream.running += 1
         upstream.peak = max(upstream.peak, upstream.running)
         try:

@@ -25,6 +25,7 @@ from gateway.services.http.documents import (
 )
 from gateway.services.http.fronts import (
     CONFIG,
+    FRONT,
     GATE,
     NO_STORE,
     PIPELINE,
@@ -44,6 +45,7 @@ from gateway.services.http.tiles import READY, ReadyAnswers, serve_tile, tile_re
 __all__ = [
     "CONFIG",
     "DOCUMENT_CACHE_CONTROL",
+    "FRONT",
     "GATE",
     "NO_STORE",
     "PIPELINE",

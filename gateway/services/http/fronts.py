@@ -12,10 +12,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from cachetools import LRUCache
 
+from gateway import metrics
 from gateway.access import Gate
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.errors import UpstreamBusy, UpstreamError
-from gateway.logs import printable
+from gateway.logs import EXCHANGE, EXCHANGES, Exchange, printable, request_id
 from gateway.tiles import TilePipeline
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ CONFIG = web.AppKey("config", GatewayConfig)
 PIPELINE = web.AppKey("pipeline", TilePipeline)
 GATE = web.AppKey("gate", Gate)
 """A front's access check (``gateway.access``), when its route group is configured."""
+FRONT = web.AppKey("front", str)
+"""A front's name in metrics: tiles, wmts, ogcapi, admin, proxy (the root has none: root)."""
 NO_STORE = {"Cache-Control": "no-store"}
 # Methods every front answers, and so lists in its preflights.
 READ_METHODS = "GET, HEAD, OPTIONS"
@@ -321,6 +324,47 @@ def front_app(
     return app
 
 
+def _observe_middleware(
+    server: ServerConfig,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Middleware (outermost, on the root): the request's ``logs.Exchange`` with its request
+    id (the ``X-Request-Id`` a trusted proxy sent, when it is a safe one: ``logs.request_id``;
+    else a new one) for the handler and the log lines; each answer counted by front and status
+    (``metrics.answered``), and a tile answer by layer, front, status and ``X-Cache`` too
+    (``metrics.tile_answered``)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("X-Request-Id") if server.trust_proxy else None
+        exchange = Exchange(request_id(given))
+        request[EXCHANGES] = exchange
+        token = EXCHANGE.set(exchange)
+        status, cache = 500, None
+        try:
+            response = await handler(request)
+            status, cache = response.status, response.headers.get("X-Cache")
+            return response
+        except web.HTTPException as exc:
+            status, cache = exc.status, exc.headers.get("X-Cache")
+            raise
+        finally:
+            EXCHANGE.reset(token)
+            apps = request.match_info.apps
+            front = apps[-1].get(FRONT, "root") if apps else "root"
+            metrics.answered(front, status)
+            if exchange.layer is not None:
+                metrics.tile_answered(exchange.layer, front, status, cache or "NONE")
+
+    return middleware
+
+
+async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Request-Id`` on every answer, streamed ones too (``on_response_prepare``)."""
+    exchange = request.get(EXCHANGES)
+    if exchange is not None:
+        response.headers["X-Request-Id"] = exchange.request_id
+
+
 def root_app(
     config: GatewayConfig,
     routes: Iterable[web.RouteDef],
@@ -328,10 +372,15 @@ def root_app(
 ) -> web.Application:
     """The application the fronts are mounted on: its own ``routes`` and every path no front
     takes answer with JSON errors; a GET or HEAD a front takes is answered by ``ready`` when it
-    has a finished answer (see ``tiles.ReadyAnswers``), else left to the front."""
+    has a finished answer (see ``tiles.ReadyAnswers``), else left to the front. Every request,
+    a front's too, gets its request id and is counted first (``_observe_middleware``)."""
     app = web.Application(
-        middlewares=[_cors_middleware(config.server, READ_METHODS, render_json_error, root=ready)]
+        middlewares=[
+            _observe_middleware(config.server),
+            _cors_middleware(config.server, READ_METHODS, render_json_error, root=ready),
+        ]
     )
+    app.on_response_prepare.append(_request_id_header)
     app[CONFIG] = config
     app.add_routes(routes)
     return app

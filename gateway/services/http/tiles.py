@@ -11,6 +11,7 @@ from typing import cast
 
 from aiohttp import web
 
+from gateway.logs import EXCHANGES, Exchange
 from gateway.services.http.fronts import PIPELINE
 from gateway.tiles import TilePipeline, TileRequest, TileResult
 
@@ -19,12 +20,13 @@ Variant = tuple[tuple[str, str], ...]
 
 
 class _Ready:
-    """What is prepared on one L1 entry: the end of its freshness (epoch seconds) and the
-    finished headers of its 200 answer for each variant a front asked for."""
+    """What is prepared on one L1 entry: its layer, the end of its freshness (epoch seconds)
+    and the finished headers of its 200 answer for each variant a front asked for."""
 
-    __slots__ = ("fresh_until", "variants")
+    __slots__ = ("fresh_until", "layer", "variants")
 
-    def __init__(self, fresh_until: float) -> None:
+    def __init__(self, layer: str, fresh_until: float) -> None:
+        self.layer = layer
         self.fresh_until = fresh_until
         self.variants: dict[Variant, dict[str, str]] = {}
 
@@ -89,6 +91,7 @@ async def serve_tile(
     Raises ``UpstreamError`` (each front answers it in its own format).
     """
     pipeline = request.app[PIPELINE]
+    _note_layer(request, tile.layer)
     result = await pipeline.get_tile(tile)
     layer = pipeline.layers[tile.layer]
     response = tile_response(request, result, layer.cache_control, extra)
@@ -97,12 +100,20 @@ async def serve_tile(
             request,
             response,
             result,
+            tile.layer,
             pipeline.key(tile),
             result.entry.created + layer.config.ttl,
             by_accept=by_accept,
             extra=extra,
         )
     return response
+
+
+def _note_layer(request: web.Request, layer: str) -> None:
+    """Name the tile's layer in the request's log lines and metrics (``logs.Exchange``)."""
+    exchange: Exchange | None = request.get(EXCHANGES)
+    if exchange is not None:
+        exchange.layer = layer
 
 
 class ReadyAnswers:
@@ -154,6 +165,7 @@ class ReadyAnswers:
         answer_headers = ready.variants.get(variant)
         if answer_headers is None or time.time() >= ready.fresh_until:
             return None
+        _note_layer(request, ready.layer)
         return web.Response(body=entry.data, headers=answer_headers)
 
     def remember(
@@ -161,6 +173,7 @@ class ReadyAnswers:
         request: web.Request,
         response: web.Response,
         result: TileResult,
+        layer: str,
         key: str,
         fresh_until: float,
         *,
@@ -168,15 +181,16 @@ class ReadyAnswers:
         extra: dict[str, str] | None = None,
     ) -> None:
         """Prepare the answers of later hits of the request's target from ``response`` (the
-        200 answer of ``result``, a fresh tile under ``key``, fresh until ``fresh_until``);
-        ``extra`` are headers only this front adds. Nothing is kept unless ``result`` is a
-        200 non-stale answer whose entry is in L1 (not, e.g., an empty tile outside the data)."""
+        200 answer of ``result``, a fresh tile of ``layer`` under ``key``, fresh until
+        ``fresh_until``); ``extra`` are headers only this front adds. Nothing is kept unless
+        ``result`` is a 200 non-stale answer whose entry is in L1 (not, e.g., an empty tile
+        outside the data)."""
         pipeline = self._pipeline
         if pipeline is None or response.status != 200 or result.cache_status == "STALE":
             return
         prepared = pipeline.prepared(key)
         if prepared is None:
-            ready = _Ready(fresh_until)
+            ready = _Ready(layer, fresh_until)
             if not pipeline.prepare(key, result.entry, ready):
                 return
         else:
