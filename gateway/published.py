@@ -27,6 +27,7 @@ from gateway.cache.redis_client import make_client
 from gateway.config import LAYER_NAME, GatewayConfig, LayerConfig
 from gateway.jobs.store import StoreUnavailable
 from gateway.jobs.upstream import GPUnavailable
+from gateway.periodic import Periodic
 from gateway.tiles import TilePipeline, load_service_info
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,9 @@ class Publisher:
         self._published: dict[str, PublishedLayer] = {}
         self._seq: int | None = None
         self._lock = asyncio.Lock()
-        self._watcher: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._watching = Periodic(
+            lambda: self.sync(), _FAILURES, "published layers not synchronised"
+        )
         # The jobs relay whose succeeded jobs are published (when ``jobs`` is configured).
         self.relay: JobResults | None = None
 
@@ -239,28 +241,9 @@ class Publisher:
             await self.sync()
         except _FAILURES as exc:
             log.warning("published layers unavailable at start-up: %s", exc)
-        self._watcher = asyncio.create_task(self._watch(interval))
-
-    async def _watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if self._stopped:
-                return
-            try:
-                await self.sync()
-            except _FAILURES as exc:
-                log.warning("published layers not synchronised: %s", exc)
+        self._watching.start(interval)
 
     async def stop(self) -> None:
-        """End the watching and close the registry's connections.
-
-        The flag ends the loop even when the cancellation is lost below it: on Python 3.11 a
-        cancel that meets a redis-py timeout can come out as a ``TimeoutError``, which the
-        loop takes for a failed sync (as ``Purger.stop_watching`` knows).
-        """
-        self._stopped = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-            self._watcher = None
+        """End the watching and close the registry's connections."""
+        await self._watching.stop()
         await self._registry.close()

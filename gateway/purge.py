@@ -20,6 +20,7 @@ from gateway import metrics
 from gateway.cache.generations import LOG_LENGTH, PurgeRecords
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import Grid, parse_bbox, parse_zoom
+from gateway.periodic import Periodic
 from gateway.tiles import TilePipeline
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,11 @@ class Purger:
         self.pipeline = pipeline
         self.records = PurgeRecords(pipeline.cache.store, pipeline.keys)
         self._seq = 0
-        self._stopped = False
-        self._watcher: asyncio.Task[None] | None = None
+        # A foreign value in our key space skips one sync, not the watching. ``sync`` is looked
+        # up at each step (the lambda), so a replaced ``sync`` (tests do) is the one called.
+        self._watching = Periodic(
+            lambda: self.sync(), (ValueError, KeyError), "purge sync skipped a malformed entry"
+        )
 
     def check(self, spec: PurgeSpec) -> None:
         """Raise ``UnknownLayer``, ``UnknownTileMatrixSet`` or ``ValueError`` for a bad spec."""
@@ -240,32 +244,11 @@ class Purger:
 
     def start_watching(self, interval: float) -> None:
         """``sync`` every ``interval`` seconds in a task, until ``stop_watching``."""
-        self._stopped = False
-        self._watcher = asyncio.create_task(self._watch(interval))
+        self._watching.start(interval)
 
     async def stop_watching(self) -> None:
-        """End the watching task and wait for it.
-
-        The flag ends the loop even when the cancellation is lost below it: on Python 3.11 a
-        cancel that meets a redis-py timeout in the same turn can come out as a
-        ``TimeoutError``, which the cache counts as a failed call, and the loop would go on.
-        """
-        if self._watcher is None:
-            return
-        self._stopped = True
-        self._watcher.cancel()
-        await asyncio.gather(self._watcher, return_exceptions=True)
-        self._watcher = None
-
-    async def _watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            if self._stopped:
-                return
-            try:
-                await self.sync()
-            except (ValueError, KeyError) as exc:  # a foreign value in our key space
-                log.warning("purge sync skipped a malformed entry: %s", exc)
+        """End the watching task and wait for it."""
+        await self._watching.stop()
 
 
 def _batched(keys: Iterator[str], size: int) -> Iterator[list[str]]:

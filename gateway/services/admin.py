@@ -87,13 +87,10 @@ def _text(body: dict[str, Any], name: str) -> str | None:
     return str(value)
 
 
-async def purge(request: web.Request) -> web.Response:
-    """Purge a layer, or part of it: JSON body ``{"layer": L, "tms"?: T, "zoom"?: "a-b" or
-    [a, b], "bbox"?: "W,S,E,N" or [W, S, E, N]}`` (degrees).
-
-    200 with what was done; 400 bad body; 401/403 without the token; 404 unknown layer/TMS;
-    413 for a partial purge too large to compute.
-    """
+async def _json_body(request: web.Request, named: str, shape: str) -> dict[str, Any] | web.Response:
+    """The JSON object of an authorised admin request's body, naming ``named`` as a string;
+    else the answer to give: 401/403 (``_authorised``), or 400 saying the body must be JSON
+    of ``shape``."""
     refused = _authorised(request)
     if refused is not None:
         return refused
@@ -102,9 +99,22 @@ async def purge(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
     except (ValueError, RecursionError):
         # RecursionError: arrays or objects nested thousands deep.
-        return json_error(400, 'the body must be JSON: {"layer": ..., ...}')
-    if not isinstance(body, dict) or not isinstance(body.get("layer"), str):
-        return json_error(400, 'the body must name a "layer"')
+        return json_error(400, f"the body must be JSON: {shape}")
+    if not isinstance(body, dict) or not isinstance(body.get(named), str):
+        return json_error(400, f'the body must name a "{named}"')
+    return body
+
+
+async def purge(request: web.Request) -> web.Response:
+    """Purge a layer, or part of it: JSON body ``{"layer": L, "tms"?: T, "zoom"?: "a-b" or
+    [a, b], "bbox"?: "W,S,E,N" or [W, S, E, N]}`` (degrees).
+
+    200 with what was done; 400 bad body; 401/403 without the token; 404 unknown layer/TMS;
+    413 for a partial purge too large to compute.
+    """
+    body = await _json_body(request, "layer", '{"layer": ..., ...}')
+    if isinstance(body, web.Response):
+        return body
     try:
         spec = PurgeSpec.parse(
             body["layer"], _text(body, "tms"), _text(body, "zoom"), _text(body, "bbox")
@@ -142,15 +152,9 @@ async def publish(request: web.Request) -> web.Response:
     CreateImageCollection job made becomes tile layer ``N`` (by default the collection's
     name) on every replica. 201 with the layer; 400 bad body, name or result; 404 unknown
     job; 409 a job not succeeded or a configured layer's name; 502/503 upstream or store."""
-    refused = _authorised(request)
-    if refused is not None:
-        return refused
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, RecursionError):
-        return json_error(400, 'the body must be JSON: {"jobId": ..., "name"?: ...}')
-    if not isinstance(body, dict) or not isinstance(body.get("jobId"), str):
-        return json_error(400, 'the body must name a "jobId"')
+    body = await _json_body(request, "jobId", '{"jobId": ..., "name"?: ...}')
+    if isinstance(body, web.Response):
+        return body
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         return json_error(400, '"name" must be a string')
