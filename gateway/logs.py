@@ -7,11 +7,12 @@ escape sequence in it would forge log lines or drive the terminal that shows the
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -97,12 +98,18 @@ every task it starts (a coalesced fetch, an upstream call)."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 
 
+# New request ids: a random part per process and a count, 32 hex digits in all; unique
+# across processes and replicas as uuid4 is, without asking the OS for randomness per request.
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNT = itertools.count()
+
+
 def request_id(given: str | None) -> str:
     """``given`` when it is a safe request id (1 to 128 letters, digits and ``._:+=/-``),
-    else a new random one (32 hex digits)."""
+    else a new one (32 hex digits: this process's random half and a count)."""
     if given and _REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNT):016x}"
 
 
 # The record attributes a JSON line carries besides the fixed ones, when a caller set them.

@@ -23,6 +23,8 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -114,15 +116,28 @@ RATE_LIMITED = Counter(
 )
 
 
+# The labelled children of the per-request counters, kept: ``labels()`` on every request
+# (a lock and a dict look-up in prometheus-client) costs a tile hit several percent. The label
+# values are bounded (config names, statuses), so is this.
+@lru_cache(maxsize=8192)
+def _tile_requests(layer: str, front: str, status: int, cache: str) -> Any:
+    return TILE_REQUESTS.labels(layer, front, str(status), cache)
+
+
+@lru_cache(maxsize=1024)
+def _http_requests(front: str, status: int) -> Any:
+    return HTTP_REQUESTS.labels(front, str(status))
+
+
 def tile_answered(layer: str, front: str, status: int, cache: str) -> None:
     """Count a tile answer of ``layer`` by ``front`` with HTTP ``status`` and ``cache`` result
     (``HIT``, ``MISS``, ``STALE`` or ``NONE``)."""
-    TILE_REQUESTS.labels(layer, front, str(status), cache).inc()
+    _tile_requests(layer, front, status, cache).inc()
 
 
 def answered(front: str, status: int) -> None:
     """Count any answer of ``front`` with HTTP ``status``."""
-    HTTP_REQUESTS.labels(front, str(status)).inc()
+    _http_requests(front, status).inc()
 
 
 @contextmanager
