@@ -1,5 +1,5 @@
 """CreateImageCollection end to end through the gateway, against the REAL reference ImageServer
-as a process: token-secured (tokens living 2 s, shorter than a job), with a raster store in a
+as a process: token-secured (tokens living 1.5 s, shorter than a job), with a raster store in a
 temporary folder holding copies of the repository's test rasters. Two gateway apps sharing
 the test Redis are two replicas.
 
@@ -47,7 +47,7 @@ NAIP = "m_4709963_se_14_1_20100629.tif"  # North Dakota, 4 x uint8
 USER, PASSWORD = "gateway", "e2e-password-0123456789"
 PASSWORD_ENV = "TG_E2E_IMAGESERVER_PASSWORD"
 ADMIN = "admin-token-e2e-0123456789abcdef"
-TOKEN_LIFETIME = 2.0  # seconds: every job below outlives the gateway's first token
+TOKEN_LIFETIME = 1.5  # seconds: every job below (7 steps of STEP_DELAY at least) outlives it
 STEP_DELAY = 0.3  # seconds before each job step: statuses to watch, time to cancel
 FINISHED = {"esriJobSucceeded", "esriJobFailed", "esriJobCancelled"}
 RASTER_DATASET = '{"rasterTypeName": "Raster Dataset"}'
