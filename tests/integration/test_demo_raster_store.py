@@ -1,20 +1,26 @@
 """``make demo RASTER_STORE=<folder>``: the demo's ImageServer mosaics the GeoTIFFs dropped in
 its raster store, and the README's curl example runs against it as written (only its ports and
-folders moved to the test's own). Real processes, real sockets, real curl."""
+folders moved to the test's own): the job submitted through the gateway, waited on, published
+as a tile layer and its tile compared with rasterio reads of the inputs. Real processes, real
+sockets, real curl."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
+import morecantile
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import DATA, REPO, free_port
 from tests.integration.test_cli import fake_venv, make, read_until, stop
+from tests.integration.test_jobs_e2e import close_fraction, expected_tile, inner, probes
 
 
 def readme_example() -> str:
@@ -46,7 +52,7 @@ def test_make_demo_raster_store_runs_the_readme_example(tmp_path: Path) -> None:
         assert store.is_dir()
         script = (
             readme_example()
-            .replace("127.0.0.1:8081", f"127.0.0.1:{imageserver_port}")
+            .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
             .replace("tests/data/", f"{DATA}/")
             .replace("raster-store/", f"'{store}/'")
         )
@@ -59,12 +65,27 @@ def test_make_demo_raster_store_runs_the_readme_example(tmp_path: Path) -> None:
             check=False,
         )
         assert run.returncode == 0, run.stderr
-        url = f"http://127.0.0.1:{imageserver_port}/arcgis/rest/services/stlawrence/ImageServer"
+        # The result names the new service at the gateway, not the ImageServer.
+        url = f"http://127.0.0.1:{port}/arcgis/rest/services/stlawrence/ImageServer"
         assert f'"url": "{url}"' in run.stdout, run.stdout
         assert "esriJobSucceeded" in run.stdout
+        assert f"127.0.0.1:{imageserver_port}" not in run.stdout
+        # The tile the example fetched shows the mosaic: the later scene in the overlap.
+        found = re.search(r"/tiles/stlawrence/(\d+)/(\d+)/(\d+)\.png", script)
+        assert found is not None
+        tile = morecantile.Tile(int(found[2]), int(found[3]), int(found[1]))
+        service = f"http://127.0.0.1:{imageserver_port}/arcgis/rest/services/stlawrence/ImageServer"
+        with urllib.request.urlopen(f"{service}?f=json", timeout=30) as response:
+            info = json.load(response)
+        ranges = list(zip(info["minValues"], info["maxValues"], strict=True))
+        inputs = [store / "mosaic_cog1.tif", store / "mosaic_cog2.tif"]
+        expected, footprints, _ = expected_tile(tile, inputs, ranges)
         with Image.open(tmp_path / "stlawrence.png") as image:
-            assert (image.format, image.size) == ("PNG", (800, 500))
+            assert (image.format, image.size) == ("PNG", (256, 256))
             pixels = np.asarray(image.convert("RGBA"))
-        assert (pixels[..., 3] > 0).mean() > 0.3  # the mosaic shows
+        overlap = probes(inner(footprints[0] & footprints[1]))
+        assert overlap.sum() > 100
+        assert (pixels[overlap][:, 3] == 255).all()
+        assert close_fraction(pixels[..., :3], expected, overlap) > 0.9
     finally:
         stop(process)
