@@ -124,3 +124,18 @@ class UpstreamBusy(UpstreamError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(503, None, message)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(Exception):
+    """The job store (Redis) cannot be reached: no job can be checked for its owner now
+    (``gateway.jobs``)."""
+
+
+class GPUnavailable(Exception):
+    """A GP upstream cannot be reached or did not answer JSON: HTTP ``status`` (502, 504) for
+    the client and a ``message`` naming no URL or token (``gateway.jobs``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

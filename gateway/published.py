@@ -25,8 +25,7 @@ from redis.exceptions import RedisError
 from gateway.cache.keys import KeyLayout
 from gateway.cache.redis_client import make_client
 from gateway.config import LAYER_NAME, GatewayConfig, LayerConfig
-from gateway.jobs.store import StoreUnavailable
-from gateway.jobs.upstream import GPUnavailable
+from gateway.errors import GPUnavailable, StoreUnavailable
 from gateway.periodic import Periodic
 from gateway.tiles import TilePipeline, load_service_info
 

@@ -31,6 +31,7 @@ from aiohttp import web
 from gateway.access import admission_of, client_address
 from gateway.cache.keys import KeyLayout
 from gateway.config import GatewayConfig, JobsConfig
+from gateway.errors import GPUnavailable, StoreUnavailable
 from gateway.jobs.params import InvalidParameter, check_submission
 from gateway.jobs.store import (
     JobRecord,
@@ -38,9 +39,8 @@ from gateway.jobs.store import (
     JobStore,
     MemoryJobStore,
     RedisJobStore,
-    StoreUnavailable,
 )
-from gateway.jobs.upstream import GPAnswer, GPTask, GPUnavailable
+from gateway.jobs.upstream import GPAnswer, GPTask
 from gateway.jobs.watch import Watches
 from gateway.proxy.scrub import Scrubber, without_token
 from gateway.services.http import CONFIG, NO_STORE, PIPELINE, cors_headers, front_app, public_base

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from gateway.cache.keys import KeyLayout
 from gateway.cache.redis_client import make_client
+from gateway.errors import StoreUnavailable
 
 # Renew a lease only while it still holds our token; the same for a release.
 _RENEW = (
@@ -30,10 +31,6 @@ _RENEW = (
 _RELEASE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 )
-
-
-class StoreUnavailable(Exception):
-    """The job store (Redis) cannot be reached: no job can be checked for its owner now."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,23 +20,13 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from gateway.errors import UpstreamError
+from gateway.errors import GPUnavailable, UpstreamError
 from gateway.sources.http import Credentials, UpstreamRequest, UpstreamResponse, token_rejected
 
 log = logging.getLogger(__name__)
 
 # An answer larger than this is no job JSON.
 _MAX_ANSWER = 16 * 1024 * 1024
-
-
-class GPUnavailable(Exception):
-    """The upstream cannot be reached or did not answer JSON: HTTP ``status`` (502, 504) for
-    the client and a ``message`` naming no URL or token."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

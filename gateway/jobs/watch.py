@@ -21,8 +21,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from gateway.jobs.store import JobState, JobStore, StoreUnavailable
-from gateway.jobs.upstream import GPUnavailable
+from gateway.errors import GPUnavailable, StoreUnavailable
+from gateway.jobs.store import JobState, JobStore
 
 log = logging.getLogger(__name__)
 
