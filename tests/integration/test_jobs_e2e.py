@@ -52,8 +52,9 @@ STEP_DELAY = 0.3  # seconds before each job step: statuses to watch, time to can
 FINISHED = {"esriJobSucceeded", "esriJobFailed", "esriJobCancelled"}
 RASTER_DATASET = '{"rasterTypeName": "Raster Dataset"}'
 WEB_MERCATOR = '{"outSR": {"wkid": 3857}}'
-# Allowed through the gateway's proxy: the GP service and the collections made below.
-COLLECTIONS = ("stlawrence", "naip_mosaic")
+# The folder the ImageServer publishes its collections in, as ArcGIS Enterprise does; the
+# gateway's proxy allows it (and the GP service), so every collection made below is reachable.
+HOSTED = "/arcgis/rest/services/Hosted"
 GRID = morecantile.tms.get("WebMercatorQuad")
 
 
@@ -130,10 +131,7 @@ def gateway_config(origin: str, redis_url: str, key_prefix: str) -> Any:
                     {
                         "url": services,
                         "credentials": "is",
-                        "allow": [
-                            "System/RasterAnalysisTools/GPServer",
-                            *(f"{name}/ImageServer" for name in COLLECTIONS),
-                        ],
+                        "allow": ["System/RasterAnalysisTools/GPServer", "Hosted"],
                     }
                 ]
             },
@@ -342,7 +340,7 @@ async def fetch_tile(client: TestClient, layer: str, tile: morecantile.Tile) -> 
 async def service_ranges(client: TestClient, name: str) -> list[tuple[float, float]]:
     """The (min, max) per band the ImageServer stretches ``name`` with, read through the
     gateway's proxy (which adds the token)."""
-    response = await client.get(f"/arcgis/rest/services/{name}/ImageServer", params={"f": "json"})
+    response = await client.get(f"{HOSTED}/{name}/ImageServer", params={"f": "json"})
     info = await response.json()
     assert response.status == 200 and "error" not in info, info
     return list(zip(info["minValues"][:3], info["maxValues"][:3], strict=True))
@@ -398,7 +396,7 @@ async def test_two_scenes_submitted_waited_on_published_and_tiled_on_both_replic
     text = await response.text()
     assert "token" not in text and imageserver not in text
     value = json.loads(text)["value"]
-    service = str(first.make_url("/arcgis/rest/services/stlawrence/ImageServer"))
+    service = str(first.make_url(f"{HOSTED}/stlawrence/ImageServer"))
     assert value["url"] == service
 
     # Another client, or an anonymous one, never sees the job.
