@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gateway.access.gate import Admission, Gate, Refusal, Resource, admission_of, client_address
 from gateway.access.keys import ApiKeys
-from gateway.access.logs import access_logger, redact
+from gateway.access.logs import access_logger, redact, secret_params
 from gateway.access.rates import RateLimits, limiter_storage
 from gateway.access.tokens import JwtVerifier
 from gateway.config import GatewayConfig, ResourceAccess
@@ -37,6 +37,7 @@ __all__ = [
     "admission_of",
     "client_address",
     "redact",
+    "secret_params",
 ]
 
 

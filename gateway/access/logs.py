@@ -29,6 +29,12 @@ def redact(text: str, names: Iterable[str]) -> str:
     return re.sub(pattern, rf"\1\2{REDACTED}", text)
 
 
+def secret_params(config: AccessConfig | None) -> tuple[str, ...]:
+    """The query parameters whose values are credentials: ``token`` and the configured
+    ``api_key_param``."""
+    return (*_ALWAYS, *((config.api_key_param,) if config and config.api_key_param else ()))
+
+
 def access_logger(config: AccessConfig | None) -> type[AbstractAccessLogger]:
     """aiohttp's ``AccessLogger`` (same format and fields) whose values pass through
     ``redact`` for the configured ``api_key_param`` and ``token``; each line's record also
@@ -36,7 +42,7 @@ def access_logger(config: AccessConfig | None) -> type[AbstractAccessLogger]:
     ``duration`` (seconds), and when known ``cache`` (``X-Cache``), ``layer``,
     ``upstream_duration`` (seconds), ``remote`` and ``request_id`` (the request's
     ``logs.Exchange``)."""
-    names = (*_ALWAYS, *((config.api_key_param,) if config and config.api_key_param else ()))
+    names = secret_params(config)
 
     class RedactingAccessLogger(AccessLogger):
         def _format_line(
