@@ -36,6 +36,12 @@ def redactor(names: Iterable[str]) -> Callable[[str], str]:
     return redact
 
 
+def secret_params(config: AccessConfig | None) -> tuple[str, ...]:
+    """The query parameters whose values are credentials: ``token`` and the configured
+    ``api_key_param``."""
+    return (*_ALWAYS, *((config.api_key_param,) if config and config.api_key_param else ()))
+
+
 def access_logger(
     config: AccessConfig | None, *, fields: bool = True
 ) -> type[AbstractAccessLogger]:
@@ -45,9 +51,7 @@ def access_logger(
     redacted, escaped: ``logs.printable``), ``status``, ``duration`` (seconds), and when known
     ``cache`` (``X-Cache``), ``layer``, ``upstream_duration`` (seconds), ``remote`` and
     ``request_id`` (the request's ``logs.Exchange``)."""
-    redact = redactor(
-        (*_ALWAYS, *((config.api_key_param,) if config and config.api_key_param else ()))
-    )
+    redact = redactor(secret_params(config))
 
     class RedactingAccessLogger(AccessLogger):
         def _format_line(
