@@ -10,6 +10,7 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services/<name>/ImageServer/getSamples
     /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
     /arcgis/rest/services/<name>/ImageServer/keyProperties
+    /arcgis/rest/services/<name>/ImageServer/query        (mosaic services: their catalog)
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
     /arcgis/rest/services/System                        folder of the GP service
     /arcgis/rest/services/System/RasterAnalysisTools/GPServer/...   see imageserver.gp
@@ -371,8 +372,23 @@ async def _key_properties(
     return json_response(pixels.key_properties(source), params)
 
 
+async def _query(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.Response:
+    """query: the catalog of a mosaic service (:func:`imageserver.mosaic.query`); a
+    raster-dataset service has no catalog (no ``Catalog`` capability)."""
+    if not isinstance(source, MosaicSource):
+        return error_response(params, 400, "Requested operation is not supported by this service.")
+    try:
+        answer = mosaic.query(source, params)
+    except ParameterError as exc:
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
+    return json_response(answer, params)
+
+
 _OPERATIONS: dict[str, Operation] = {
     "exportimage": _export_image,
+    "query": _query,
     "identify": _identify,
     "getsamples": _get_samples,
     "computestatisticshistograms": _compute_statistics_histograms,

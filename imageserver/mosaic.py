@@ -45,7 +45,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from rasterio.coords import BoundingBox
@@ -67,6 +67,7 @@ DATE_FIELD = "AcquisitionDate"
 MAX_MOSAIC_IMAGE_COUNT = 20
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _DEFAULT_SORT_VALUE = "2050/01/01"
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 class MosaicMethod(enum.StrEnum):
@@ -337,13 +338,8 @@ def parse_selection(params: Mapping[str, str]) -> Selection:
         ParameterError: either is invalid; the details name the parameter.
     """
     errors: list[str] = []
-    time = None
+    time = _time_param(params, errors)
     rule = DEFAULT_RULE
-    if "time" in params:
-        try:
-            time = parse_time(params["time"])
-        except ValueError as exc:
-            errors.append(f"Invalid time '{params['time']}': {exc}")
     if "mosaicrule" in params:
         try:
             rule = parse_mosaic_rule(params["mosaicrule"])
@@ -669,14 +665,86 @@ def samples(source: MosaicSource, geometry: Geometry) -> dict[str, Any]:
     return {"samples": answer}
 
 
+def query(source: MosaicSource, params: Mapping[str, str]) -> dict[str, Any]:
+    """query: the catalog rows (ArcGIS REST "Query (Image Service)"), by ObjectID, as a
+    feature set (``features`` with ``attributes`` and, unless ``returnGeometry=false``, the
+    extent polygon), or ``{"objectIdFieldName", "objectIds"}`` with ``returnIdsOnly``, or
+    ``{"count"}`` with ``returnCountOnly``.
+
+    Filters: ``objectIds`` (comma list), ``time`` (as in :func:`parse_time`), ``where`` only
+    as ``1=1``; ``outFields`` ``*`` (the default) or a comma list of catalog fields.
+
+    Raises:
+        ParameterError: an invalid value, an unknown field, another ``where``, or a spatial
+            filter (``geometry``), which this server does not implement.
+    """
+    errors: list[str] = []
+    time = _time_param(params, errors)
+    where = params.get("where", "1=1").replace(" ", "")
+    if where != "1=1":
+        errors.append(f"Invalid where '{params['where']}': only 1=1 is supported by this server")
+    if "geometry" in params:
+        errors.append("Invalid geometry: spatial filters are not supported by this server")
+    ids: set[int] | None = None
+    if "objectids" in params:
+        try:
+            ids = {int(part) for part in params["objectids"].split(",")}
+        except ValueError:
+            errors.append(f"Invalid objectIds '{params['objectids']}': expected integers")
+    out_fields = [part.strip() for part in params.get("outfields", "*").split(",")]
+    if "*" in out_fields:
+        names = [str(f["name"]) for f in CATALOG_FIELDS]
+    else:
+        unknown = [name for name in out_fields if name.casefold() not in _FIELDS]
+        if unknown:
+            errors.append(f"Invalid outFields: unknown fields {', '.join(unknown)}")
+        names = [_FIELDS[n.casefold()] for n in out_fields if n.casefold() in _FIELDS]
+    flags = {}
+    for flag in ("returnGeometry", "returnIdsOnly", "returnCountOnly"):
+        raw = params.get(flag.lower(), "true" if flag == "returnGeometry" else "false")
+        if raw.lower() not in ("true", "false"):
+            errors.append(f"Invalid {flag} '{raw}': expected true or false")
+        flags[flag] = raw.lower() == "true"
+    if errors:
+        raise ParameterError(errors)
+    items = [
+        item
+        for item in source.items
+        if (ids is None or item.object_id in ids) and (time is None or time.contains(item.acquired))
+    ]
+    if flags["returnCountOnly"]:
+        return {"count": len(items)}
+    if flags["returnIdsOnly"]:
+        return {
+            "objectIdFieldName": OBJECT_ID_FIELD,
+            "objectIds": [item.object_id for item in items],
+        }
+    features = []
+    for item in items:
+        feature = item.feature()
+        feature["attributes"] = {name: feature["attributes"][name] for name in names}
+        if not flags["returnGeometry"]:
+            del feature["geometry"]
+        features.append(feature)
+    return {
+        "objectIdFieldName": OBJECT_ID_FIELD,
+        "fields": [dict(f) for f in CATALOG_FIELDS if f["name"] in names],
+        "geometryType": "esriGeometryPolygon",
+        "spatialReference": spatial_reference_json(source.crs),
+        "features": features,
+    }
+
+
 def service_fields(source: MosaicSource) -> dict[str, Any]:
     """What a mosaic adds to the ImageServer root resource (ArcGIS REST "Image Service"):
-    the catalog fields, the mosaic defaults, and ``timeInfo`` with ``startTimeField``
-    ``AcquisitionDate``, no ``endTimeField`` (each raster is an instant), ``timeExtent``
-    ``[earliest, latest]`` in ms, ``timeReference`` null (times are UTC) and a default step
+    the ``Catalog`` capability (:func:`query`), the catalog fields, the mosaic defaults, and
+    ``timeInfo`` with ``startTimeField`` ``AcquisitionDate``, no ``endTimeField`` (each
+    raster is an instant), ``timeExtent`` ``[earliest, latest]`` in ms, ``timeReference``
+    null (times are UTC) and a default step
     of one year for time sliders."""
     start, end = source.time_extent
     return {
+        "capabilities": "Image,Metadata,Catalog",
         "serviceSourceType": "esriImageServiceSourceTypeMosaicDataset",
         "objectIdField": OBJECT_ID_FIELD,
         "fields": [dict(f) for f in CATALOG_FIELDS],
@@ -699,7 +767,7 @@ def service_fields(source: MosaicSource) -> dict[str, Any]:
     }
 
 
-def _choice(value: Any, kind: type[enum.StrEnum], unsupported: Sequence[str], name: str) -> Any:
+def _choice(value: Any, kind: type[_E], unsupported: Sequence[str], name: str) -> _E | None:
     """An enum member by its ArcGIS name (case-insensitive); ``None`` when not given."""
     if value is None:
         return None
@@ -712,6 +780,18 @@ def _choice(value: Any, kind: type[enum.StrEnum], unsupported: Sequence[str], na
     if value.casefold() in (u.casefold() for u in unsupported):
         raise ValueError(f"{name} {value} is not supported by this service; use {supported}")
     raise ValueError(f"unknown {name} {value!r}; expected {supported}")
+
+
+def _time_param(params: Mapping[str, str], errors: list[str]) -> TimeExtent | None:
+    """The request's ``time`` (``None`` when absent), or ``None`` with a message in
+    ``errors`` when invalid."""
+    if "time" not in params:
+        return None
+    try:
+        return parse_time(params["time"])
+    except ValueError as exc:
+        errors.append(f"Invalid time '{params['time']}': {exc}")
+        return None
 
 
 def _ids(value: Any, name: str) -> tuple[int, ...]:

@@ -111,6 +111,7 @@ async def test_service_info_has_time_info_and_catalog_fields(client: TestClient)
         True,
     )
     assert info["mosaicOperator"] == "First"
+    assert set(info["capabilities"].split(",")) == {"Image", "Metadata", "Catalog"}
     # The union of both scenes (the 2020 grid is shifted 1 m west and north).
     extent = info["extent"]
     assert (extent["xmin"], extent["ymin"], extent["xmax"], extent["ymax"]) == (
@@ -433,3 +434,64 @@ async def test_rasters_of_different_crs_do_not_mosaic(aiohttp_client: AiohttpCli
     )
     with pytest.raises(ValueError, match="coordinate reference system, band count"):
         await aiohttp_client(create_app(config))
+
+
+QUERY = f"{SERVICES}/{SERVICE}/ImageServer/query"
+
+
+async def test_query_lists_the_catalog(client: TestClient) -> None:
+    answer = await get_json(client, QUERY, where="1=1", outFields="*")
+    assert answer["objectIdFieldName"] == "OBJECTID"
+    assert [f["name"] for f in answer["fields"]] == ["OBJECTID", "Name", "AcquisitionDate"]
+    assert answer["spatialReference"]["wkid"] == 26914
+    assert [f["attributes"] for f in answer["features"]] == [
+        {"OBJECTID": 1, "Name": "NAIP 2010", "AcquisitionDate": T2010},
+        {"OBJECTID": 2, "Name": "NAIP 2020", "AcquisitionDate": T2020},
+    ]
+    # Each footprint is its scene's extent.
+    ring = answer["features"][1]["geometry"]["rings"][0]
+    assert (min(p[0] for p in ring), max(p[1] for p in ring)) == (485899.0, 5209246.0)
+
+
+@pytest.mark.parametrize(
+    ("params", "expect"),
+    [
+        ({"time": f"{ms(2015, 1, 1)},null", "returnIdsOnly": "true"}, {"objectIds": [2]}),
+        ({"time": str(T2010), "returnCountOnly": "true"}, {"count": 1}),
+        ({"objectIds": "2,7", "returnIdsOnly": "true"}, {"objectIds": [2]}),
+    ],
+)
+async def test_query_filters(
+    client: TestClient, params: dict[str, str], expect: dict[str, Any]
+) -> None:
+    answer = await get_json(client, QUERY, **params)
+    assert {k: v for k, v in answer.items() if k != "objectIdFieldName"} == expect
+
+
+async def test_query_out_fields_without_geometry(client: TestClient) -> None:
+    answer = await get_json(
+        client, QUERY, outFields="acquisitiondate", returnGeometry="false", time=str(T2020)
+    )
+    assert answer["features"] == [{"attributes": {"AcquisitionDate": T2020}}]
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"where": "Name = 'NAIP 2010'"}, "Invalid where"),
+        ({"outFields": "Cloud"}, "Invalid outFields"),
+        ({"time": "soon"}, "Invalid time"),
+        ({"geometry": '{"x": 488000, "y": 5207000}'}, "Invalid geometry"),
+    ],
+)
+async def test_query_refuses_what_it_cannot_do(
+    client: TestClient, params: dict[str, str], says: str
+) -> None:
+    answer = await get_json(client, QUERY, **params)
+    assert answer["error"]["code"] == 400
+    assert answer["error"]["details"][0].startswith(says)
+
+
+async def test_raster_dataset_services_have_no_query(client: TestClient) -> None:
+    answer = await get_json(client, f"{SERVICES}/naip/ImageServer/query")
+    assert answer["error"]["code"] == 400
