@@ -285,7 +285,10 @@ def parse_mosaic_rule(value: str) -> MosaicRule:
     operation = _choice(
         document.get("mosaicOperation"), MosaicOperation, _UNSUPPORTED_OPERATIONS, "mosaicOperation"
     )
-    ascending = document.get("ascending", True)
+    # Clients serialise unset properties as null (and an unset id list as []): not given.
+    ascending = document.get("ascending")
+    if ascending is None:
+        ascending = True
     if not isinstance(ascending, bool):
         raise ValueError("ascending must be true or false")
     if document.get("where"):
@@ -295,7 +298,7 @@ def parse_mosaic_rule(value: str) -> MosaicRule:
         method=DEFAULT_RULE.method if method is None else method,
         operation=MosaicOperation.FIRST if operation is None else operation,
         ascending=ascending,
-        fids=None if fids is None else _ids(fids, "fids"),
+        fids=None if fids is None or fids == [] else _ids(fids, "fids"),
     )
     if method is None:
         # No method: the service's default order, with the request's operation and fids.

@@ -200,6 +200,20 @@ async def test_by_default_the_newest_scene_is_on_top(
         ({"mosaicMethod": "esriMosaicNone", "mosaicOperation": "MT_LAST"}, SCENE_2020),
         ({"mosaicOperation": "MT_LAST"}, SCENE_2010),  # the default order, the last wins
         ({"mosaicMethod": "esriMosaicNone", "fids": [2]}, SCENE_2020),
+        # Unset properties as clients serialise them: null, an empty list, an empty where.
+        (
+            {
+                "mosaicMethod": "esriMosaicNone",
+                "ascending": None,
+                "fids": [],
+                "where": "",
+                "sortField": "",
+                "sortValue": None,
+                "lockRasterIds": [],
+                "multidimensionalDefinition": [],
+            },
+            SCENE_2010,
+        ),
     ],
 )
 async def test_mosaic_rule_orders_and_locks(
