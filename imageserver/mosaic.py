@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import enum
 import json
@@ -294,27 +295,16 @@ def parse_mosaic_rule(value: str) -> MosaicRule:
     if document.get("where"):
         raise ValueError("where clauses are not supported by this server; use fids")
     fids = document.get("fids")
-    rule = MosaicRule(
-        method=DEFAULT_RULE.method if method is None else method,
-        operation=MosaicOperation.FIRST if operation is None else operation,
-        ascending=ascending,
-        fids=None if fids is None or fids == [] else _ids(fids, "fids"),
-    )
+    only = None if fids is None or fids == [] else _ids(fids, "fids")
+    operation = operation or MosaicOperation.FIRST
     if method is None:
         # No method: the service's default order, with the request's operation and fids.
-        return MosaicRule(
-            DEFAULT_RULE.method,
-            rule.operation,
-            DEFAULT_RULE.ascending,
-            sort_field=DEFAULT_RULE.sort_field,
-            sort_value=DEFAULT_RULE.sort_value,
-            fids=rule.fids,
-        )
+        return dataclasses.replace(DEFAULT_RULE, operation=operation, fids=only)
     if method is MosaicMethod.LOCK_RASTER:
         ids = _ids(document.get("lockRasterIds"), "lockRasterIds")
         if not ids:
             raise ValueError("esriMosaicLockRaster needs lockRasterIds")
-        return MosaicRule(method, rule.operation, ascending, lock_raster_ids=ids, fids=rule.fids)
+        return MosaicRule(method, operation, ascending, lock_raster_ids=ids, fids=only)
     if method is MosaicMethod.ATTRIBUTE:
         name = document.get("sortField")
         if not isinstance(name, str) or name.casefold() not in _FIELDS:
@@ -324,14 +314,9 @@ def parse_mosaic_rule(value: str) -> MosaicRule:
         sort_field = _FIELDS[name.casefold()]
         sort_value = _sort_value(document.get("sortValue"), sort_field)
         return MosaicRule(
-            method,
-            rule.operation,
-            ascending,
-            sort_field=sort_field,
-            sort_value=sort_value,
-            fids=rule.fids,
+            method, operation, ascending, sort_field=sort_field, sort_value=sort_value, fids=only
         )
-    return rule
+    return MosaicRule(method, operation, ascending, fids=only)
 
 
 def parse_selection(params: Mapping[str, str]) -> Selection:
