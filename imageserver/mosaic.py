@@ -663,8 +663,9 @@ def query(source: MosaicSource, params: Mapping[str, str]) -> dict[str, Any]:
     as ``1=1``; ``outFields`` ``*`` (the default) or a comma list of catalog fields.
 
     Raises:
-        ParameterError: an invalid value, an unknown field, another ``where``, or a spatial
-            filter (``geometry``), which this server does not implement.
+        ParameterError: an invalid value, an unknown field, another ``where``, a spatial
+            filter (``geometry``) or ``returnExtentOnly=true``, which this server does not
+            implement.
     """
     errors: list[str] = []
     time = _time_param(params, errors)
@@ -673,6 +674,8 @@ def query(source: MosaicSource, params: Mapping[str, str]) -> dict[str, Any]:
         errors.append(f"Invalid where '{params['where']}': only 1=1 is supported by this server")
     if "geometry" in params:
         errors.append("Invalid geometry: spatial filters are not supported by this server")
+    if params.get("returnextentonly", "false").lower() != "false":
+        errors.append("Invalid returnExtentOnly: not supported by this server")
     ids: set[int] | None = None
     if "objectids" in params:
         try:

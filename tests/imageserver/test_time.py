@@ -496,6 +496,7 @@ async def test_query_out_fields_without_geometry(client: TestClient) -> None:
         ({"outFields": "Cloud"}, "Invalid outFields"),
         ({"time": "soon"}, "Invalid time"),
         ({"geometry": '{"x": 488000, "y": 5207000}'}, "Invalid geometry"),
+        ({"returnExtentOnly": "true"}, "Invalid returnExtentOnly"),
     ],
 )
 async def test_query_refuses_what_it_cannot_do(
