@@ -349,10 +349,8 @@ async def _identify(
         return error_response(params, 400, _BAD_REQUEST, exc.details)
     except ValueError as exc:
         return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
-    if isinstance(source, MosaicSource):
-        answer = await _in_pool(request, mosaic.identify, source, geometry, point)
-    else:
-        answer = await _in_pool(request, pixels.identify, source, geometry, point)
+    identify = mosaic.identify if isinstance(source, MosaicSource) else pixels.identify
+    answer = await _in_pool(request, identify, source, geometry, point)
     return json_response(answer, params)
 
 
