@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from imageserver.functions import raster_function_infos
 from imageserver.params import DEFAULT_COMPRESSION_QUALITY, MAX_IMAGE_HEIGHT, MAX_IMAGE_WIDTH
 from imageserver.raster import RasterSource
 from imageserver.spatialref import spatial_reference_json
@@ -122,7 +123,8 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
         "maxImageHeight": MAX_IMAGE_HEIGHT,
         "defaultResamplingMethod": "Bilinear",
         "defaultCompressionQuality": DEFAULT_COMPRESSION_QUALITY,
-        "allowRasterFunction": False,
+        "allowRasterFunction": True,
+        "rasterFunctionInfos": raster_function_infos(source),
         "exportTilesAllowed": False,
         "singleFusedMapCache": False,
     }
