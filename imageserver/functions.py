@@ -65,12 +65,14 @@ DEFAULT_STRETCH: dict[str, Any] = {
         "MaxPercent": DEFAULT_CLIP_PERCENT,
     },
 }
-"""Applied to non-8-bit data drawn as PNG/JPEG without a ``renderingRule`` or ``pixelType``:
-the ArcGIS SOAP "ExportImage" remarks say an image service draws such data with "a proper
-default renderer ... using the same rule as when a raster dataset of the same properties ...
-is added to map", and ArcGIS's "Raster rendering behavior" page gives that rule for
-continuous (generic) data: a statistics-based percent-clip stretch. Statistics are the
-dataset's, so adjacent tiles match."""
+"""Applied to non-8-bit data drawn as PNG/JPEG without a ``renderingRule`` or ``pixelType``.
+The ArcGIS SOAP "ExportImage" remarks: an image service draws such data with "a proper default
+renderer ... using the same rule as when a raster dataset of the same properties ... is added
+to map"; Esri's "Raster rendering behavior" page makes that a statistics-based stretch by
+source type, and ArcMap 10.1+ gives imagery a percent clip (Esri Community, "Turn off default
+stretch for opening raster images?"). The percentages are not in the pages found:
+:data:`DEFAULT_CLIP_PERCENT` is this server's choice. Statistics are the dataset's, so
+adjacent tiles match."""
 
 _NO_DATA = "NoData"
 
