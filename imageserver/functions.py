@@ -42,17 +42,18 @@ its statistics come from the requested extent, as with ``DRA``.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from affine import Affine
 
-from imageserver.params import ImageFormat, ParameterError, PixelType
+from imageserver.encode import cast_pixels
+from imageserver.params import PIXEL_TYPES, ImageFormat, ParameterError, PixelType
 from imageserver.raster import RasterSource, Rendered
 
 # Percent clip of the default display stretch, each end (see DEFAULT_STRETCH).
@@ -77,7 +78,7 @@ adjacent tiles match."""
 _NO_DATA = "NoData"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RasterFunction:
     """A parsed rule.
 
@@ -86,11 +87,14 @@ class RasterFunction:
         arguments: ``rasterFunctionArguments`` with lower-cased names, values as in the JSON.
         raster: the input rule (``rasterFunctionArguments.Raster``); ``None``: the service
             raster.
+        output_pixel_type: the rule's ``outputPixelType``: the output is cast to it (values
+            clipped to its range, as ``pixelType`` does); ``None``: the function's own type.
     """
 
     name: str
     arguments: Mapping[str, Any]
     raster: RasterFunction | None
+    output_pixel_type: PixelType | None = None
 
     @property
     def margin(self) -> int:
@@ -99,7 +103,7 @@ class RasterFunction:
         return own + (self.raster.margin if self.raster is not None else 0)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Stats:
     minimum: float
     maximum: float
@@ -108,7 +112,7 @@ class _Stats:
     percentile: Callable[[float], float]
 
 
-@dataclass
+@dataclasses.dataclass
 class _Pixels:
     """The working image: ``data`` ``(bands, h, w)``, ``valid`` ``(h, w)``, and each band's
     dataset statistics (``None`` for a function's output)."""
@@ -233,7 +237,10 @@ def _parse(rule: Any, named: Mapping[str, Mapping[str, Any]], depth: int) -> Ras
     if template is not None and not arguments:
         # A template is a rule of functions, not of other templates: "NDVI" names the
         # template here and the function inside it.
-        return _parse(template, {}, depth + 1)
+        resolved = _parse(template, {}, depth + 1)
+        if resolved is None or "outputPixelType" not in rule:
+            return resolved
+        return dataclasses.replace(resolved, output_pixel_type=_output_pixel_type(name, rule))
     if name.lower() == "none":
         return None
     canonical = _CANONICAL.get(name.lower())
@@ -247,9 +254,21 @@ def _parse(rule: Any, named: Mapping[str, Mapping[str, Any]], depth: int) -> Ras
     lowered = {str(k).lower(): v for k, v in (arguments or {}).items()}
     raster = lowered.pop("raster", None)
     source = _parse(raster, named, depth + 1) if isinstance(raster, Mapping) else None
-    function = RasterFunction(canonical, lowered, source)
+    function = RasterFunction(canonical, lowered, source, _output_pixel_type(canonical, rule))
     _CHECKS[canonical](function)
     return function
+
+
+def _output_pixel_type(name: str, rule: Mapping[str, Any]) -> PixelType | None:
+    value = rule.get("outputPixelType")
+    if value is None or (isinstance(value, str) and value.upper() == "UNKNOWN"):
+        return None
+    if not isinstance(value, str) or value.upper() not in PIXEL_TYPES:
+        choices = ", ".join(PIXEL_TYPES)
+        raise ParameterError(
+            [f"Invalid renderingRule: {name}: outputPixelType must be one of {choices}"]
+        )
+    return PIXEL_TYPES[value.upper()]
 
 
 def _argument_error(function: RasterFunction, message: str) -> ParameterError:
@@ -578,7 +597,10 @@ def _ranges(data: np.ndarray, valid: np.ndarray) -> tuple[tuple[float, float], .
 def _run(function: RasterFunction, pixels: _Pixels) -> _Pixels:
     if function.raster is not None:
         pixels = _run(function.raster, pixels)
-    return _APPLY[function.name](function, pixels)
+    result = _APPLY[function.name](function, pixels)
+    if function.output_pixel_type is not None:
+        result.data = cast_pixels(result.data, function.output_pixel_type)
+    return result
 
 
 def _band(function: RasterFunction, pixels: _Pixels, index: int, name: str) -> np.ndarray:

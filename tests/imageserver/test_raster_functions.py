@@ -377,6 +377,21 @@ async def test_band_arithmetic_expression_and_predefined_method(client: TestClie
     assert np.allclose(method_ndvi[0][index_valid], index[index_valid], atol=1e-6)
 
 
+async def test_output_pixel_type_casts_the_function_output(client: TestClient) -> None:
+    data, valid = source(NAIP)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = data[3] / data[0]
+    expected_valid = valid & np.isfinite(ratio)
+    document = json.loads(rule("BandArithmetic", Method=0, BandIndexes="B4 / B1 * 10"))
+    document["outputPixelType"] = "U8"
+    pixels, mask, profile = await export_tiff(client, "naip", NAIP, json.dumps(document))
+    assert profile["dtype"] == "uint8"
+    assert (mask == expected_valid).all()
+    # Cast as pixelType casts: clipped to 0-255, decimals truncated.
+    expected = np.trunc(np.clip(ratio * 10, 0, 255))
+    assert (pixels[0][expected_valid] == expected[expected_valid]).all()
+
+
 async def test_extract_band_by_ids_and_names(client: TestClient) -> None:
     data, _ = source(NAIP)
     pixels, _, profile = await export_tiff(
@@ -514,6 +529,7 @@ async def test_identify_hillshade(client: TestClient) -> None:
         ),
         ("naip", rule("BandArithmetic", Method=0, BandIndexes="B9 + 1"), "BandArithmetic"),
         ("naip", rule("ExtractBand", BandNames=["Infrared"]), "ExtractBand"),
+        ("naip", json.dumps({"rasterFunction": "NDVI", "outputPixelType": "U7"}), "NDVI"),
         ("earth", rule("Colormap", ColormapName="Random"), "Colormap"),
         ("dtm", '{"rasterFunction": "NDVI"}', "NDVI"),  # one band: no infrared band 1
     ],
