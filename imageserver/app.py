@@ -560,5 +560,4 @@ def _render(
         height=request.height + 2 * margin,
         expand_palette=False,
     )
-    rendered = functions.apply(function, source.render(grown), source, request.bands)
-    return functions.crop(rendered, margin)
+    return functions.apply(function, source.render(grown), source, request.bands, margin)

@@ -114,13 +114,15 @@ class _Stats:
 
 @dataclasses.dataclass
 class _Pixels:
-    """The working image: ``data`` ``(bands, h, w)``, ``valid`` ``(h, w)``, and each band's
-    dataset statistics (``None`` for a function's output)."""
+    """The working image: ``data`` ``(bands, h, w)``, ``valid`` ``(h, w)``, each band's
+    dataset statistics (``None`` for a function's output), and ``interior`` ``(h, w)``: the
+    requested extent without the margin (what ``DRA`` statistics are taken from)."""
 
     data: np.ndarray
     valid: np.ndarray
     stats: list[_Stats | None]
     transform: Affine
+    interior: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,11 +548,16 @@ def display_rule(
 
 
 def apply(
-    function: RasterFunction, rendered: Rendered, source: RasterSource, bands: Sequence[int]
+    function: RasterFunction,
+    rendered: Rendered,
+    source: RasterSource,
+    bands: Sequence[int],
+    margin: int = 0,
 ) -> Rendered:
-    """Apply ``function`` to ``rendered`` (the service raster's ``bands``, 0-based, in the
-    output grid). The result is the same grid; its ``value_ranges`` are the valid output's
-    own min/max (how PNG/JPEG draw a non-8-bit function output).
+    """Apply ``function`` to ``rendered`` (the service raster's ``bands``, 0-based, on the
+    output grid grown by ``margin`` pixels on each side, see :attr:`RasterFunction.margin`)
+    and crop the margin off. The result's ``value_ranges`` are the valid output's own min/max
+    (how PNG/JPEG draw a non-8-bit function output).
 
     Raises:
         ParameterError: an argument does not fit the raster (band index out of range, ...).
@@ -566,25 +573,17 @@ def apply(
         )
         for b in bands
     ]
-    pixels = _run(
-        function, _Pixels(rendered.data, rendered.valid.copy(), stats, rendered.transform)
-    )
-    data = pixels.data
-    data[:, ~pixels.valid] = 0
-    return Rendered(data, pixels.valid, _ranges(data, pixels.valid), rendered.transform)
-
-
-def crop(rendered: Rendered, margin: int) -> Rendered:
-    """``rendered`` without ``margin`` pixels on each side (see :attr:`RasterFunction.margin`)."""
-    if margin == 0:
-        return rendered
-    window = (slice(margin, -margin), slice(margin, -margin))
-    return Rendered(
-        rendered.data[(slice(None), *window)],
-        rendered.valid[window],
-        rendered.value_ranges,
-        rendered.transform @ Affine.translation(margin, margin),
-    )
+    height, width = rendered.valid.shape
+    window = (slice(margin, height - margin), slice(margin, width - margin))
+    interior = np.zeros((height, width), bool)
+    interior[window] = True
+    start = _Pixels(rendered.data, rendered.valid.copy(), stats, rendered.transform, interior)
+    pixels = _run(function, start)
+    data = pixels.data[(slice(None), *window)]
+    valid = pixels.valid[window]
+    data[:, ~valid] = 0
+    transform = rendered.transform @ Affine.translation(margin, margin)
+    return Rendered(data, valid, _ranges(data, valid), transform)
 
 
 def _ranges(data: np.ndarray, valid: np.ndarray) -> tuple[tuple[float, float], ...]:
@@ -612,7 +611,7 @@ def _band(function: RasterFunction, pixels: _Pixels, index: int, name: str) -> n
 
 
 def _derived(data: np.ndarray, valid: np.ndarray, pixels: _Pixels) -> _Pixels:
-    return _Pixels(data, valid, [None] * data.shape[0], pixels.transform)
+    return _Pixels(data, valid, [None] * data.shape[0], pixels.transform, pixels.interior)
 
 
 def _extent_stats(values: np.ndarray) -> _Stats:
@@ -646,7 +645,7 @@ def _apply_stretch(function: RasterFunction, pixels: _Pixels) -> _Pixels:
             low_, high_, mean_, std_ = (float(v) for v in given[index][:4])
             stats = _Stats(low_, high_, mean_, std_, lambda p: math.nan)
         if stats is None:
-            stats = _extent_stats(values[pixels.valid])
+            stats = _extent_stats(values[pixels.valid & pixels.interior])
         if kind == 3:
             n = _number(function, "NumberOfStandardDeviations", 2)
             low, high = stats.mean - n * stats.std, stats.mean + n * stats.std
@@ -757,8 +756,8 @@ def _apply_extract_band(function: RasterFunction, pixels: _Pixels) -> _Pixels:
             ids.append(names.index(name.lower()))
     for index in ids:
         _band(function, pixels, index, "BandID")
-    return _Pixels(
-        pixels.data[list(ids)], pixels.valid, [pixels.stats[i] for i in ids], pixels.transform
+    return dataclasses.replace(
+        pixels, data=pixels.data[list(ids)], stats=[pixels.stats[i] for i in ids]
     )
 
 
