@@ -122,6 +122,22 @@ async def test_configured_template_is_listed_and_usable(aiohttp_client: AiohttpC
     assert np.array_equal(named, explicit)
 
 
+async def test_none_template_is_the_plain_export(client: TestClient) -> None:
+    grid = native_grid(data_path(LANDSAT))
+    _, plain = await export(client, "landsat", format="png32", **grid)
+    for none in ('{"rasterFunction": "None"}', '{"rasterFunction": "none"}'):
+        _, named = await export(client, "landsat", format="png32", renderingRule=none, **grid)
+        assert np.array_equal(decode_png(named), decode_png(plain))
+    _, clipped = await export(
+        client,
+        "landsat",
+        format="png32",
+        renderingRule='{"rasterFunction": "Stretch_PercentClip"}',
+        **grid,
+    )
+    assert np.array_equal(decode_png(clipped), decode_png(plain))  # the default is that stretch
+
+
 # ---------------------------------------------------------------------------------------------
 # Default rendering of non-8-bit data
 
