@@ -15,9 +15,10 @@ ArcGIS Pro "Raster functions"):
 - ``Stretch``: ``StretchType`` 0 None, 3 StandardDeviation (``NumberOfStandardDeviations``,
   default 2), 5 MinMax, 6 PercentClip (``MinPercent``/``MaxPercent``, default 0.5/0.5);
   output range ``Min``/``Max`` (default 0-255); ``Statistics`` ``[[min, max, mean, std], ...]``
-  per band overrides the dataset statistics; ``DRA`` true takes them from the requested
-  extent instead; ``UseGamma`` with ``Gamma`` ``[g, ...]`` raises the 0-1 stretched value to
-  ``1/g`` (g > 1 brightens the mid-tones). Output U8 (or F32 when Min/Max leave 0-255).
+  per band overrides the dataset statistics of MinMax and StandardDeviation; ``DRA`` true
+  takes them from the requested extent instead; ``UseGamma`` with ``Gamma`` ``[g, ...]``
+  raises the 0-1 stretched value to ``1/g`` (g > 1 brightens the mid-tones). Output U8 (F32
+  when Min/Max leave 0-255).
 - ``Hillshade``: ``Azimuth`` (315°), ``Altitude`` (45°), ``ZFactor`` (1) with Horn's 3x3
   slope and aspect, as in Esri's "How Hillshade works" (ArcGIS Desktop 9.2-9.3 help):
   ``255 * (cos(zenith) cos(slope) + sin(zenith) sin(slope) cos(azimuth - aspect))``, negative
@@ -641,9 +642,10 @@ def _apply_stretch(function: RasterFunction, pixels: _Pixels) -> _Pixels:
     for index in range(count):
         values = pixels.data[index]
         stats = None if dra else pixels.stats[index]
-        if given is not None and not dra and index < len(given):
-            low_, high_, mean_, std_ = (float(v) for v in given[index][:4])
-            stats = _Stats(low_, high_, mean_, std_, lambda p: math.nan)
+        # Statistics carry no histogram, so a PercentClip keeps the dataset's (or DRA's).
+        if given is not None and not dra and kind != 6 and index < len(given):
+            minimum, maximum, mean, std = (float(v) for v in given[index][:4])
+            stats = _Stats(minimum, maximum, mean, std, lambda percent: math.nan)
         if stats is None:
             stats = _extent_stats(values[pixels.valid & pixels.interior])
         if kind == 3:
@@ -654,10 +656,6 @@ def _apply_stretch(function: RasterFunction, pixels: _Pixels) -> _Pixels:
         else:
             low = stats.percentile(_number(function, "MinPercent", DEFAULT_CLIP_PERCENT))
             high = stats.percentile(100 - _number(function, "MaxPercent", DEFAULT_CLIP_PERCENT))
-            if math.isnan(low) or math.isnan(high):
-                raise _argument_error(
-                    function, "PercentClip needs the dataset's histogram, not Statistics"
-                )
         span = high - low
         scaled = (
             np.clip((values.astype(np.float64) - low) / span, 0.0, 1.0)
