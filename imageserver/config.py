@@ -66,6 +66,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -120,6 +121,20 @@ class ServiceSpec(BaseModel):
     copyright: str = ""
     plate_carree: bool = False
     raster_functions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("raster_functions")
+    @classmethod
+    def _rules_name_a_function(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # The shape only: the function and its arguments are checked by the request that uses
+        # the template (imageserver.functions), which answers a bad one as ArcGIS does.
+        for name, rule in value.items():
+            function = rule.get("rasterFunction")
+            if not isinstance(function, str) or not function.strip():
+                raise ValueError(f"template {name!r}: rasterFunction (a name) is required")
+            arguments = rule.get("rasterFunctionArguments", {})
+            if not isinstance(arguments, dict):
+                raise ValueError(f"template {name!r}: rasterFunctionArguments must be a mapping")
+        return value
 
 
 class TokenErrorStyle(enum.StrEnum):
