@@ -86,7 +86,7 @@ class Exchange:
     upstream_seconds: float = 0.0
 
 
-EXCHANGES = "gateway.exchange"
+EXCHANGES = web.RequestKey("exchange", Exchange)
 """The key of a request's ``Exchange`` on the request (for its access line)."""
 
 EXCHANGE: ContextVar[Exchange | None] = ContextVar("exchange", default=None)
