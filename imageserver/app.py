@@ -10,6 +10,7 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services/<name>/ImageServer/getSamples
     /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
     /arcgis/rest/services/<name>/ImageServer/keyProperties
+    /arcgis/rest/services/<name>/ImageServer/tile/<level>/<row>/<col>   cached services
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
     /arcgis/rest/services/System                        folder of the GP service
     /arcgis/rest/services/System/RasterAnalysisTools/GPServer/...   see imageserver.gp
@@ -44,13 +45,13 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from imageserver import pixels
+from imageserver import pixels, tilecache
 from imageserver.config import ImageServerConfig
 from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
 from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
 from imageserver.gp import GP_FOLDER, GP_SERVICE, add_gp_routes, folder_json
-from imageserver.metadata import catalog, server_info, service_info
+from imageserver.metadata import catalog, error_payload, server_info, service_info
 from imageserver.params import (
     Bounds,
     ExportParams,
@@ -64,6 +65,7 @@ from imageserver.responses import add_route, error_response, json_response, requ
 from imageserver.security import TokenState
 from imageserver.spatialref import spatial_reference_json
 from imageserver.state import CONFIG, EXECUTOR, SOURCES, find_source
+from imageserver.tilecache import TileStore
 from imageserver.tokens import (
     SECURITY,
     add_token_routes,
@@ -115,6 +117,7 @@ class OutputStore:
 
 
 OUTPUTS = web.AppKey("imageserver_outputs", OutputStore)
+TILES = web.AppKey("imageserver_tiles", TileStore)
 
 
 def create_app(
@@ -133,6 +136,7 @@ def create_app(
     app = web.Application(middlewares=[cors_middleware(config.security), *middlewares])
     app[CONFIG] = config
     app[OUTPUTS] = OutputStore()
+    app[TILES] = TileStore()
     app.cleanup_ctx.append(_lifecycle)
     add_token_routes(app, config.security)
     rest = REST_ROOT
@@ -145,6 +149,7 @@ def create_app(
     add_route(app, service, _handle_folder)
     add_route(app, f"{service}/{{kind}}", _handle_service)
     add_route(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
+    add_route(app, f"{service}/{{kind}}/tile/{{level}}/{{row}}/{{col}}", _handle_tile)
     app.router.add_get(f"{OUTPUT_ROOT}/{{folder}}/{{filename}}", _handle_output)
     return app
 
@@ -282,6 +287,38 @@ async def _export_image(
         "scale": 0,
     }
     return json_response(payload, params)
+
+
+async def _handle_tile(request: web.Request) -> web.Response:
+    """``tile/<level>/<row>/<col>`` of a cached service (:mod:`imageserver.tilecache`): the
+    tile's bytes, or HTTP 404 with an error JSON when the cache does not hold it, as ArcGIS
+    answers a missing tile (``docs/arcgis-rest.md`` §2.1)."""
+    params = await request_params(request)
+    name = request.match_info["name"]
+    found = find_source(request.app, name)
+    if found is None or request.match_info["kind"].lower() != "imageserver":
+        return _service_not_found(params, name)
+    refused = guard(request, params, found[0])
+    if refused is not None:
+        return refused
+    service, source = found
+    spec = source.spec.cache
+    if spec is None:
+        return error_response(params, 400, "Requested operation is not supported by this service.")
+    try:
+        level, row, col = (int(request.match_info[key]) for key in ("level", "row", "col"))
+    except ValueError:
+        return error_response(params, 400, _BAD_REQUEST, ["level, row and col must be integers"])
+    store = request.app[TILES]
+    if not tilecache.holds(spec, store.extent(service, source), level, row, col):
+        payload = error_payload(404, "Tile not found", [f"tile/{level}/{row}/{col}"])
+        return json_response(payload, params, status=404)
+    key = (service, level, row, col)
+    tile = store.get(key)
+    if tile is None:
+        tile = await _in_pool(request, tilecache.render_tile, source, spec, level, row, col)
+        store.put(key, tile)
+    return web.Response(body=tile.content, content_type=tile.content_type)
 
 
 async def _handle_output(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from typing import Any
 from imageserver.params import DEFAULT_COMPRESSION_QUALITY, MAX_IMAGE_HEIGHT, MAX_IMAGE_WIDTH
 from imageserver.raster import RasterSource
 from imageserver.spatialref import spatial_reference_json
+from imageserver.tilecache import tile_info
 
 CURRENT_VERSION = 11.1
 FULL_VERSION = "11.1.0"
@@ -83,7 +84,7 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
     stats = source.statistics
     band_count = source.count
     nodata = _json_number(source.nodata)
-    return {
+    info: dict[str, Any] = {
         "currentVersion": CURRENT_VERSION,
         "serviceDescription": source.spec.description,
         "name": name,
@@ -124,8 +125,13 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
         "defaultCompressionQuality": DEFAULT_COMPRESSION_QUALITY,
         "allowRasterFunction": False,
         "exportTilesAllowed": False,
-        "singleFusedMapCache": False,
+        "singleFusedMapCache": source.spec.cache is not None,
     }
+    if source.spec.cache is not None:
+        # A cached image service (ArcGIS REST "Image Service": cacheType, tileInfo).
+        info["cacheType"] = "Map"
+        info["tileInfo"] = tile_info(source.spec.cache)
+    return info
 
 
 def error_payload(
