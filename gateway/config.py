@@ -454,6 +454,12 @@ class LayerConfig(_Strict):
     past it, it is served when the upstream fails (RFC 5861 semantics). ``credentials`` names
     the entry of the top-level ``credentials`` that gets the upstream's token. ``access``
     restricts the layer to some API keys or JWT claims (``ResourceAccess``).
+
+    ``use_service_cache``: with ``auto``, when the upstream is a cached image service whose
+    ``tileInfo`` matches a TileMatrixSet of the layer (``tiles.servicecache``) and the layer
+    sets no ``export`` parameter (the cache holds the service's default rendering), those
+    tiles are read from its ``tile/<level>/<row>/<col>``, falling back to exportImage for a
+    missing tile; ``never`` always renders with exportImage.
     """
 
     title: str | None = None
@@ -481,6 +487,7 @@ class LayerConfig(_Strict):
     stale_if_error: Annotated[int, Field(ge=0)] = 0
     credentials: str | None = None
     access: ResourceAccess | None = None
+    use_service_cache: Literal["auto", "never"] = "auto"
 
     @field_validator("url")
     @classmethod

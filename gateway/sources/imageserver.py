@@ -1,4 +1,5 @@
-"""Client of an upstream ArcGIS ImageServer: ``exportImage`` and the service info.
+"""Client of an upstream ArcGIS ImageServer: ``exportImage``, the tiles of a cached service
+and the service info.
 
 Knows ArcGIS REST and nothing of tiles or caches. Every answer is validated before it is
 handed on, because ArcGIS reports most errors as HTTP 200 with an ``{"error": ...}`` body, and
@@ -114,6 +115,25 @@ class ImageServerClient:
         return ExportedImage(
             response.body, content_type, _http_date(response.headers.get("Last-Modified"))
         )
+
+    async def tile(self, level: int, row: int, col: int) -> bytes | None:
+        """One tile of the service's own cache, ``tile/<level>/<row>/<col>`` (ArcGIS REST
+        "Image Tile"; arcgis-rest.md section 2.1): its PNG or JPEG bytes, not yet decoded, or
+        ``None`` when the cache has no usable tile there: HTTP 404 (ArcGIS' answer for a
+        missing tile), an ArcGIS error JSON, or a body that is not a PNG or JPEG image.
+
+        Holds no exportImage slot: reading a cache renders nothing. Raises ``UpstreamError``
+        when the upstream fails otherwise (504 on timeout, 502 on HTTP 5xx or no answer), so
+        that a stale copy may stand in as for exportImage.
+        """
+        response = await self.upstream.get(f"{self.service_url}/tile/{level}/{row}/{col}", {})
+        if response.status == 404 or arcgis_error(response.body) is not None:
+            return None
+        if response.status >= 400:
+            raise UpstreamError(502, response.status, f"HTTP {response.status}")
+        if sniff_format(response.body) is None:
+            return None
+        return response.body
 
     async def service_info(self) -> dict[str, Any]:
         """The ImageServer root resource (``?f=json``) as a dict (ArcGIS REST "Image Service").

@@ -17,6 +17,7 @@ from gateway.grids import Grid, GridRegistry, TileLimits
 from gateway.imaging import EXPORT_FORMATS, empty_tile
 from gateway.sources.http import UpstreamPool
 from gateway.sources.imageserver import ImageServerClient, export_params, extent_wgs84
+from gateway.tiles.servicecache import cache_levels
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ class Layer:
     ``bounds`` is ``(west, south, east, north)`` in degrees: from the config, else from the
     upstream's service info (``load_service_info``), else ``None`` (unknown: every tile is
     asked for). ``max_image`` is the upstream's maxImageWidth x maxImageHeight in pixels.
-    ``purges`` counts whole-layer purges; it is part of ``generation``, which is part of every
-    cache key of the layer.
+    ``service_cache`` maps TileMatrixSets to the TileMatrices read from the upstream's own tile
+    cache (``cache_level``). ``purges`` counts whole-layer purges; it is part of
+    ``generation``, which is part of every cache key of the layer.
     """
 
     def __init__(
@@ -62,6 +64,8 @@ class Layer:
         )
         self.bounds: tuple[float, float, float, float] | None = config.bounds
         self.max_image = DEFAULT_MAX_IMAGE
+        # {TileMatrixSet: {TileMatrix: level}} served from the upstream's own tile cache.
+        self.service_cache: dict[str, dict[int, int]] = {}
         self._limits: dict[str, dict[int, TileLimits]] = {}
         self._empty: dict[tuple[str, int], TileEntry] = {}
 
@@ -102,6 +106,27 @@ class Layer:
         if self.config.bounds is None:
             self.bounds = extent_wgs84(info)
             self._limits.clear()
+        # A cache holds the service's default rendering: export parameters would differ.
+        if self.config.use_service_cache == "auto" and not self.fixed_params:
+            self.service_cache = {
+                identifier: levels
+                for identifier, grid in self.grids.items()
+                if grid.scale == 1 and (levels := cache_levels(info, grid))
+            }
+            for identifier, levels in self.service_cache.items():
+                log.info(
+                    "layer %s: TileMatrixSet %s, TileMatrix %d-%d read from the service's cache",
+                    self.name,
+                    identifier,
+                    min(levels),
+                    max(levels),
+                )
+
+    def cache_level(self, tms: str, z: int, scale: int) -> int | None:
+        """The level of the upstream's tile cache that holds TileMatrix ``z`` of ``tms`` at
+        ``scale``, or ``None`` when such tiles are rendered with exportImage (the tiles of a
+        cache have one size: scale 1 only)."""
+        return self.service_cache.get(tms, {}).get(z) if scale == 1 else None
 
     def meta_size(self, grid: Grid, scale: int) -> tuple[int, int]:
         """Columns and rows of this layer's metatiles in ``grid`` at ``scale``: the configured

@@ -1,0 +1,157 @@
+"""Cached image services read directly (issue 13, acceptance 4).
+
+The reference ImageServer runs in this process on a real socket with a middleware that
+records every request path, so the tests count ``exportImage`` and ``tile`` calls. ``rgb``
+is RGB.byte.tif as a cached service (ArcGIS Online Web Mercator scheme, LODs 0-14, tiles
+built to level 10); ``rgb_plain`` is the same raster without a cache.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import morecantile
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from aiohttp.typedefs import Handler
+from PIL import Image
+
+from imageserver.app import create_app
+from imageserver.config import ImageServerConfig, ServiceSpec, TileCacheSpec
+from tests.conftest import DATA, MakeGateway
+
+WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
+
+
+@dataclass
+class CountingServer:
+    """The reference ImageServer and the request paths it received."""
+
+    server: TestServer
+    paths: list[str] = field(default_factory=list)
+
+    def url(self, service: str) -> str:
+        return str(self.server.make_url(f"/arcgis/rest/services/{service}/ImageServer"))
+
+    def count(self, operation: str) -> int:
+        """Requests of ``exportImage`` or ``tile``."""
+        marker = "/exportImage" if operation == "exportImage" else "/ImageServer/tile/"
+        return sum(marker in path for path in self.paths)
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> CountingServer:
+    paths: list[str] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        paths.append(request.path)
+        return await handler(request)
+
+    raster = DATA / "RGB.byte.tif"
+    services = {
+        "rgb": ServiceSpec(
+            name="rgb", path=raster, cache=TileCacheSpec(max_level=14, built_max_level=10)
+        ),
+        "rgb_plain": ServiceSpec(name="rgb_plain", path=raster),
+    }
+    app = create_app(ImageServerConfig(services=services, builtin=False), middlewares=[record])
+    return CountingServer(await aiohttp_server(app), paths)
+
+
+def tiles_at(z: int, lon: float = -78.0, lat: float = 24.6) -> list[tuple[int, int]]:
+    """``(x, y)`` of the tile holding the point and its east and south neighbours."""
+    tile = WEB_MERCATOR.tile(lon, lat, z)
+    return [(tile.x, tile.y), (tile.x + 1, tile.y), (tile.x, tile.y + 1)]
+
+
+def decode(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGBA")).astype(int)
+
+
+async def test_cached_tiles_cost_no_export_image(
+    make_gateway: MakeGateway, upstream: CountingServer
+) -> None:
+    client = await make_gateway({"rgb": {"url": upstream.url("rgb"), "formats": ["png", "jpg"]}})
+    asked = [(z, x, y) for z in (8, 9, 10) for x, y in tiles_at(z)]
+    for z, x, y in asked:
+        response = await client.get(f"/tiles/rgb/{z}/{x}/{y}.png")
+        assert response.status == 200, await response.text()
+        assert decode(await response.read())[..., 3].any()
+    assert upstream.count("exportImage") == 0
+    assert upstream.count("tile") == len(asked)
+    # Cached by the gateway like any tile: asked again, no upstream call at all.
+    for z, x, y in asked:
+        response = await client.get(f"/tiles/rgb/{z}/{x}/{y}.png")
+        assert response.headers["X-Cache"] == "HIT"
+    assert upstream.count("tile") == len(asked)
+    # A JPEG tile of a PNG cache is the cached tile encoded again, still without a render.
+    z, (x, y) = 9, tiles_at(9)[0]
+    response = await client.get(f"/tiles/rgb/{z}/{x}/{y}.jpg")
+    assert response.status == 200 and response.content_type == "image/jpeg"
+    Image.open(io.BytesIO(await response.read())).load()
+    assert upstream.count("exportImage") == 0
+
+
+async def test_cached_tiles_equal_export_image_tiles(
+    make_gateway: MakeGateway, upstream: CountingServer
+) -> None:
+    client = await make_gateway(
+        {
+            "cached": {"url": upstream.url("rgb"), "formats": ["png"]},
+            # One tile per exportImage: the same bbox and size as the cached tile.
+            "rendered": {"url": upstream.url("rgb_plain"), "formats": ["png"], "meta_size": [1, 1]},
+        }
+    )
+    compared = 0
+    for z in (8, 10):
+        for x, y in tiles_at(z):
+            cached = decode(await (await client.get(f"/tiles/cached/{z}/{x}/{y}.png")).read())
+            rendered = decode(await (await client.get(f"/tiles/rendered/{z}/{x}/{y}.png")).read())
+            # Esri's origin is ...342787, TMS 2.0's ...342789244: 2 mm apart, resampling
+            # differs at most at edges of the data.
+            both = (cached[..., 3] > 0) & (rendered[..., 3] > 0)
+            assert both.mean() > 0.2
+            assert np.mean(cached[..., 3] != rendered[..., 3]) < 0.01
+            assert np.mean(np.abs(cached[both, :3] - rendered[both, :3])) < 1.0
+            compared += 1
+    assert compared == 6
+    assert upstream.count("exportImage") == 6 and upstream.count("tile") == 6
+
+
+async def test_missing_cached_tiles_fall_back_to_export_image(
+    make_gateway: MakeGateway, upstream: CountingServer
+) -> None:
+    client = await make_gateway({"rgb": {"url": upstream.url("rgb"), "formats": ["png"]}})
+    # Level 11 is in the cache's LODs but was not built: 404, then exportImage.
+    (x, y) = tiles_at(11)[0]
+    response = await client.get(f"/tiles/rgb/11/{x}/{y}.png")
+    assert response.status == 200 and decode(await response.read())[..., 3].any()
+    assert (upstream.count("tile"), upstream.count("exportImage")) == (1, 1)
+    # Level 15 is beyond the LODs: exportImage straight away, metatiles as usual.
+    (x, y) = tiles_at(15)[0]
+    response = await client.get(f"/tiles/rgb/15/{x}/{y}.png")
+    assert response.status == 200
+    assert (upstream.count("tile"), upstream.count("exportImage")) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {"use_service_cache": "never"},
+        # A cache holds the default rendering: a layer with export parameters renders.
+        {"export": {"bandIds": [2, 1, 0]}},
+    ],
+)
+async def test_a_layer_that_must_render_never_reads_the_cache(
+    make_gateway: MakeGateway, upstream: CountingServer, layer: dict[str, object]
+) -> None:
+    client = await make_gateway({"rgb": {"url": upstream.url("rgb"), "formats": ["png"], **layer}})
+    (x, y) = tiles_at(9)[0]
+    response = await client.get(f"/tiles/rgb/9/{x}/{y}.png")
+    assert response.status == 200
+    assert (upstream.count("tile"), upstream.count("exportImage")) == (0, 1)
