@@ -280,15 +280,25 @@ class TilePipeline:
         self, request: TileRequest, meta: MetaTile, level: int
     ) -> list[tuple[bytes, float | None]] | None:
         """The tiles of ``meta`` from the upstream's cache at ``level`` (read concurrently),
-        as ``(bytes, Last-Modified)`` in ``meta.crops()`` order; ``None`` when one is missing
-        or broken (``_read_cached_tile``): exportImage renders the metatile then, as a cache is
-        often built for part of its levels or area.
+        as ``(bytes, Last-Modified)`` in ``meta.crops()`` order, tiles beside the data extent
+        empty without a call; ``None`` when one is missing or broken (``_read_cached_tile``):
+        exportImage renders the metatile then, as a cache is often built for part of its
+        levels or area.
 
         Raises ``UpstreamError`` when the upstream fails (timeout, HTTP 5xx).
         """
-        tiles = await asyncio.gather(
-            *(self._read_cached_tile(request, level, col, row) for col, row, _ in meta.crops())
-        )
+        layer = self.layers[request.layer]
+        grid = self.grids[request.tms]
+        empty = layer.empty_entry(request.ext, grid.tile_size * request.scale).data
+
+        async def read(col: int, row: int) -> bytes | None:
+            # A tile beside the data is the empty tile, as get_tile answers it: the cache
+            # would only say 404 there.
+            if not layer.has_data(grid, request.z, col, row):
+                return empty
+            return await self._read_cached_tile(request, level, col, row)
+
+        tiles = await asyncio.gather(*(read(col, row) for col, row, _ in meta.crops()))
         if any(tile is None for tile in tiles):
             return None
         return [(tile, None) for tile in tiles if tile is not None]

@@ -11,18 +11,22 @@ from __future__ import annotations
 import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import morecantile
 import numpy as np
 import pytest
+import rasterio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 from PIL import Image
+from rasterio.warp import transform_bounds
 
+from gateway.seed import SeedOptions, run_seed
 from imageserver.app import create_app
 from imageserver.config import ImageServerConfig, ServiceSpec, TileCacheSpec
-from tests.conftest import DATA, MakeGateway
+from tests.conftest import DATA, MakeGateway, gateway_config
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 
@@ -126,7 +130,9 @@ async def test_cached_tiles_equal_export_image_tiles(
 async def test_missing_cached_tiles_fall_back_to_export_image(
     make_gateway: MakeGateway, upstream: CountingServer
 ) -> None:
-    client = await make_gateway({"rgb": {"url": upstream.url("rgb"), "formats": ["png"]}})
+    client = await make_gateway(
+        {"rgb": {"url": upstream.url("rgb"), "formats": ["png"], "maxzoom": 16}}
+    )
     # Level 11 is in the cache's LODs but was not built: 404, then exportImage.
     (x, y) = tiles_at(11)[0]
     response = await client.get(f"/tiles/rgb/11/{x}/{y}.png")
@@ -155,3 +161,22 @@ async def test_a_layer_that_must_render_never_reads_the_cache(
     response = await client.get(f"/tiles/rgb/9/{x}/{y}.png")
     assert response.status == 200
     assert (upstream.count("tile"), upstream.count("exportImage")) == (0, 1)
+
+
+async def test_a_seed_fills_its_metatiles_from_the_cache(
+    upstream: CountingServer, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    config = gateway_config(
+        {"rgb": {"url": upstream.url("rgb"), "formats": ["png"], "maxzoom": 10}},
+        {"redis_url": redis_url, "prefix": key_prefix},
+    )
+    options = SeedOptions("rgb", (8, 10), state=tmp_path / "state.json")
+    assert await run_seed(config, options) == 0
+    # Every tile over the data, read one by one; tiles beside it are empty without a call.
+    assert upstream.count("exportImage") == 0
+    tiles = upstream.count("tile")
+    with rasterio.open(DATA / "RGB.byte.tif") as scene:
+        west, south, east, north = transform_bounds(scene.crs, "EPSG:4326", *scene.bounds, 21)
+    assert tiles == len(list(WEB_MERCATOR.tiles(west, south, east, north, [8, 9, 10])))
+    assert await run_seed(config, options) == 0
+    assert upstream.count("tile") == tiles  # all fresh in the cache
