@@ -139,7 +139,7 @@ class ImageServerClient:
         """``identify`` at ``lon``, ``lat`` (degrees, EPSG:4326, x = longitude) as a dict
         (ArcGIS REST "Identify (Image Service)": ``value`` is the band values joined by
         ``", "``, or ``"NoData"``). ``fixed`` are identify parameters of the layer
-        (``renderingRule``, ``mosaicRule``, ``time``), already formatted.
+        (``renderingRule``, ``mosaicRule``), already formatted.
 
         Raises ``UpstreamError``: 502 for an error JSON, an HTTP error or a body that is not
         a JSON object, 504 on timeout.

@@ -2,7 +2,7 @@
 
 ``GET /tiles/<layer>/point?lon=<degrees>&lat=<degrees>`` (WGS 84, longitude first) asks the
 layer's ImageServer ``identify`` (ArcGIS REST "Identify (Image Service)") with the point in
-EPSG:4326 and the layer's ``renderingRule``/``mosaicRule``/``time`` export parameters, and
+EPSG:4326 and the layer's ``renderingRule``/``mosaicRule`` export parameters, and
 answers ``{"layer", "lon", "lat", "values": [...], "location": {...}}``: one number per band
 of the service, ``null`` where the upstream says ``NoData`` (every band when the whole pixel
 is NoData and the band count is known from the service info, else ``values`` is ``null``).
@@ -22,7 +22,7 @@ from gateway.errors import UpstreamError
 from gateway.tiles.layer import Layer
 
 # The export parameters that identify takes too (ArcGIS REST "Identify (Image Service)").
-IDENTIFY_PARAMETERS = ("renderingRule", "mosaicRule", "time")
+IDENTIFY_PARAMETERS = ("renderingRule", "mosaicRule")
 NO_DATA = "nodata"
 
 

@@ -3,6 +3,7 @@ against rasterio reads of the source rasters at pixel centres."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,10 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from rasterio.warp import transform
 
 from imageserver.app import create_app
-from imageserver.config import ImageServerConfig, ServiceSpec
+from imageserver.config import CatalogRaster, ImageServerConfig, ServiceSpec
 from tests.conftest import DATA, MakeGateway
 
 NAIP = DATA / "m_4709963_se_14_1_20100629.tif"  # 4 x uint8 (R, G, B, NIR), EPSG:26914
+NAIP_2020 = DATA / "m_4709963_se_14_1_20200831.tif"  # the same quarter-quad ten years on
 DTM = DATA / "dtm.tif"  # float32, nodata -9999 with holes, EPSG:26918
 
 
@@ -24,15 +26,25 @@ DTM = DATA / "dtm.tif"  # float32, nodata -9999 with holes, EPSG:26918
 async def client(
     aiohttp_server: Callable[..., Awaitable[TestServer]], make_gateway: MakeGateway
 ) -> TestClient:
+    scenes = (
+        CatalogRaster(path=NAIP, acquired=datetime.date(2010, 6, 29)),
+        CatalogRaster(path=NAIP_2020, acquired=datetime.date(2020, 8, 31)),
+    )
     services = {
         "naip": ServiceSpec(name="naip", path=NAIP),
         "dtm": ServiceSpec(name="dtm", path=DTM),
+        "years": ServiceSpec(name="years", rasters=scenes),
     }
     server = await aiohttp_server(create_app(ImageServerConfig(services=services, builtin=False)))
     root = server.make_url("/arcgis/rest/services")
-    return await make_gateway(
-        {name: {"url": f"{root}/{name}/ImageServer"} for name in ("naip", "dtm")}
-    )
+    layers: dict[str, dict[str, object]] = {
+        name: {"url": f"{root}/{name}/ImageServer"} for name in ("naip", "dtm")
+    }
+    for year, object_id in (("2010", 1), ("2020", 2)):
+        # A layer locked to one scene: its mosaicRule goes with identify too.
+        rule = {"mosaicMethod": "esriMosaicLockRaster", "lockRasterIds": [object_id]}
+        layers[f"y{year}"] = {"url": f"{root}/years/ImageServer", "export": {"mosaicRule": rule}}
+    return await make_gateway(layers)
 
 
 def centres(path: Path, pixels: list[tuple[int, int]]) -> list[tuple[float, float, list[float]]]:
@@ -76,6 +88,28 @@ async def test_dtm_float_values_and_nodata_as_null(client: TestClient) -> None:
     assert (await point(client, "dtm", lon, lat))["values"] == [None]
     # Far outside the raster: NoData too, one null per band.
     assert (await point(client, "naip", 10.0, 50.0))["values"] == [None] * 4
+
+
+async def test_the_layers_mosaic_rule_picks_the_scene(client: TestClient) -> None:
+    with rasterio.open(NAIP) as dataset:
+        height, width = dataset.shape
+    differ = 0
+    pixels = [
+        (height // 3, width // 4),
+        (height // 2, width // 2),
+        (2 * height // 3, 3 * width // 5),
+    ]
+    for lon, lat, _ in centres(NAIP, pixels):
+        answers = {}
+        for year, path in (("2010", NAIP), ("2020", NAIP_2020)):
+            with rasterio.open(path) as dataset:
+                (x,), (y,) = transform("EPSG:4326", dataset.crs, [lon], [lat])
+                row, col = dataset.index(x, y)
+                expected = dataset.read(window=((row, row + 1), (col, col + 1)))[:, 0, 0]
+            answers[year] = (await point(client, f"y{year}", lon, lat))["values"]
+            assert answers[year] == [int(v) for v in expected], year
+        differ += answers["2010"] != answers["2020"]
+    assert differ > 0  # the two scenes tell apart
 
 
 @pytest.mark.parametrize(
