@@ -83,6 +83,13 @@ async def test_maxzoom_follows_the_pixel_size_plus_overzoom(
                 continue
             levels = [int(m.text) for m in link.iter(f"{WMTS}TileMatrix")]
             assert max(levels) == expected[name][1], name
+    # OGC API - Tiles: the tileset's tileMatrixSetLimits too.
+    for name, (low, high) in expected.items():
+        tileset = await (
+            await client.get(f"/ogcapi/collections/{name}/map/tiles/WebMercatorQuad?f=json")
+        ).json()
+        levels = [int(limit["tileMatrix"]) for limit in tileset["tileMatrixSetLimits"]]
+        assert (min(levels), max(levels)) == (low, high), name
     # Beyond the range: 404 without asking the upstream.
     response = await client.get(f"/tiles/rgb/{rgb + 2}/0/0.png")
     assert response.status == 404
