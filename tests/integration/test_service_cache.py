@@ -26,6 +26,7 @@ from rasterio.warp import transform_bounds
 from gateway.seed import SeedOptions, run_seed
 from imageserver.app import create_app
 from imageserver.config import ImageServerConfig, ServiceSpec, TileCacheSpec
+from imageserver.tilecache import tile_info
 from tests.conftest import DATA, MakeGateway, gateway_config
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
@@ -180,3 +181,91 @@ async def test_a_seed_fills_its_metatiles_from_the_cache(
     assert tiles == len(list(WEB_MERCATOR.tiles(west, south, east, north, [8, 9, 10])))
     assert await run_seed(config, options) == 0
     assert upstream.count("tile") == tiles  # all fresh in the cache
+
+
+# -- a cache that misbehaves -------------------------------------------------------------------
+
+TILE_ANSWERS: dict[str, Callable[[], web.Response]] = {
+    # ArcGIS' error JSON under HTTP 200.
+    "error_json": lambda: web.json_response(
+        {"error": {"code": 404, "message": "Tile not found", "details": []}}
+    ),
+    # A PNG cut short: the signature is right, the pixels are not all there.
+    "truncated": lambda: web.Response(body=encode_png((10, 20, 30))[:60], content_type="image/png"),
+    "http500": lambda: web.Response(status=500, text="Internal Server Error"),
+}
+
+
+def encode_png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (256, 256), (*colour, 255)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class ScriptedCache(CountingServer):
+    """A cached service whose tiles answer ``TILE_ANSWERS[behaviour]``."""
+
+    behaviour: str = "error_json"
+
+
+@pytest.fixture
+async def scripted(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> ScriptedCache:
+    """A cached service (the standard Web Mercator ``tileInfo``) whose exportImage draws
+    solid green."""
+    app = web.Application()
+    state: dict[str, ScriptedCache] = {}
+    root = "/arcgis/rest/services/scripted/ImageServer"
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "name": "scripted",
+                "singleFusedMapCache": True,
+                "tileInfo": tile_info(TileCacheSpec()),
+            }
+        )
+
+    async def tile(request: web.Request) -> web.Response:
+        state["server"].paths.append(request.path)
+        return TILE_ANSWERS[state["server"].behaviour]()
+
+    async def export(request: web.Request) -> web.Response:
+        state["server"].paths.append(request.path)
+        return web.Response(body=encode_png((0, 200, 0)), content_type="image/png")
+
+    app.router.add_get(root, info)
+    app.router.add_get(f"{root}/tile/{{level}}/{{row}}/{{col}}", tile)
+    app.router.add_get(f"{root}/exportImage", export)
+    state["server"] = ScriptedCache(await aiohttp_server(app))
+    return state["server"]
+
+
+@pytest.mark.parametrize("behaviour", ["error_json", "truncated"])
+async def test_an_error_json_or_broken_cached_tile_falls_back_to_export_image(
+    make_gateway: MakeGateway, scripted: ScriptedCache, behaviour: str
+) -> None:
+    scripted.behaviour = behaviour
+    client = await make_gateway(
+        {"s": {"url": scripted.url("scripted"), "formats": ["png"], "maxzoom": 5}}
+    )
+    for _ in range(2):
+        response = await client.get("/tiles/s/3/2/3.png")
+        assert response.status == 200
+        assert tuple(decode(await response.read())[128, 128]) == (0, 200, 0, 255)
+    # Once each: the rendered tile is cached, the broken cached one never was.
+    assert (scripted.count("tile"), scripted.count("exportImage")) == (1, 1)
+
+
+async def test_a_failing_cache_is_an_upstream_error_not_a_render(
+    make_gateway: MakeGateway, scripted: ScriptedCache
+) -> None:
+    scripted.behaviour = "http500"
+    client = await make_gateway(
+        {"s": {"url": scripted.url("scripted"), "formats": ["png"], "maxzoom": 5}}
+    )
+    for _ in range(2):
+        response = await client.get("/tiles/s/3/2/3.png")
+        assert response.status == 502
+        assert (await response.json())["error"]["code"] == 502
+    assert (scripted.count("tile"), scripted.count("exportImage")) == (2, 0)
