@@ -31,7 +31,7 @@ from gateway.jobs import RELAY, jobs_app, mount_path
 from gateway.proxy import proxy_app
 from gateway.published import Publisher
 from gateway.purge import Purger
-from gateway.services import admin, ogcapi, tilejson, viewer, wmts, xyz
+from gateway.services import admin, ogcapi, point, tilejson, viewer, wmts, xyz
 from gateway.services.http import (
     CONFIG,
     FRONT,
@@ -71,7 +71,9 @@ def create_app(
     ``ValueError`` for an ``access.api_keys_file`` that cannot be read or parsed.
     """
     fronts = {
-        "/tiles": front_app(config, [*xyz.routes(), *tilejson.routes()], render_json_error),
+        "/tiles": front_app(
+            config, [*xyz.routes(), *tilejson.routes(), *point.routes()], render_json_error
+        ),
         "/wmts": front_app(config, wmts.routes(), wmts.render_error),
         "/ogcapi": front_app(config, ogcapi.routes(), render_json_error),
         "/admin": front_app(config, admin.routes(), render_json_error),

@@ -484,7 +484,9 @@ class LayerConfig(_Strict):
 
     ``url`` is the ImageServer's root (``.../rest/services/<name>/ImageServer``). ``formats`` are
     the tile extensions offered, the first being the viewer's default. ``minzoom``/``maxzoom``
-    bound the TileMatrix (zoom) levels served in every TileMatrixSet of ``tile_matrix_sets``.
+    bound the TileMatrix (zoom) levels served in every TileMatrixSet of ``tile_matrix_sets``;
+    without ``maxzoom``, each set's last level is the one whose cell size is just finer than
+    the service's pixel size, plus ``overzoom`` levels (``tiles.zooms``).
     ``ttl`` is the cache lifetime of a tile in seconds, also sent as ``Cache-Control: max-age``.
     ``bounds`` (``[west, south, east, north]``, degrees, lon/lat) overrides the data extent read
     from the upstream's service info; tiles wholly outside it are answered without an upstream
@@ -502,6 +504,12 @@ class LayerConfig(_Strict):
     past it, it is served when the upstream fails (RFC 5861 semantics). ``credentials`` names
     the entry of the top-level ``credentials`` that gets the upstream's token. ``access``
     restricts the layer to some API keys or JWT claims (``ResourceAccess``).
+
+    ``use_service_cache``: with ``auto``, when the upstream is a cached image service whose
+    ``tileInfo`` matches a TileMatrixSet of the layer (``tiles.servicecache``) and the layer
+    sets no ``export`` parameter (the cache holds the service's default rendering), those
+    tiles are read from its ``tile/<level>/<row>/<col>``, falling back to exportImage for a
+    missing tile; ``never`` always renders with exportImage.
     """
 
     title: str | None = None
@@ -510,7 +518,8 @@ class LayerConfig(_Strict):
     export: ExportParams = ExportParams()
     web_mercator_wkid: WebMercatorWkid = 3857
     minzoom: Annotated[int, Field(ge=0, le=30)] = 0
-    maxzoom: Annotated[int, Field(ge=0, le=30)] = 22
+    maxzoom: Annotated[int, Field(ge=0, le=30)] | None = None
+    overzoom: Annotated[int, Field(ge=0, le=10)] = 1
     ttl: Annotated[int, Field(ge=1)] = 86400
     attribution: str = ""
     tile_matrix_sets: Annotated[list[str], Field(min_length=1)] = list(BUILTIN_TILE_MATRIX_SETS)
@@ -529,6 +538,7 @@ class LayerConfig(_Strict):
     stale_if_error: Annotated[int, Field(ge=0)] = 0
     credentials: str | None = None
     access: ResourceAccess | None = None
+    use_service_cache: Literal["auto", "never"] = "auto"
 
     @field_validator("url")
     @classmethod
@@ -542,7 +552,7 @@ class LayerConfig(_Strict):
 
     @model_validator(mode="after")
     def _zoom_order(self) -> LayerConfig:
-        if self.minzoom > self.maxzoom:
+        if self.maxzoom is not None and self.minzoom > self.maxzoom:
             raise ValueError("minzoom must not be greater than maxzoom")
         if self.bounds is not None:
             west, south, east, north = self.bounds

@@ -10,6 +10,7 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services/<name>/ImageServer/getSamples
     /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
     /arcgis/rest/services/<name>/ImageServer/keyProperties
+    /arcgis/rest/services/<name>/ImageServer/tile/<level>/<row>/<col>   cached services
     /arcgis/rest/services/<name>/ImageServer/query        (mosaic services: their catalog)
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
     /arcgis/rest/services/System                        folder of the GP service
@@ -31,7 +32,6 @@ the app's own thread pool so the event loop never blocks on GDAL.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import math
@@ -49,14 +49,14 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from imageserver import functions, mosaic, pixels
+from imageserver import functions, mosaic, pixels, tilecache
 from imageserver.config import GP_FOLDER, HOSTED_FOLDER, ImageServerConfig
 from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
 from imageserver.functions import RasterFunction
 from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
 from imageserver.gp import GP_SERVICE, add_gp_routes, folder_json, hosted_folder_json
-from imageserver.metadata import catalog, server_info, service_info
+from imageserver.metadata import catalog, error_payload, server_info, service_info
 from imageserver.mosaic import MosaicSource, for_request, open_service
 from imageserver.params import (
     Bounds,
@@ -66,11 +66,12 @@ from imageserver.params import (
     ResponseFormat,
     parse_export_params,
 )
-from imageserver.raster import RasterSource, Rendered, RenderRequest
+from imageserver.raster import RasterSource, RenderRequest
 from imageserver.responses import add_route, error_response, json_response, request_params
 from imageserver.security import TokenState
 from imageserver.spatialref import spatial_reference_json
 from imageserver.state import CONFIG, EXECUTOR, SOURCES, find_source
+from imageserver.tilecache import TileStore
 from imageserver.tokens import (
     SECURITY,
     add_token_routes,
@@ -122,6 +123,7 @@ class OutputStore:
 
 
 OUTPUTS = web.AppKey("imageserver_outputs", OutputStore)
+TILES = web.AppKey("imageserver_tiles", TileStore)
 
 
 def create_app(
@@ -140,6 +142,7 @@ def create_app(
     app = web.Application(middlewares=[cors_middleware(config.security), *middlewares])
     app[CONFIG] = config
     app[OUTPUTS] = OutputStore()
+    app[TILES] = TileStore()
     app.cleanup_ctx.append(_lifecycle)
     add_token_routes(app, config.security)
     rest = REST_ROOT
@@ -158,6 +161,7 @@ def create_app(
     add_route(app, service, _handle_folder)
     add_route(app, f"{service}/{{kind}}", _handle_service)
     add_route(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
+    add_route(app, f"{service}/{{kind}}/tile/{{level}}/{{row}}/{{col}}", _handle_tile)
     app.router.add_get(f"{OUTPUT_ROOT}/{{folder}}/{{filename}}", _handle_output)
     app.router.add_get(f"{OUTPUT_ROOT}/{{parent}}/{{folder}}/{{filename}}", _handle_output)
     return app
@@ -322,6 +326,40 @@ async def _export_image(
     return json_response(payload, params)
 
 
+async def _handle_tile(request: web.Request) -> web.Response:
+    """``tile/<level>/<row>/<col>`` of a cached service (:mod:`imageserver.tilecache`): the
+    tile's bytes, or HTTP 404 with an error JSON when the cache does not hold it, as ArcGIS
+    answers a missing tile (``docs/arcgis-rest.md`` §2.1)."""
+    params = await request_params(request)
+    name = request.match_info["name"]
+    found = find_source(request.app, name)
+    if found is None or request.match_info["kind"].lower() != "imageserver":
+        return _service_not_found(params, name)
+    refused = guard(request, params, found[0])
+    if refused is not None:
+        return refused
+    service, source = found
+    spec = source.spec.cache
+    if spec is None:
+        return error_response(params, 400, "Requested operation is not supported by this service.")
+    try:
+        level, row, col = (int(request.match_info[key]) for key in ("level", "row", "col"))
+    except ValueError:
+        return error_response(params, 400, _BAD_REQUEST, ["level, row and col must be integers"])
+    store = request.app[TILES]
+    if not tilecache.holds(spec, store.extent(service, source), level, row, col):
+        payload = error_payload(404, "Tile not found", [f"tile/{level}/{row}/{col}"])
+        return json_response(payload, params, status=404)
+    key = (service, level, row, col)
+    tile = store.get(key)
+    if tile is None:
+        # A cache holds the default rendering: a mosaic's default selection, no time.
+        drawn = for_request(source, {})
+        tile = await _in_pool(request, tilecache.render_tile, drawn, spec, level, row, col)
+        store.put(key, tile)
+    return web.Response(body=tile.content, content_type=tile.content_type)
+
+
 async def _handle_output(request: web.Request) -> web.Response:
     # Output files of a secured service need the token too (esri-leaflet appends ?token= to
     # the href for that reason, docs/arcgis-rest.md §1.2). A collection's files are one
@@ -398,7 +436,7 @@ def _function_value(
         nodata=None,
         expand_palette=False,
     )
-    return functions.format_values(_render(source, request, function))
+    return functions.format_values(functions.render(source, request, function))
 
 
 async def _get_samples(
@@ -572,7 +610,7 @@ def _render_and_encode(
     function: RasterFunction | None = None,
 ) -> EncodedImage:
     function = functions.display_rule(source, function, export.image_format, export.pixel_type)
-    rendered = _render(source, request, function)
+    rendered = functions.render(source, request, function)
     candidates: list[float] = []
     if export.nodata is not None and len(set(export.nodata.values)) == 1:
         candidates.append(export.nodata.values[0])
@@ -587,34 +625,3 @@ def _render_and_encode(
         crs=request.crs,
         nodata_candidates=candidates,
     )
-
-
-def _render(
-    source: RasterSource, request: RenderRequest, function: RasterFunction | None
-) -> Rendered:
-    """Render ``request`` and apply ``function``: on a grid grown by the function's margin
-    (so a Hillshade has its neighbours at the image edge), cropped back after. Functions
-    see pixel values, so a palette stays indexes.
-
-    Raises:
-        ParameterError: a function argument does not fit the raster.
-    """
-    if function is None:
-        return source.render(request)
-    margin = function.margin
-    xmin, ymin, xmax, ymax = request.bounds
-    cell_x = (xmax - xmin) / request.width
-    cell_y = (ymax - ymin) / request.height
-    grown = dataclasses.replace(
-        request,
-        bounds=(
-            xmin - margin * cell_x,
-            ymin - margin * cell_y,
-            xmax + margin * cell_x,
-            ymax + margin * cell_y,
-        ),
-        width=request.width + 2 * margin,
-        height=request.height + 2 * margin,
-        expand_palette=False,
-    )
-    return functions.apply(function, source.render(grown), source, request.bands, margin)

@@ -13,6 +13,12 @@ File format::
       world:
         path: world.jpg
         plate_carree: true   # optional: the image has no georeferencing, it covers the globe
+      cached:
+        path: rasters/dtm.tif
+        cache:               # optional: tile/<level>/<row>/<col>, see imageserver.tilecache
+          max_level: 16      # LODs 0..max_level of the ArcGIS Online / Google Web Mercator scheme
+          built_max_level: 12  # optional: tiles exist up to this level only (default max_level)
+          format: png        # png | jpg
       naip_years:            # a time-enabled mosaic of several rasters (imageserver.mosaic)
         rasters:             # instead of path; ObjectIDs 1, 2, ... in this order
           - path: rasters/naip_2010.tif
@@ -62,7 +68,7 @@ import enum
 import importlib.resources
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -107,6 +113,29 @@ _TIME_SCENES = (
 
 class ConfigError(ValueError):
     """The configuration file is missing, is not valid YAML, or does not match the schema."""
+
+
+class TileCacheSpec(BaseModel):
+    """The tile cache of a cached image service (``singleFusedMapCache: true``).
+
+    The scheme is the one ArcGIS Online and Google use (Web Mercator, 256-pixel tiles, origin
+    (-20037508.342787, 20037508.342787), level 0 resolution 156543.03392800014 m halving each
+    level, scales for 96 dpi; ``docs/arcgis-rest.md`` §2.1). Tiles are rendered from the raster
+    on first request and kept in memory (:mod:`imageserver.tilecache`).
+
+    Attributes:
+        max_level: the last level of ``tileInfo.lods`` (0-23).
+        built_max_level: the last level whose tiles exist (a cache built for part of its
+            levels, as ArcGIS allows); deeper levels answer 404. ``None``: ``max_level``.
+        format: ``tileInfo.format`` and the tiles' encoding: ``png`` (PNG32, transparent
+            outside the data) or ``jpg``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_level: int = Field(default=16, ge=0, le=23)
+    built_max_level: int | None = Field(default=None, ge=0, le=23)
+    format: Literal["png", "jpg"] = "png"
 
 
 class CatalogRaster(BaseModel):
@@ -164,6 +193,8 @@ class ServiceSpec(BaseModel):
             they add to (or replace, by name) the defaults of
             :func:`imageserver.functions.default_templates`. A request naming a template
             whose rule is invalid gets the ArcGIS error of that rule.
+        cache: the service's tile cache (see :class:`TileCacheSpec`), or ``None`` for a
+            dynamic-only service.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -175,6 +206,7 @@ class ServiceSpec(BaseModel):
     copyright: str = ""
     plate_carree: bool = False
     raster_functions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    cache: TileCacheSpec | None = None
 
     @field_validator("raster_functions")
     @classmethod

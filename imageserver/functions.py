@@ -55,7 +55,7 @@ from affine import Affine
 
 from imageserver.encode import cast_pixels
 from imageserver.params import PIXEL_TYPES, ImageFormat, ParameterError, PixelType
-from imageserver.raster import RasterSource, Rendered
+from imageserver.raster import RasterSource, Rendered, RenderRequest
 
 # Percent clip of the default display stretch, each end (see DEFAULT_STRETCH).
 DEFAULT_CLIP_PERCENT = 0.5
@@ -793,3 +793,34 @@ def format_values(rendered: Rendered) -> str:
     if values.dtype.kind in "iu":
         return ", ".join(str(int(v)) for v in values)
     return ", ".join(str(np.float32(v)) for v in values)
+
+
+def render(
+    source: RasterSource, request: RenderRequest, function: RasterFunction | None
+) -> Rendered:
+    """Render ``request`` and apply ``function``: on a grid grown by the function's margin
+    (so a Hillshade has its neighbours at the image edge), cropped back after. Functions
+    see pixel values, so a palette stays indexes.
+
+    Raises:
+        ParameterError: a function argument does not fit the raster.
+    """
+    if function is None:
+        return source.render(request)
+    margin = function.margin
+    xmin, ymin, xmax, ymax = request.bounds
+    cell_x = (xmax - xmin) / request.width
+    cell_y = (ymax - ymin) / request.height
+    grown = dataclasses.replace(
+        request,
+        bounds=(
+            xmin - margin * cell_x,
+            ymin - margin * cell_y,
+            xmax + margin * cell_x,
+            ymax + margin * cell_y,
+        ),
+        width=request.width + 2 * margin,
+        height=request.height + 2 * margin,
+        expand_palette=False,
+    )
+    return apply(function, source.render(grown), source, request.bands, margin)

@@ -15,6 +15,7 @@ from imageserver.mosaic import MosaicSource, service_fields
 from imageserver.params import DEFAULT_COMPRESSION_QUALITY, MAX_IMAGE_HEIGHT, MAX_IMAGE_WIDTH
 from imageserver.raster import RasterSource
 from imageserver.spatialref import spatial_reference_json
+from imageserver.tilecache import tile_info
 
 CURRENT_VERSION = 11.1
 FULL_VERSION = "11.1.0"
@@ -86,7 +87,7 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
     stats = source.statistics
     band_count = source.count
     nodata = _json_number(source.nodata)
-    info = {
+    info: dict[str, Any] = {
         "currentVersion": CURRENT_VERSION,
         "serviceDescription": source.spec.description,
         "name": name,
@@ -128,8 +129,12 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
         "allowRasterFunction": True,
         "rasterFunctionInfos": raster_function_infos(source),
         "exportTilesAllowed": False,
-        "singleFusedMapCache": False,
+        "singleFusedMapCache": source.spec.cache is not None,
     }
+    if source.spec.cache is not None:
+        # A cached image service (ArcGIS REST "Image Service": cacheType, tileInfo).
+        info["cacheType"] = "Map"
+        info["tileInfo"] = tile_info(source.spec.cache)
     if isinstance(source, MosaicSource):
         # A time-enabled mosaic: catalog fields, mosaic defaults, timeInfo.
         info.update(service_fields(source))

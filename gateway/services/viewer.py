@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 
 from aiohttp import web
 
+from gateway.grids import WEB_MERCATOR_QUAD
 from gateway.services.http import CONFIG, PIPELINE, json_error
 
 _WEB = files("gateway.web")
@@ -120,12 +121,14 @@ async def layers(request: web.Request) -> web.Response:
             "name": name,
             "title": layer.config.title or name,
             "formats": layer.config.formats,
-            "minzoom": layer.config.minzoom,
-            "maxzoom": layer.config.maxzoom,
+            "minzoom": zooms[0],
+            "maxzoom": zooms[1],
             "attribution": layer.config.attribution,
             "tiles": f"tiles/{name}/{{z}}/{{x}}/{{y}}.{layer.config.formats[0]}",
         }
         for name, layer in pipeline.layers.items()
+        # The viewer's maps are Web Mercator XYZ.
+        for zooms in [layer.zoom_range(pipeline.grids[WEB_MERCATOR_QUAD])]
     ]
     return web.json_response({"layers": body}, headers={"Cache-Control": "no-cache"})
 

@@ -1,4 +1,5 @@
-"""Client of an upstream ArcGIS ImageServer: ``exportImage`` and the service info.
+"""Client of an upstream ArcGIS ImageServer: ``exportImage``, the tiles of a cached service
+and the service info.
 
 Knows ArcGIS REST and nothing of tiles or caches. Every answer is validated before it is
 handed on, because ArcGIS reports most errors as HTTP 200 with an ``{"error": ...}`` body, and
@@ -115,28 +116,72 @@ class ImageServerClient:
             response.body, content_type, _http_date(response.headers.get("Last-Modified"))
         )
 
+    async def tile(self, level: int, row: int, col: int) -> bytes | None:
+        """One tile of the service's own cache, ``tile/<level>/<row>/<col>`` (ArcGIS REST
+        "Image Tile"; arcgis-rest.md section 2.1): its PNG or JPEG bytes, not yet decoded, or
+        ``None`` when the cache has no usable tile there: HTTP 404 (ArcGIS' answer for a
+        missing tile), an ArcGIS error JSON, or a body that is not a PNG or JPEG image.
+
+        Holds no exportImage slot: reading a cache renders nothing. Raises ``UpstreamError``
+        when the upstream fails otherwise (504 on timeout, 502 on HTTP 5xx or no answer), so
+        that a stale copy may stand in as for exportImage.
+        """
+        response = await self.upstream.get(f"{self.service_url}/tile/{level}/{row}/{col}", {})
+        if response.status == 404 or arcgis_error(response.body) is not None:
+            return None
+        if response.status >= 400:
+            raise UpstreamError(502, response.status, f"HTTP {response.status}")
+        if sniff_format(response.body) is None:
+            return None
+        return response.body
+
+    async def identify(self, lon: float, lat: float, fixed: Mapping[str, str]) -> dict[str, Any]:
+        """``identify`` at ``lon``, ``lat`` (degrees, EPSG:4326, x = longitude) as a dict
+        (ArcGIS REST "Identify (Image Service)": ``value`` is the band values joined by
+        ``", "``, or ``"NoData"``). ``fixed`` are identify parameters of the layer
+        (``renderingRule``, ``mosaicRule``), already formatted.
+
+        Raises ``UpstreamError``: 502 for an error JSON, an HTTP error or a body that is not
+        a JSON object, 504 on timeout.
+        """
+        query = {
+            "geometry": json.dumps({"x": lon, "y": lat, "spatialReference": {"wkid": 4326}}),
+            "geometryType": "esriGeometryPoint",
+            "returnGeometry": "false",
+            "returnCatalogItems": "false",
+            "f": "json",
+            **fixed,
+        }
+        response = await self.upstream.get(f"{self.service_url}/identify", query)
+        return _json_object(response.status, response.body, "identify answer")
+
     async def service_info(self) -> dict[str, Any]:
         """The ImageServer root resource (``?f=json``) as a dict (ArcGIS REST "Image Service").
 
         Raises ``UpstreamError`` (502/504) when it cannot be read or is an error JSON.
         """
         response = await self.upstream.get(self.service_url, {"f": "json"})
-        status, body = response.status, response.body
-        error = arcgis_error(body)
-        if error is not None:
-            raise UpstreamError(502, error[0], error[1])
-        if status >= 400:
-            raise UpstreamError(502, status, f"HTTP {status}")
-        try:
-            info = json.loads(body)
-        except ValueError:
-            raise UpstreamError(502, status, "the service info is not JSON") from None
-        if not isinstance(info, dict):
-            raise UpstreamError(502, status, "the service info is not a JSON object")
-        return info
+        return _json_object(response.status, response.body, "service info")
 
 
-def _service_crs(spatial_reference: Mapping[str, Any]) -> CRS:
+def _json_object(status: int, body: bytes, what: str) -> dict[str, Any]:
+    """The JSON object of an upstream answer. Raises ``UpstreamError`` (502) for an ArcGIS
+    error JSON, an HTTP error status, or a body that is not a JSON object."""
+    error = arcgis_error(body)
+    if error is not None:
+        raise UpstreamError(502, error[0], error[1])
+    if status >= 400:
+        raise UpstreamError(502, status, f"HTTP {status}")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise UpstreamError(502, status, f"the {what} is not JSON") from None
+    if not isinstance(document, dict):
+        raise UpstreamError(502, status, f"the {what} is not a JSON object")
+    return document
+
+
+def service_crs(spatial_reference: Mapping[str, Any]) -> CRS:
     """The pyproj CRS of an ArcGIS spatialReference JSON: ``latestWkid``, ``wkid`` (EPSG, then
     ESRI authority, e.g. 102100) or ``wkt`` (ArcGIS REST "Spatial reference" objects)."""
     for key in ("latestWkid", "wkid"):
@@ -160,7 +205,7 @@ def extent_wgs84(info: Mapping[str, Any]) -> tuple[float, float, float, float] |
         return None
     try:
         box = [float(extent[key]) for key in ("xmin", "ymin", "xmax", "ymax")]
-        crs = _service_crs(extent.get("spatialReference") or info.get("spatialReference") or {})
+        crs = service_crs(extent.get("spatialReference") or info.get("spatialReference") or {})
         to_wgs84 = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
         west, south, east, north = to_wgs84.transform_bounds(*box, densify_pts=21)
     except (KeyError, TypeError, ValueError, CRSError):

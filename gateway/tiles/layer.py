@@ -17,6 +17,8 @@ from gateway.grids import Grid, GridRegistry, TileLimits
 from gateway.imaging import EXPORT_FORMATS, empty_tile
 from gateway.sources.http import UpstreamPool
 from gateway.sources.imageserver import ImageServerClient, export_params, extent_wgs84
+from gateway.tiles.servicecache import cache_levels
+from gateway.tiles.zooms import FALLBACK_MAXZOOM, native_resolution, native_zoom
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,9 @@ class Layer:
     ``bounds`` is ``(west, south, east, north)`` in degrees: from the config, else from the
     upstream's service info (``load_service_info``), else ``None`` (unknown: every tile is
     asked for). ``max_image`` is the upstream's maxImageWidth x maxImageHeight in pixels.
-    ``purges`` counts whole-layer purges; it is part of ``generation``, which is part of every
-    cache key of the layer.
+    ``service_cache`` maps TileMatrixSets to the TileMatrices read from the upstream's own tile
+    cache (``cache_level``). ``purges`` counts whole-layer purges; it is part of
+    ``generation``, which is part of every cache key of the layer.
     """
 
     def __init__(
@@ -62,6 +65,14 @@ class Layer:
         )
         self.bounds: tuple[float, float, float, float] | None = config.bounds
         self.max_image = DEFAULT_MAX_IMAGE
+        # {TileMatrixSet: {TileMatrix: level}} served from the upstream's own tile cache.
+        self.service_cache: dict[str, dict[int, int]] = {}
+        # The service's bandCount (point queries: a NoData pixel is a null per band).
+        self.band_count: int | None = None
+        # What the service info says of its pixel size, and that size in each TileMatrixSet's
+        # CRS units (tiles.zooms), computed when first needed.
+        self._pixel_size_info: dict[str, object] = {}
+        self._native: dict[str, float | None] = {}
         self._limits: dict[str, dict[int, TileLimits]] = {}
         self._empty: dict[tuple[str, int], TileEntry] = {}
 
@@ -90,18 +101,46 @@ class Layer:
         self.generation = f"{self.fingerprint_hash}.{purges}"
 
     async def load_service_info(self) -> None:
-        """Read the data extent (unless configured) and maxImageWidth/maxImageHeight from the
-        upstream's service info (ArcGIS REST "Image Service" resource).
+        """Read the data extent (unless configured), maxImageWidth/maxImageHeight, the pixel size
+        (default zoom range) and the tile cache from the upstream's service info (ArcGIS REST
+        "Image Service" resource).
 
         Raises ``UpstreamError`` when the upstream cannot be read; nothing changes then.
         """
         info = await self.client.service_info()
+        count = info.get("bandCount")
+        self.band_count = count if isinstance(count, int) and count > 0 else None
+        self._pixel_size_info = {
+            key: info.get(key) for key in ("extent", "pixelSizeX", "spatialReference")
+        }
+        self._native.clear()
+        self._limits.clear()
         width, height = info.get("maxImageWidth"), info.get("maxImageHeight")
         if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
             self.max_image = (width, height)
         if self.config.bounds is None:
             self.bounds = extent_wgs84(info)
-            self._limits.clear()
+        # A cache holds the service's default rendering: export parameters would differ.
+        if self.config.use_service_cache == "auto" and not self.fixed_params:
+            self.service_cache = {
+                identifier: levels
+                for identifier, grid in self.grids.items()
+                if grid.scale == 1 and (levels := cache_levels(info, grid))
+            }
+            for identifier, levels in self.service_cache.items():
+                log.info(
+                    "layer %s: TileMatrixSet %s, TileMatrix %d-%d read from the service's cache",
+                    self.name,
+                    identifier,
+                    min(levels),
+                    max(levels),
+                )
+
+    def cache_level(self, tms: str, z: int, scale: int) -> int | None:
+        """The level of the upstream's tile cache that holds TileMatrix ``z`` of ``tms`` at
+        ``scale``, or ``None`` when such tiles are rendered with exportImage (the tiles of a
+        cache have one size: scale 1 only)."""
+        return self.service_cache.get(tms, {}).get(z) if scale == 1 else None
 
     def meta_size(self, grid: Grid, scale: int) -> tuple[int, int]:
         """Columns and rows of this layer's metatiles in ``grid`` at ``scale``: the configured
@@ -135,8 +174,27 @@ class Layer:
         return self.config.web_mercator_wkid if grid.epsg == 3857 else grid.epsg
 
     def zoom_range(self, grid: Grid) -> tuple[int, int]:
-        """The TileMatrix identifiers served in ``grid``: the layer's range within the set's."""
-        return max(self.config.minzoom, grid.minzoom), min(self.config.maxzoom, grid.maxzoom)
+        """The TileMatrix identifiers served in ``grid``: the layer's range within the set's.
+
+        The last one is ``maxzoom`` when configured, else the TileMatrix just finer than the
+        service's pixel size plus ``overzoom`` (``tiles.zooms``; ``FALLBACK_MAXZOOM`` while
+        the pixel size is unknown); never below the first one."""
+        low = max(self.config.minzoom, grid.minzoom)
+        high = self.config.maxzoom
+        if high is None:
+            native = self._native_resolution(grid)
+            high = (
+                FALLBACK_MAXZOOM
+                if native is None
+                else native_zoom(grid, native) + self.config.overzoom
+            )
+        return low, max(low, min(high, grid.maxzoom))
+
+    def _native_resolution(self, grid: Grid) -> float | None:
+        """The service's pixel size in ``grid``'s CRS units (``tiles.zooms``), once per set."""
+        if grid.identifier not in self._native:
+            self._native[grid.identifier] = native_resolution(self._pixel_size_info, grid)
+        return self._native[grid.identifier]
 
     def tile_matrix_set_limits(self, grid: Grid) -> dict[int, TileLimits]:
         """The layer's TileMatrixSetLimits in ``grid`` (WMTS 07-057r7 section 7.2.4.6.3, OGC

@@ -1,4 +1,5 @@
-"""The tile pipeline: tile request -> cache -> exportImage on the layer's source -> cache.
+"""The tile pipeline: tile request -> cache -> exportImage on the layer's source (or the
+source's own tile cache, ``tiles.servicecache``) -> cache.
 
 Every protocol front turns its URL into a ``TileRequest`` (``TilePipeline.resolve``) and calls
 ``TilePipeline.get_tile``; this is where the cache and the upstream meet, so the same cache
@@ -25,7 +26,13 @@ from gateway.config import GatewayConfig, LayerConfig
 from gateway.credentials import CredentialProviders
 from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
-from gateway.imaging import EXPORT_FORMATS, UndecodableImage, check_image, cut_metatile
+from gateway.imaging import (
+    EXPORT_FORMATS,
+    UndecodableImage,
+    check_image,
+    cut_metatile,
+    sniff_format,
+)
 from gateway.logs import EXCHANGE
 from gateway.sources.http import ExportLimit, UpstreamPool
 from gateway.tiles.address import TileAddresses, TileRequest
@@ -215,10 +222,20 @@ class TilePipeline:
         if ``None``), all stored by one fetch."""
         return [self.key(replace(request, x=x, y=y), generation) for x, y, _ in meta.crops()]
 
+    def serving_metatile(self, request: TileRequest) -> MetaTile:
+        """The metatile a served request fetches: its own tile alone where the upstream's tile
+        cache holds it (``Layer.cache_level``: one cached tile per upstream call, nothing to
+        cut), else ``metatile_of``."""
+        layer = self.layers[request.layer]
+        if layer.cache_level(request.tms, request.z, request.scale) is None:
+            return self.metatile_of(request)
+        grid = self.grids[request.tms]
+        return metatile(grid, request.z, request.x, request.y, (1, 1), 0, request.scale)
+
     async def _fetch(
         self, request: TileRequest, key: str, generation: str
     ) -> tuple[TileEntry, bool]:
-        return await self.fetch_metatile(request, self.metatile_of(request), key, generation)
+        return await self.fetch_metatile(request, self.serving_metatile(request), key, generation)
 
     async def fetch_metatile(
         self, request: TileRequest, meta: MetaTile, key: str, generation: str | None = None
@@ -246,8 +263,118 @@ class TilePipeline:
     async def produce(
         self, request: TileRequest, meta: MetaTile, generation: str | None = None
     ) -> dict[str, TileEntry]:
+        """Every tile of ``meta`` by cache key in ``generation`` (the layer's current one if
+        ``None``; coalescing stores them): read from the upstream's tile cache where it holds
+        the TileMatrix (``Layer.cache_level``) and every tile of ``meta``, else one
+        exportImage call (``export``).
+
+        Raises ``UpstreamError`` (see ``export`` and ``ImageServerClient.tile``).
+        """
+        layer = self.layers[request.layer]
+        level = layer.cache_level(request.tms, request.z, request.scale)
+        if level is not None:
+            cached = await self._read_service_cache(request, meta, level)
+            if cached is not None:
+                return self._entries(request, meta, cached, generation)
+        return await self.export(request, meta, generation)
+
+    async def _read_service_cache(
+        self, request: TileRequest, meta: MetaTile, level: int
+    ) -> list[tuple[bytes, float | None]] | None:
+        """The tiles of ``meta`` from the upstream's cache at ``level`` (read concurrently),
+        as ``(bytes, Last-Modified)`` in ``meta.crops()`` order, tiles beside the data extent
+        empty without a call; ``None`` when one is missing or broken (``_read_cached_tile``):
+        exportImage renders the metatile then, as a cache is often built for part of its
+        levels or area.
+
+        Raises ``UpstreamError`` when the upstream fails (timeout, HTTP 5xx).
+        """
+        layer = self.layers[request.layer]
+        grid = self.grids[request.tms]
+        empty = layer.empty_entry(request.ext, grid.tile_size * request.scale).data
+
+        async def read(col: int, row: int) -> bytes | None:
+            # A tile beside the data is the empty tile, as get_tile answers it: the cache
+            # would only say 404 there.
+            if not layer.has_data(grid, request.z, col, row):
+                return empty
+            return await self._read_cached_tile(request, level, col, row)
+
+        tiles = await asyncio.gather(*(read(col, row) for col, row, _ in meta.crops()))
+        if any(tile is None for tile in tiles):
+            return None
+        return [(tile, None) for tile in tiles if tile is not None]
+
+    async def _read_cached_tile(
+        self, request: TileRequest, level: int, col: int, row: int
+    ) -> bytes | None:
+        """Tile ``level/row/col`` of the upstream's cache, decoded completely (in a worker
+        thread) and, when the cache's format is not the requested one, encoded as the layer
+        encodes cut tiles; ``None`` when the cache has none there or it does not decode (a
+        broken cached tile is no reason to fail: exportImage renders it). Never cached broken.
+
+        Raises ``UpstreamError`` when the upstream fails (timeout, HTTP 5xx).
+        """
+        layer = self.layers[request.layer]
+        with metrics.upstream_call(request.layer, "tile") as call:
+            try:
+                data = await layer.client.tile(level, row, col)
+            except UpstreamError as exc:
+                call.outcome = "timeout" if exc.status == 504 else "error"
+                raise
+        exchange = EXCHANGE.get()
+        if exchange is not None:
+            exchange.upstream_seconds += call.seconds
+        if data is None:
+            log.debug("layer %s: no cached tile %d/%d/%d", request.layer, level, row, col)
+            return None
+        size = (self.grids[request.tms].tile_size * request.scale,) * 2
+        loop = asyncio.get_running_loop()
+        try:
+            if sniff_format(data) == request.ext:
+                await loop.run_in_executor(None, check_image, data, size)
+                return data
+            (encoded,) = await loop.run_in_executor(
+                None,
+                partial(
+                    cut_metatile,
+                    data,
+                    size,
+                    [(0, 0, *size)],
+                    request.ext,
+                    png8=layer.config.png8,
+                    jpeg_quality=layer.config.jpeg_quality,
+                    background=layer.config.background,
+                ),
+            )
+        except UndecodableImage as exc:
+            log.info("layer %s: cached tile %d/%d/%d: %s", request.layer, level, row, col, exc)
+            return None
+        return encoded
+
+    def _entries(
+        self,
+        request: TileRequest,
+        meta: MetaTile,
+        tiles: list[tuple[bytes, float | None]],
+        generation: str | None,
+    ) -> dict[str, TileEntry]:
+        """Cache entries of the tiles of ``meta`` (``(bytes, Last-Modified)`` in
+        ``meta.crops()`` order) by key in ``generation``."""
+        now = time.time()
+        content_type = EXPORT_FORMATS[request.ext][1]
+        return {
+            self.key(replace(request, x=col, y=row), generation): TileEntry(
+                data, content_type, strong_etag(data), now, last_modified
+            )
+            for (col, row, _), (data, last_modified) in zip(meta.crops(), tiles, strict=True)
+        }
+
+    async def export(
+        self, request: TileRequest, meta: MetaTile, generation: str | None = None
+    ) -> dict[str, TileEntry]:
         """One exportImage call for ``meta``: every tile of it by cache key in ``generation``
-        (the layer's current one if ``None``; coalescing stores them).
+        (the layer's current one if ``None``).
 
         A 1 x 1 metatile without buffer keeps the upstream's bytes as they are, once they
         decode completely; a larger one is asked in the layer's metatile format
@@ -309,18 +436,13 @@ class TilePipeline:
             raise UpstreamError(
                 502, None, f"the {fmt.upper()} image does not decode: {exc}"
             ) from None
-        now = time.time()
-        content_type = EXPORT_FORMATS[request.ext][1]
-        return {
-            self.key(replace(request, x=col, y=row), generation): TileEntry(
-                data, content_type, strong_etag(data), now, image.last_modified
-            )
-            for (col, row, _), data in zip(crops, tiles, strict=True)
-        }
+        return self._entries(
+            request, meta, [(data, image.last_modified) for data in tiles], generation
+        )
 
     def _refresh_later(self, request: TileRequest, key: str, generation: str) -> None:
         """Start one background refresh of the request's metatile unless one is running."""
-        if self.flight.running(self.lock_key(request, self.metatile_of(request), generation)):
+        if self.flight.running(self.lock_key(request, self.serving_metatile(request), generation)):
             return
         task = asyncio.create_task(self._refresh(request, key, generation))
         self._refreshes.add(task)

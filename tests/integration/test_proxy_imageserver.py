@@ -103,6 +103,8 @@ async def test_the_configured_server_credentials_serve_the_proxy_and_a_layer_wit
         "url": f"{secured_imageserver.services}/rgb/ImageServer",
         "formats": ["png"],
         "credentials": "arcgis",
+        # Past the 300 m scene's default last level (10).
+        "maxzoom": 12,
     }
     client = await aiohttp_client(create_app(parse_config({**tree, "cache": {}})))
     info = await client.get(RGB, params={"f": "json"})

@@ -25,7 +25,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert (layer.formats, layer.minzoom, layer.maxzoom, layer.ttl) == (
         ["png", "jpg"],
         0,
-        22,
+        None,
         86400,
     )
     assert layer.web_mercator_wkid == 3857
