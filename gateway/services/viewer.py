@@ -11,6 +11,8 @@ from pathlib import PurePosixPath
 
 from aiohttp import web
 
+from gateway.config import ELEVATION_FORMATS
+from gateway.imaging import MAP_FORMATS
 from gateway.services.http import CONFIG, PIPELINE, json_error
 
 _WEB = files("gateway.web")
@@ -110,9 +112,11 @@ async def vendored(request: web.Request) -> web.Response:
 
 
 async def layers(request: web.Request) -> web.Response:
-    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles}]}``.
+    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles, terrain}]}``.
 
-    ``tiles`` is an XYZ URL template relative to the gateway's root, in the layer's first format.
+    ``tiles`` is an XYZ URL template relative to the gateway's root, in the layer's first map
+    format (png, jpg, webp); ``terrain`` its first elevation encoding (``terrain-rgb`` or
+    ``terrarium``, which the viewer's MapLibre map shows as 3D terrain), else ``None``.
     """
     pipeline = request.app[PIPELINE]
     body = [
@@ -123,11 +127,17 @@ async def layers(request: web.Request) -> web.Response:
             "minzoom": layer.config.minzoom,
             "maxzoom": layer.config.maxzoom,
             "attribution": layer.config.attribution,
-            "tiles": f"tiles/{name}/{{z}}/{{x}}/{{y}}.{layer.config.formats[0]}",
+            "tiles": f"tiles/{name}/{{z}}/{{x}}/{{y}}.{_first(layer.formats, MAP_FORMATS)}",
+            "terrain": _first(layer.formats, ELEVATION_FORMATS),
         }
         for name, layer in pipeline.layers.items()
     ]
     return web.json_response({"layers": body}, headers={"Cache-Control": "no-cache"})
+
+
+def _first(formats: tuple[str, ...], kinds: tuple[str, ...]) -> str | None:
+    """The first of ``formats`` that is one of ``kinds``, else ``None``."""
+    return next((ext for ext in formats if ext in kinds), None)
 
 
 def routes() -> list[web.RouteDef]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
-from gateway import metrics
+from gateway import metrics, terrain
 from gateway.cache.coalesce import SingleFlight
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.cache.keys import KeyLayout
@@ -25,7 +25,13 @@ from gateway.config import GatewayConfig, LayerConfig
 from gateway.credentials import CredentialProviders
 from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
-from gateway.imaging import EXPORT_FORMATS, UndecodableImage, check_image, cut_metatile
+from gateway.imaging import (
+    EXPORT_FORMATS,
+    MEDIA_TYPES,
+    UndecodableImage,
+    check_image,
+    cut_metatile,
+)
 from gateway.logs import EXCHANGE
 from gateway.sources.http import ExportLimit, UpstreamPool
 from gateway.tiles.address import TileAddresses, TileRequest
@@ -247,17 +253,22 @@ class TilePipeline:
         """One exportImage call for ``meta``: every tile of it by cache key in ``generation``
         (the layer's current one if ``None``; coalescing stores them).
 
-        A 1 x 1 metatile without buffer keeps the upstream's bytes as they are, once they
-        decode completely; a larger one is asked in the layer's metatile format
-        (``Layer.metatile_format``: JPEG for JPEG tiles where no transparency counts, else PNG)
-        and cut and encoded per tile. Decoding happens in a worker thread. Raises
-        ``UpstreamError``: bytes that do not decode completely to the size asked for (a
-        truncated or corrupt image) are a 502 like any other upstream failure, so nothing is
-        stored and a stale copy may stand in.
+        A 1 x 1 metatile without buffer of a format exportImage gives (PNG, JPEG) keeps the
+        upstream's bytes as they are, once they decode completely; a larger one, or a WebP or
+        elevation tile, is asked in the layer's metatile format (``Layer.metatile_format``:
+        JPEG for JPEG tiles where no transparency counts, float TIFF for elevation encodings,
+        else PNG) and cut and encoded per tile (``terrain.cut_heights`` for heights). Decoding
+        happens in a worker thread. Raises ``UpstreamError``: bytes that do not decode
+        completely to the size asked for (a truncated or corrupt image) are a 502 like any other
+        upstream failure, so nothing is stored and a stale copy may stand in.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
-        single = meta.cols == meta.rows == 1 and meta.width == meta.tile_px == meta.height
+        single = (
+            request.ext in EXPORT_FORMATS
+            and meta.cols == meta.rows == 1
+            and meta.width == meta.tile_px == meta.height
+        )
         fmt = request.ext if single else layer.metatile_format(request.ext)
         with metrics.upstream_call(request.layer, "exportImage") as call:
             try:
@@ -287,6 +298,15 @@ class TilePipeline:
             if single:
                 await loop.run_in_executor(None, check_image, image.data, size)
                 tiles = [image.data]
+            elif request.ext in terrain.ENCODINGS:
+                tiles = await loop.run_in_executor(
+                    None,
+                    terrain.cut_heights,
+                    image.data,
+                    size,
+                    [box for _, _, box in crops],
+                    request.ext,
+                )
             else:
                 tiles = await loop.run_in_executor(
                     None,
@@ -299,6 +319,7 @@ class TilePipeline:
                         png8=layer.config.png8,
                         jpeg_quality=layer.config.jpeg_quality,
                         background=layer.config.background,
+                        webp_quality=layer.config.webp_quality,
                     ),
                 )
         except UndecodableImage as exc:
@@ -306,7 +327,7 @@ class TilePipeline:
                 502, None, f"the {fmt.upper()} image does not decode: {exc}"
             ) from None
         now = time.time()
-        content_type = EXPORT_FORMATS[request.ext][1]
+        content_type = MEDIA_TYPES[request.ext]
         return {
             self.key(replace(request, x=col, y=row), generation): TileEntry(
                 data, content_type, strong_etag(data), now, image.last_modified
