@@ -36,7 +36,7 @@ def geotiff(heights: np.ndarray, nodata: float | None) -> bytes:
             dtype="float32",
             nodata=nodata,
             crs="EPSG:3857",
-            transform=Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+            transform=Affine(2.0, 0.0, 1000.0, 0.0, -2.0, 5000.0),
         ) as dataset:
             dataset.write(heights.astype(np.float32), 1)
         return memfile.read()
