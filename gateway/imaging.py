@@ -110,7 +110,7 @@ def cut_metatile(
     png8: bool,
     jpeg_quality: int,
     background: str,
-    webp_quality: int = 80,
+    webp_quality: int,
 ) -> list[bytes]:
     """Cut a metatile of ``size`` (width, height) pixels into tiles and encode each in ``ext``.
 
