@@ -10,9 +10,13 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services/<name>/ImageServer/getSamples
     /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
     /arcgis/rest/services/<name>/ImageServer/keyProperties
+    /arcgis/rest/services/<name>/ImageServer/query        (mosaic services: their catalog)
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
     /arcgis/rest/services/System                        folder of the GP service
     /arcgis/rest/services/System/RasterAnalysisTools/GPServer/...   see imageserver.gp
+    /arcgis/rest/services/Hosted                        folder of the image collections
+    /arcgis/rest/services/Hosted/<name>/ImageServer[/<operation>]   as above, for them
+    /arcgis/rest/directories/arcgisoutput/Hosted/<name>_ImageServer/_ags_<id>.<ext>   (GET)
 
 plus the token services of :mod:`imageserver.tokens` when ``security.enabled`` is set; then
 secured services (their root, operations and output files) answer 499 without a token and
@@ -44,13 +48,14 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from imageserver import pixels
-from imageserver.config import ImageServerConfig
+from imageserver import mosaic, pixels
+from imageserver.config import GP_FOLDER, HOSTED_FOLDER, ImageServerConfig
 from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
 from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
-from imageserver.gp import GP_FOLDER, GP_SERVICE, add_gp_routes, folder_json
+from imageserver.gp import GP_SERVICE, add_gp_routes, folder_json, hosted_folder_json
 from imageserver.metadata import catalog, server_info, service_info
+from imageserver.mosaic import MosaicSource, for_request, open_service
 from imageserver.params import (
     Bounds,
     ExportParams,
@@ -142,10 +147,17 @@ def create_app(
     # Before the generic service routes: ".../System/RasterAnalysisTools/GPServer" would
     # otherwise read as an operation of a service "System".
     add_gp_routes(app)
+    # The collections in the Hosted folder, before the generic routes too:
+    # ".../Hosted/<name>/ImageServer" would read as the operation <name>/ImageServer of a
+    # service "Hosted" (a name the config refuses for that reason).
+    hosted = f"{rest}/services/{{folder:{HOSTED_FOLDER}}}/{{name}}"
+    add_route(app, f"{hosted}/{{kind}}", _handle_service)
+    add_route(app, f"{hosted}/{{kind}}/{{operation}}", _handle_operation)
     add_route(app, service, _handle_folder)
     add_route(app, f"{service}/{{kind}}", _handle_service)
     add_route(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
     app.router.add_get(f"{OUTPUT_ROOT}/{{folder}}/{{filename}}", _handle_output)
+    app.router.add_get(f"{OUTPUT_ROOT}/{{parent}}/{{folder}}/{{filename}}", _handle_output)
     return app
 
 
@@ -157,7 +169,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     specs = app[CONFIG].all_services()
     results = await asyncio.gather(
-        *(loop.run_in_executor(executor, RasterSource.open, s) for s in specs.values()),
+        *(loop.run_in_executor(executor, open_service, s) for s in specs.values()),
         return_exceptions=True,
     )
     sources = [r for r in results if isinstance(r, RasterSource)]
@@ -199,31 +211,49 @@ async def _handle_catalog(request: web.Request) -> web.Response:
     state = token_state(request, params)
     if state is TokenState.INVALID:
         return token_error(request, params, 498)
-    visible = [
+    # The root lists its own services; the collections are listed in their folder.
+    visible = [name for name in _visible(request, state) if "/" not in name]
+    return json_response(catalog(visible), params)
+
+
+def _visible(request: web.Request, state: TokenState) -> list[str]:
+    """The services (``<name>`` or ``Hosted/<name>``) a caller whose token is in ``state``
+    may see listed: ArcGIS lists secured services only to a valid token."""
+    return [
         name
         for name in request.app[SOURCES]
         if state is TokenState.VALID or not is_secured(request.app, name)
     ]
-    return json_response(catalog(visible), params)
 
 
 async def _handle_folder(request: web.Request) -> web.Response:
-    # Image services live at the root and the GP service in "System"; any other
-    # ".../services/<x>" is a folder that does not exist.
+    # Image services live at the root, the GP service in "System" and the collections in
+    # "Hosted"; any other ".../services/<x>" is a folder that does not exist.
     params = await request_params(request)
     name = request.match_info["name"]
-    if name != GP_FOLDER:
+    if name not in (GP_FOLDER, HOSTED_FOLDER):
         return error_response(params, 404, f"Folder {name} not found")
     state = token_state(request, params)
     if state is TokenState.INVALID:
         return token_error(request, params, 498)
+    if name == HOSTED_FOLDER:
+        prefix = f"{HOSTED_FOLDER}/"
+        hosted = [service for service in _visible(request, state) if service.startswith(prefix)]
+        return json_response(hosted_folder_json(hosted), params)
     visible = state is TokenState.VALID or not is_secured(request.app, GP_SERVICE)
     return json_response(folder_json(visible), params)
 
 
+def _service_name(request: web.Request) -> str:
+    """The service a route names: ``<name>``, or ``Hosted/<name>`` in the Hosted folder."""
+    name = request.match_info["name"]
+    folder = request.match_info.get("folder")
+    return name if folder is None else f"{folder}/{name}"
+
+
 async def _handle_service(request: web.Request) -> web.Response:
     params = await request_params(request)
-    name = request.match_info["name"]
+    name = _service_name(request)
     found = find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
@@ -238,7 +268,7 @@ Operation = Callable[[web.Request, Mapping[str, str], str, RasterSource], Any]
 
 async def _handle_operation(request: web.Request) -> web.StreamResponse:
     params = await request_params(request)
-    name = request.match_info["name"]
+    name = _service_name(request)
     found = find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
@@ -257,6 +287,7 @@ async def _export_image(
 ) -> web.StreamResponse:
     try:
         export = parse_export_params(params, band_count=source.count)
+        source = for_request(source, params)
         render_request = _render_request(source, export)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
@@ -286,8 +317,12 @@ async def _export_image(
 
 async def _handle_output(request: web.Request) -> web.Response:
     # Output files of a secured service need the token too (esri-leaflet appends ?token= to
-    # the href for that reason, docs/arcgis-rest.md §1.2).
+    # the href for that reason, docs/arcgis-rest.md §1.2). A collection's files are one
+    # folder deeper, as its service is: "Hosted/<name>_ImageServer/_ags_<id>.<ext>".
     folder = request.match_info["folder"]
+    parent = request.match_info.get("parent")
+    if parent is not None:
+        folder = f"{parent}/{folder}"
     service = folder.removesuffix("_ImageServer")
     refused = guard(request, await request_params(request), service)
     if refused is not None:
@@ -303,29 +338,35 @@ async def _identify(
     request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
 ) -> web.Response:
     """identify: the pixel value at ``geometry`` (a point, or the centroid of another
-    geometry). ``mosaicRule``, ``renderingRule``, ``pixelSize`` and ``time`` are accepted and
-    ignored: a raster-dataset service has one raster, read at its base resolution."""
+    geometry), read at the base resolution. A mosaic service answers for its ``time`` and
+    ``mosaicRule`` (:func:`imageserver.mosaic.identify`); a raster-dataset service has one
+    raster and ignores both. ``renderingRule`` and ``pixelSize`` are accepted and ignored."""
     try:
         geometry = _geometry(params, "esriGeometryPoint")
         point = centroid(geometry)
+        source = for_request(source, params)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
     except ValueError as exc:
         return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
-    answer = await _in_pool(request, pixels.identify, source, geometry, point)
+    identify = mosaic.identify if isinstance(source, MosaicSource) else pixels.identify
+    answer = await _in_pool(request, identify, source, geometry, point)
     return json_response(answer, params)
 
 
 async def _get_samples(
     request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
 ) -> web.Response:
-    """getSamples for a point or multipoint ``geometry`` (see :func:`pixels.samples`)."""
+    """getSamples for a point or multipoint ``geometry`` (see :func:`pixels.samples`; on a
+    mosaic service, for its ``time`` and ``mosaicRule``: :func:`imageserver.mosaic.samples`)."""
     try:
         geometry = _geometry(params, None)
+        source = for_request(source, params)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
+    sample = mosaic.samples if isinstance(source, MosaicSource) else pixels.samples
     try:
-        answer = await _in_pool(request, pixels.samples, source, geometry)
+        answer = await _in_pool(request, sample, source, geometry)
     except ValueError as exc:
         return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
     return json_response(answer, params)
@@ -341,6 +382,7 @@ async def _compute_statistics_histograms(
         pixel_size = None
         if "pixelsize" in params:
             pixel_size = parse_pixel_size(params["pixelsize"])
+        source = for_request(source, params)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
     except ValueError as exc:
@@ -360,8 +402,23 @@ async def _key_properties(
     return json_response(pixels.key_properties(source), params)
 
 
+async def _query(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.Response:
+    """query: the catalog of a mosaic service (:func:`imageserver.mosaic.query`); a
+    raster-dataset service has no catalog (no ``Catalog`` capability)."""
+    if not isinstance(source, MosaicSource):
+        return error_response(params, 400, "Requested operation is not supported by this service.")
+    try:
+        answer = mosaic.query(source, params)
+    except ParameterError as exc:
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
+    return json_response(answer, params)
+
+
 _OPERATIONS: dict[str, Operation] = {
     "exportimage": _export_image,
+    "query": _query,
     "identify": _identify,
     "getsamples": _get_samples,
     "computestatisticshistograms": _compute_statistics_histograms,

@@ -11,7 +11,8 @@ fails the running job instead (:class:`~imageserver.jobs.JobFailure`).
 The mosaic (:func:`build_mosaic`) is a tiled GeoTIFF on one grid in ``context.outSR`` (default:
 the first input's CRS): each input is warped onto it through a rasterio ``WarpedVRT``
 (nearest neighbour, so pixel values are kept), later inputs on top of earlier ones wherever
-they hold data; nodata and masks of the inputs are respected and the output carries a mask
+they hold data (:func:`imageserver.mosaic.composite` with ``MT_FIRST``, as time-enabled mosaics
+draw); nodata and masks of the inputs are respected and the output carries a mask
 band (no nodata value, so no valid pixel can collide with one) and no colour table. Raster
 types are recorded, not applied: georeferenced inputs are mosaicked as they are (no
 photogrammetric adjustment).
@@ -40,8 +41,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from imageserver.config import ITEM_ID_PATTERN, SERVICE_NAME_PATTERN
+from imageserver.config import HOSTED_FOLDER, ITEM_ID_PATTERN, SERVICE_NAME_PATTERN
 from imageserver.jobs import Job, JobFailure, MessageType
+from imageserver.mosaic import MosaicOperation, composite
 from imageserver.params import ParameterError
 from imageserver.raster import RasterSource
 from imageserver.spatialref import crs_from_wkid, spatial_reference_from_json
@@ -64,7 +66,10 @@ RASTER_TYPES = (
 COLLECTION_TYPES = ("UAV/UAS", "Aerial", "ScannedAerial", "Satellite")
 # Copied from the Esri page, a JSON value arrives with these instead of straight quotes (§5.2).
 _TYPOGRAPHIC_QUOTES = "\u201c\u201d\u201e\u2018\u2019"
-_SERVICE_PATH = re.compile(r"^/arcgis/rest/services/([^/]+)/ImageServer/?$", re.IGNORECASE)
+# A service of this server: "<name>" at the root, or "Hosted/<name>" (a published collection).
+_SERVICE_PATH = re.compile(
+    rf"^/arcgis/rest/services/((?:{HOSTED_FOLDER}/)?([^/]+))/ImageServer/?$", re.IGNORECASE
+)
 # Rows of the mosaic written per step: a multiple of the 256-pixel tiles.
 _STRIP_ROWS = 512
 _BLOCK = 256
@@ -319,8 +324,9 @@ def _collection(
         if isinstance(value.get("serviceProperties"), dict):
             name = value["serviceProperties"].get("name")
         elif "url" in value:
+            # The collection's name, whether the url names it in the Hosted folder or not.
             match = _SERVICE_PATH.match(urlsplit(str(value["url"])).path)
-            name = match.group(1) if match else None
+            name = match.group(2) if match else None
         elif "itemId" in value:
             item_id = str(value["itemId"])
             if item_id in items:
@@ -482,13 +488,14 @@ def build_mosaic(
                 job.step()
                 data = np.zeros((count, int(window.height), int(window.width)), dtype)
                 valid = np.zeros(data.shape[1:], bool)
-                for source in warped:  # later inputs on top
+                layers = []
+                for source in reversed(warped):  # later inputs on top: first in the order
                     # The alpha band marks where the input has data (nodata and masks applied).
                     covered = source.read(count + 1, window=window) > 0
                     if covered.any():
-                        block = source.read(bands, window=window)
-                        data[:, covered] = block[:, covered]
-                        valid |= covered
+                        layers.append((source.read(bands, window=window).astype(dtype), covered))
+                if layers:
+                    data, valid = composite(layers, MosaicOperation.FIRST)
                 out.write(data, window=window)
                 out.write_mask(valid.astype(np.uint8) * 255, window=window)
             job.step("Building overviews")

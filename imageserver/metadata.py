@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from imageserver.mosaic import MosaicSource, service_fields
 from imageserver.params import DEFAULT_COMPRESSION_QUALITY, MAX_IMAGE_HEIGHT, MAX_IMAGE_WIDTH
 from imageserver.raster import RasterSource
 from imageserver.spatialref import spatial_reference_json
@@ -56,11 +57,12 @@ def server_info(
 
 
 def catalog(service_names: Iterable[str]) -> dict[str, Any]:
-    """``/arcgis/rest/services``: every image service is an ImageServer at the root folder;
-    the ``System`` folder holds the RasterAnalysisTools GP service, as on ArcGIS Server."""
+    """``/arcgis/rest/services``: the configured image services are ImageServers at the root
+    folder; the ``Hosted`` folder holds the image collections jobs publish, and ``System`` the
+    RasterAnalysisTools GP service, as on ArcGIS Enterprise."""
     return {
         "currentVersion": CURRENT_VERSION,
-        "folders": ["System"],
+        "folders": ["Hosted", "System"],
         "services": [{"name": name, "type": "ImageServer"} for name in sorted(service_names)],
     }
 
@@ -83,7 +85,7 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
     stats = source.statistics
     band_count = source.count
     nodata = _json_number(source.nodata)
-    return {
+    info = {
         "currentVersion": CURRENT_VERSION,
         "serviceDescription": source.spec.description,
         "name": name,
@@ -126,6 +128,10 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
         "exportTilesAllowed": False,
         "singleFusedMapCache": False,
     }
+    if isinstance(source, MosaicSource):
+        # A time-enabled mosaic: catalog fields, mosaic defaults, timeInfo.
+        info.update(service_fields(source))
+    return info
 
 
 def error_payload(

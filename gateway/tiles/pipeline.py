@@ -231,7 +231,8 @@ class TilePipeline:
     ) -> tuple[TileEntry, bool]:
         """The fresh entry under ``key`` (a tile of ``meta`` in ``generation``, the layer's
         current one if ``None``), from the cache or by fetching the metatile through
-        coalescing; ``True`` when this call made the upstream call. Another process's fetch
+        coalescing (a wait for another request's fetch counted in ``metrics.waiting``);
+        ``True`` when this call made the upstream call. Another process's fetch
         is waited for at most the upstream timeout (``server.upstream_timeout``).
 
         Raises ``UpstreamError``.
@@ -245,6 +246,7 @@ class TilePipeline:
             layer.config.ttl,
             layer.config.lifetime,
             layer.client.upstream.timeout,
+            request.layer,
         )
 
     async def produce(
@@ -257,10 +259,11 @@ class TilePipeline:
         upstream's bytes as they are, once they decode completely; a larger one, or a WebP or
         elevation tile, is asked in the layer's metatile format (``Layer.metatile_format``:
         JPEG for JPEG tiles where no transparency counts, float TIFF for elevation encodings,
-        else PNG) and cut and encoded per tile (``terrain.cut_heights`` for heights). Decoding
-        happens in a worker thread. Raises ``UpstreamError``: bytes that do not decode
-        completely to the size asked for (a truncated or corrupt image) are a 502 like any other
-        upstream failure, so nothing is stored and a stale copy may stand in.
+        else PNG) and cut and encoded per tile (``terrain.cut_heights`` for heights). The
+        image's size is recorded (``metrics.metatile_fetched``). Decoding happens in a worker
+        thread. Raises ``UpstreamError``: bytes that do not decode completely to the size asked
+        for (a truncated or corrupt image) are a 502 like any other upstream failure, so nothing
+        is stored and a stale copy may stand in.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
@@ -288,6 +291,7 @@ class TilePipeline:
                     else "error"
                 )
                 raise
+        metrics.metatile_fetched(request.layer, len(image.data))
         exchange = EXCHANGE.get()
         if exchange is not None:
             exchange.upstream_seconds += call.seconds

@@ -29,11 +29,18 @@ def test_no_file_means_builtins_only() -> None:
     config = load_config(None)
     assert config.services == {}
     assert config.builtin is True
-    assert set(config.all_services()) == {"bluemarble", "shadedrelief", "etopo", "jacksboro"}
+    assert set(config.all_services()) == {
+        "bluemarble",
+        "shadedrelief",
+        "etopo",
+        "jacksboro",
+        "naip_time",
+    }
 
 
 def test_builtin_services_point_at_package_data() -> None:
     services = builtin_services()
+    services.pop("naip_time")  # the mosaic of two tests/data scenes: tests/imageserver/test_time.py
     assert {name: spec.path.name for name, spec in services.items()} == {
         "bluemarble": "bmng.jpg",
         "shadedrelief": "shadedrelief.jpg",
@@ -114,6 +121,14 @@ def test_missing_config_file_raises_config_error(tmp_path: Path) -> None:
 def test_service_keys_must_match_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="differs"):
         ImageServerConfig(services={"a": ServiceSpec(name="b", path=tmp_path)})
+
+
+@pytest.mark.parametrize("name", ["Hosted", "system"])
+def test_a_service_may_not_take_the_name_of_a_folder(tmp_path: Path, name: str) -> None:
+    # ".../services/Hosted/<x>/<y>" routes to the collections, ".../System/..." to the GP
+    # service: a service of that name could not be reached by all its URLs.
+    with pytest.raises(ValueError, match="is the name of a folder of the catalog"):
+        ImageServerConfig(services={name: ServiceSpec(name=name, path=tmp_path)})
 
 
 def test_security_is_off_by_default_and_allows_every_origin() -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from tests.integration.gp_upstream import (
@@ -51,10 +52,20 @@ def _no_secret(text: str, gp: GP) -> None:
     assert PASSWORD not in text
 
 
+def _statuses() -> dict[str, float]:
+    """The jobs counted by status so far (this process's ``tile_gateway_job_statuses_total``)."""
+    return {
+        status: REGISTRY.get_sample_value("tile_gateway_job_statuses_total", {"status": status})
+        or 0.0
+        for status in ("esriJobSubmitted", "esriJobExecuting", "esriJobSucceeded", "other")
+    }
+
+
 async def test_submit_long_poll_events_and_result_across_replicas(
     gp: GP, replicas: Replicas
 ) -> None:
     first, second = await replicas()
+    before = _statuses()
     job_id = await submit(first)
     assert gp.submissions[0]["inputRasters"] == json.dumps(
         json.loads(INPUTS), separators=(",", ":")
@@ -88,6 +99,15 @@ async def test_submit_long_poll_events_and_result_across_replicas(
     gp.move(job_id, "esriJobSucceeded")
     await asyncio.wait_for(follower, 5)
     assert seen == ["esriJobExecuting", "esriJobSucceeded"]
+
+    # Each change counted once, whichever replica saw it first and however many relayed it.
+    after = _statuses()
+    assert {status: after[status] - before[status] for status in after} == {
+        "esriJobSubmitted": 1,
+        "esriJobExecuting": 1,
+        "esriJobSucceeded": 1,
+        "other": 0,
+    }
 
     # A long poll on a finished job answers at once.
     response = await second.get(
@@ -214,6 +234,28 @@ async def test_a_token_expiring_during_the_job_is_renewed(gp: GP, replicas: Repl
     assert gp.issued >= 2
     response = await first.get(f"{TASK}/jobs/{job_id}", headers=ALICE)
     assert (await response.json())["jobStatus"] == "esriJobExecuting"
+
+    # Expired again while the client waits for the end, and once more before it asks for
+    # the result: the client, which never held a token, still gets both.
+    waiting = asyncio.create_task(
+        first.get(f"{TASK}/jobs/{job_id}", params={"wait": "10"}, headers=ALICE)
+    )
+    await asyncio.sleep(0.3)
+    issued = gp.issued
+    gp.tokens.clear()
+    gp.move(job_id, "esriJobSucceeded")
+    body = await (await asyncio.wait_for(waiting, 5)).json()
+    assert body["jobStatus"] == "esriJobSucceeded"
+    assert gp.issued > issued
+    issued = gp.issued
+    gp.tokens.clear()
+    response = await second.get(f"{TASK}/jobs/{job_id}/results/result", headers=ALICE)
+    text = await response.text()
+    assert response.status == 200, text
+    _no_secret(text, gp)
+    base = str(second.make_url("/arcgis/rest/services"))
+    assert json.loads(text)["value"]["url"] == f"{base}/Hosted/landsat_mosaic/ImageServer"
+    assert gp.issued > issued
 
 
 @pytest.mark.parametrize(
