@@ -554,15 +554,21 @@ class LayerConfig(_Strict):
     def _zoom_order(self) -> LayerConfig:
         if self.minzoom > self.maxzoom:
             raise ValueError("minzoom must not be greater than maxzoom")
+        if self.bounds is not None:
+            west, south, east, north = self.bounds
+            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+                raise ValueError("bounds must be [west, south, east, north] in degrees")
+        return self
+
+    @model_validator(mode="after")
+    def _map_format(self) -> LayerConfig:
+        # WMTS and OGC API - Tiles offer map pictures: the elevation encodings are not formats
+        # of theirs (heights, for MapLibre's raster-dem), so a layer needs one besides them.
         if all(ext in ELEVATION_FORMATS for ext in self.formats):
             raise ValueError(
                 "formats must hold a map format (png, jpg or webp) besides the elevation "
                 "encodings, for WMTS and OGC API - Tiles"
             )
-        if self.bounds is not None:
-            west, south, east, north = self.bounds
-            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-                raise ValueError("bounds must be [west, south, east, north] in degrees")
         return self
 
     @property

@@ -15,10 +15,10 @@ Encodings (heights in metres, pixels ``R``, ``G``, ``B`` as 0-255 integers):
                  -32768 m to 32767.996 m.
 
 Heights are rounded to the nearest step and clipped to the encoding's range. Neither encoding
-has a no-data value, and MapLibre reads every pixel as a height (an all-zero pixel would be a
-10 km or 32 km pit), so pixels without data and tiles outside the data extent are encoded as
-height 0 (sea level), opaque: the convention of the public Terrarium tiles, which carry 0 over
-areas without source data.
+defines a no-data value, and MapLibre reads every pixel as a height (an all-zero pixel would be
+a 10 km or 32 km pit; a transparent one reads as all-zero once the browser premultiplies its
+alpha), so pixels without data and tiles outside the data extent are encoded as height 0 (sea
+level), opaque: this gateway's convention.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from gateway.imaging import UndecodableImage
 
 # Tile format (LayerConfig.formats) -> the TileJSON / MapLibre ``encoding`` of its tiles.
 ENCODINGS: Final[dict[str, str]] = {"terrain-rgb": "mapbox", "terrarium": "terrarium"}
-# The value exportImage is asked to fill pixels without data with: the lowest float32, which
-# ArcGIS itself uses as F32 no-data and no terrain reaches.
+# The value exportImage is asked to fill pixels without data with: the lowest float32, a usual
+# float no-data value that no terrain reaches.
 NODATA: Final = float(np.finfo(np.float32).min)
 # TIFF tag in which GDAL (and so ArcGIS) writes a band's no-data value, as ASCII.
 _GDAL_NODATA_TAG: Final = 42113
