@@ -9,6 +9,7 @@ Tilezen "terrarium"), not with the gateway's encoder, and compared with ``tests/
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import morecantile
@@ -21,7 +22,8 @@ from pyproj import Transformer
 from rasterio.warp import transform_bounds
 
 from gateway.config import ConfigError, parse_config
-from tests.conftest import DATA, MakeGateway
+from gateway.seed import SeedOptions, run_seed
+from tests.conftest import DATA, MakeGateway, gateway_config
 
 DTM = DATA / "dtm.tif"
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
@@ -202,6 +204,31 @@ async def test_elevation_encodings_stay_out_of_wmts_and_ogcapi(
     assert [element.text for element in formats] == ["image/png"]
     tileset = await (await client.get("/ogcapi/collections/dtm/map/tiles/WebMercatorQuad")).json()
     assert tileset["mediaTypes"] == ["image/png"]
+
+
+async def test_seed_an_elevation_encoding_then_serve_it_from_the_cache(
+    make_gateway: MakeGateway,
+    imageserver_url: str,
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    cache = {"redis_url": redis_url, "prefix": key_prefix}
+    layers = {"dtm": dtm_layer(imageserver_url)}
+    options = SeedOptions("dtm", (15, 16), format="terrarium", state=tmp_path / "state.json")
+    assert await run_seed(gateway_config(layers, cache), options) == 0
+    client = await make_gateway(layers, cache)
+    tile = centre_tile(16)
+    seeded = await client.get(f"/tiles/dtm/terrarium/16/{tile.x}/{tile.y}.png")
+    assert seeded.headers["X-Cache"] == "HIT"
+    expected, clear = source_at_pixel_centres(16, tile.x, tile.y, 256)
+    heights = decode(await seeded.read(), "terrarium")
+    valid = clear & ~np.isnan(expected)
+    assert valid.sum() > 1000
+    assert np.abs(heights[valid] - expected[valid]).max() <= STEP["terrarium"] / 2 + 1e-4
+    # Only the encoding asked for was seeded.
+    other = await client.get(f"/tiles/dtm/terrain-rgb/16/{tile.x}/{tile.y}.png")
+    assert other.headers["X-Cache"] == "MISS"
 
 
 def test_config_needs_a_map_format_and_reserves_encoding_names() -> None:
