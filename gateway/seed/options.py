@@ -20,14 +20,14 @@ class SeedOptions:
     """What to seed and how.
 
     ``zoom`` is an inclusive TileMatrix range; ``bbox`` ``(west, south, east, north)`` in degrees
-    (``None``: the layer's data extent, else the whole matrix); ``format`` one of the layer's
-    formats, an elevation encoding included (``None``: the layer's first). At most
-    ``concurrency`` metatiles are fetched from the upstream at once (exportImage calls in
-    flight; never more than ``server.max_concurrent_exports``, see ``runner.run_seed``), while
-    as many more are cut and stored; a failed metatile is tried ``retries`` more times, waiting
-    ``backoff`` seconds, then twice that, and so on up to ``BACKOFF_CAP``. ``state`` is the
-    progress file (``None``: see ``default_state_path``); ``resume`` continues from it;
-    ``progress`` shows the progress bar even when stderr is not a terminal.
+    (``None``: the layer's data extent, else the whole matrix); ``format`` any layer format
+    (``None``: the layer's first). At most ``concurrency`` metatiles are fetched from the upstream
+    at once (exportImage calls in flight; never more than ``server.max_concurrent_exports``,
+    see ``runner.run_seed``), while as many more are cut and stored; a
+    failed metatile is tried ``retries`` more times, waiting ``backoff`` seconds, then twice
+    that, and so on up to ``BACKOFF_CAP``. ``state`` is the progress file (``None``: see
+    ``default_state_path``); ``resume`` continues from it; ``progress`` shows the progress bar
+    even when stderr is not a terminal.
     """
 
     layer: str
