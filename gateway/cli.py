@@ -12,9 +12,15 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
-from gateway.config import ConfigError, GatewayConfig, config_warnings, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    TileFormat,
+    config_warnings,
+    load_config,
+)
 from gateway.demo import DEFAULT_RASTER_STORE, run_demo
 from gateway.errors import UnknownLayer, UnknownTileMatrixSet
 from gateway.grids import parse_bbox, parse_zoom
@@ -231,7 +237,9 @@ def _parser() -> argparse.ArgumentParser:
         "matrix); write --bbox=-10,... when W is negative",
     )
     seed.add_argument(
-        "--format", choices=("png", "jpg"), help="tile format (default: the layer's first)"
+        "--format",
+        choices=get_args(TileFormat),
+        help="tile format, an elevation encoding included (default: the layer's first)",
     )
     seed.add_argument(
         "--concurrency",

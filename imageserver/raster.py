@@ -28,6 +28,7 @@ from rasterio.windows import Window
 
 from imageserver.config import ServiceSpec
 from imageserver.params import Bounds, NoDataRule
+from imageserver.sample_dem import sample_dem_geotiff
 
 # Longest side of the decimated read used for band statistics at open time.
 _STATS_SAMPLE_SIZE = 512
@@ -201,6 +202,9 @@ class RasterSource:
             raise ValueError(f"service {spec.name!r} has rasters, not one path: a mosaic")
         if spec.plate_carree:
             memfile = _plate_carree_geotiff(path)
+            return cls(spec, memfile.open)
+        if spec.sample_dem:
+            memfile = sample_dem_geotiff(path)
             return cls(spec, memfile.open)
         return cls(spec, lambda: rasterio.open(path))
 

@@ -299,6 +299,7 @@ def imageserver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "services:\n"
         f"  rgb:\n    path: {DATA / 'RGB.byte.tif'}\n"
         f"  naip:\n    path: {DATA / 'm_4709963_se_14_1_20100629.tif'}\n"
+        f"  dtm:\n    path: {DATA / 'dtm.tif'}\n"
     )
     port = free_port()
     command = [sys.executable, "-m", "imageserver", "--config", str(config), "--port", str(port)]

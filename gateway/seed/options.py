@@ -20,7 +20,7 @@ class SeedOptions:
     """What to seed and how.
 
     ``zoom`` is an inclusive TileMatrix range; ``bbox`` ``(west, south, east, north)`` in degrees
-    (``None``: the layer's data extent, else the whole matrix); ``format`` ``png``/``jpg``
+    (``None``: the layer's data extent, else the whole matrix); ``format`` any layer format
     (``None``: the layer's first). At most ``concurrency`` metatiles are fetched from the upstream
     at once (exportImage calls in flight; never more than ``server.max_concurrent_exports``,
     see ``runner.run_seed``), while as many more are cut and stored; a

@@ -12,7 +12,7 @@
                                                      (20-057 /req/core; row before column)
 
 Documents are JSON only: ``f=json`` or no ``f``; another ``f`` is a 400, and an ``Accept``
-header that rules out ``application/json`` a 406. A tile's format is ``f=png|jpg`` when given,
+header that rules out ``application/json`` a 406. A tile's format is ``f=png|jpg|webp`` when given,
 else negotiated from ``Accept`` (default the layer's first format; 406 when ``Accept`` admits
 none of the layer's formats, as OGC API - Common and RFC 9110 section 15.5.7 allow). Every link
 is absolute, from ``public_base``.
@@ -55,14 +55,16 @@ from gateway.services.http import (
 from gateway.tiles import Layer, TilePipeline, shown_number
 
 JSON = "application/json"
-MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
+# Map tile formats (the elevation encodings are for MapLibre's raster-dem, through XYZ/TileJSON).
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 REL_TILING_SCHEME = "http://www.opengis.net/def/rel/ogc/1.0/tiling-scheme"
 REL_TILING_SCHEMES = "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes"
 REL_TILESETS_MAP = "http://www.opengis.net/def/rel/ogc/1.0/tilesets-map"
 _TILES_CONF = "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/"
 _TMS_CONF = "http://www.opengis.net/spec/tms/2.0/conf/"
-_F_VALUES = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
+_F_VALUES = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
+# OGC API - Tiles Part 1 has conformance classes for PNG and JPEG, none for WebP.
 _FORMAT_CONFORMANCE = {"png": "png", "jpg": "jpeg"}
 
 
@@ -86,11 +88,14 @@ def check_json(f: str | None, accept: str | None) -> None:
 
 
 def tile_format(f: str | None, accept: str | None, formats: tuple[str, ...]) -> str:
-    """The tile extension to answer with, of the layer's ``formats`` (first = default).
+    """The tile extension to answer with, of the layer's map ``formats`` (the first = default;
+    elevation encodings are left out).
 
-    ``f`` (``png``, ``jpg`` or ``jpeg``) wins over ``Accept``. Raises ``FormatError``: 400 for
-    an ``f`` the layer does not offer, 406 for an ``Accept`` admitting none of its formats.
+    ``f`` (``png``, ``jpg``, ``jpeg`` or ``webp``) wins over ``Accept``. Raises
+    ``FormatError``: 400 for an ``f`` the layer does not offer, 406 for an ``Accept`` admitting
+    none of its formats.
     """
+    formats = tuple(ext for ext in formats if ext in MEDIA_TYPES)
     if f is not None:
         ext = _F_VALUES.get(f.lower())
         if ext not in formats:
@@ -269,7 +274,7 @@ def tileset(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
             "upperRight": [east, north],
             "crs": CRS84,
         }
-    formats = layer.config.formats
+    formats = [ext for ext in layer.config.formats if ext in MEDIA_TYPES]
     document["mediaTypes"] = [MEDIA_TYPES[ext] for ext in formats]
     if layer.config.attribution:
         document["attribution"] = layer.config.attribution

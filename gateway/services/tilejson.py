@@ -4,8 +4,11 @@
 The document describes the WebMercatorQuad tiles of ``services/xyz.py`` (TileJSON has no other
 tiling scheme). Query parameters, both optional:
 
-``format``  ``png`` or ``jpg`` (``jpeg`` is accepted too): the extension in the ``tiles``
-            template; default the layer's first format.
+``format``  ``png``, ``jpg`` (``jpeg`` is accepted too) or ``webp``: the extension in the
+            ``tiles`` template; ``terrain-rgb`` or ``terrarium``: the layer's elevation tiles
+            (``/tiles/<layer>/<encoding>/{z}/{x}/{y}.png``), with the ``encoding`` (``mapbox``
+            or ``terrarium``) and ``tileSize`` (256) that MapLibre's ``raster-dem`` sources read
+            from a TileJSON; default the layer's first format.
 ``scale``   ``1`` or ``2``: with 2 the template asks for ``{y}@2x.<ext>``, 512-pixel tiles over
             the bbox of the 256-pixel ones, for high-density screens. TileJSON has no tile size
             field: a client keeps treating the tiles as 256 CSS pixels (MapLibre ``tileSize: 256``).
@@ -22,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.config import ELEVATION_FORMATS
 from gateway.grids import WEB_MERCATOR_QUAD, Grid
 from gateway.services.http import (
     CONFIG,
@@ -29,10 +33,18 @@ from gateway.services.http import (
     DocumentCache,
     json_error,
 )
+from gateway.terrain import ENCODINGS
 from gateway.tiles import Layer
 
 TILEJSON_VERSION = "3.0.0"
-_FORMATS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
+_FORMATS = {
+    "png": "png",
+    "jpg": "jpg",
+    "jpeg": "jpg",
+    "webp": "webp",
+    "terrain-rgb": "terrain-rgb",
+    "terrarium": "terrarium",
+}
 # Digits kept for center lon/lat: 1e-6 degree is about 0.1 m, finer than any tile pixel.
 _CENTER_DIGITS = 6
 
@@ -83,16 +95,21 @@ def tilejson(
     with (TileJSON 3.0.0 section 3.2), ``ext`` the tile extension, ``scale`` 1 or 2 (``@2x``).
     ``vector_layers`` (section 3.3) is required by the TileJSON JSON schema although the text
     exempts raster tilesets: an empty list satisfies both. Clients may render ``attribution`` as
-    HTML (section 3.4), so the configured plain text is escaped.
+    HTML (section 3.4), so the configured plain text is escaped. For an elevation format
+    (``terrain-rgb``, ``terrarium``) the template is the elevation path and the document adds
+    ``encoding`` and ``tileSize``, which MapLibre GL reads from a ``raster-dem`` source's
+    TileJSON (its ``loadTileJson`` keeps them; TileJSON 3.0.0 section 3 allows extra keys).
     """
     low, high = layer.zoom_range(grid)
     bounds, center = bounds_and_center(layer, grid)
     retina = "@2x" if scale == 2 else ""
+    path = f"{layer.name}/{ext}" if ext in ELEVATION_FORMATS else layer.name
+    suffix = "png" if ext in ELEVATION_FORMATS else ext
     document: dict[str, Any] = {
         "tilejson": TILEJSON_VERSION,
         "name": layer.config.title or layer.name,
         "description": description,
-        "tiles": [f"{base}/tiles/{layer.name}/{{z}}/{{x}}/{{y}}{retina}.{ext}"],
+        "tiles": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}{retina}.{suffix}"],
         "vector_layers": [],
         "scheme": "xyz",
         "minzoom": low,
@@ -102,6 +119,10 @@ def tilejson(
     }
     if layer.config.attribution:
         document["attribution"] = html.escape(layer.config.attribution)
+    if ext in ELEVATION_FORMATS:
+        # @2x tiles hold 512 pixels over the bbox of a 256-pixel tile: still tileSize 256.
+        document["encoding"] = ENCODINGS[ext]
+        document["tileSize"] = grid.tile_size
     return document
 
 
@@ -112,7 +133,7 @@ class TileJSONService:
         self._documents = DocumentCache()
 
     async def get(self, request: web.Request) -> web.Response:
-        """Answer ``GET /tiles/<layer>/tilejson.json[?format=png|jpg][&scale=1|2]``.
+        """Answer ``GET /tiles/<layer>/tilejson.json[?format=<format>][&scale=1|2]``.
 
         Errors are JSON (architecture.md): 404 for an unknown layer or one not served in
         WebMercatorQuad (or in none of its levels), 400 for a ``format`` the layer does not

@@ -11,7 +11,9 @@ from pathlib import PurePosixPath
 
 from aiohttp import web
 
+from gateway.config import ELEVATION_FORMATS
 from gateway.grids import WEB_MERCATOR_QUAD
+from gateway.imaging import MAP_FORMATS
 from gateway.services.http import CONFIG, PIPELINE, json_error
 
 _WEB = files("gateway.web")
@@ -111,9 +113,11 @@ async def vendored(request: web.Request) -> web.Response:
 
 
 async def layers(request: web.Request) -> web.Response:
-    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles}]}``.
+    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles, terrain}]}``.
 
-    ``tiles`` is an XYZ URL template relative to the gateway's root, in the layer's first format.
+    ``tiles`` is an XYZ URL template relative to the gateway's root, in the layer's first map
+    format (png, jpg, webp); ``terrain`` its first elevation encoding (``terrain-rgb`` or
+    ``terrarium``, which the viewer's MapLibre map shows as 3D terrain), else ``None``.
     """
     pipeline = request.app[PIPELINE]
     body = [
@@ -124,13 +128,19 @@ async def layers(request: web.Request) -> web.Response:
             "minzoom": zooms[0],
             "maxzoom": zooms[1],
             "attribution": layer.config.attribution,
-            "tiles": f"tiles/{name}/{{z}}/{{x}}/{{y}}.{layer.config.formats[0]}",
+            "tiles": f"tiles/{name}/{{z}}/{{x}}/{{y}}.{_first(layer.formats, MAP_FORMATS)}",
+            "terrain": _first(layer.formats, ELEVATION_FORMATS),
         }
         for name, layer in pipeline.layers.items()
         # The viewer's maps are Web Mercator XYZ.
         for zooms in [layer.zoom_range(pipeline.grids[WEB_MERCATOR_QUAD])]
     ]
     return web.json_response({"layers": body}, headers={"Cache-Control": "no-cache"})
+
+
+def _first(formats: tuple[str, ...], kinds: tuple[str, ...]) -> str | None:
+    """The first of ``formats`` that is one of ``kinds``, else ``None``."""
+    return next((ext for ext in formats if ext in kinds), None)
 
 
 def routes() -> list[web.RouteDef]:

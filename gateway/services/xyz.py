@@ -1,5 +1,8 @@
-"""XYZ tiles, under ``/tiles``: ``/<layer>/<z>/<x>/<y>[@2x].<png|jpg>`` (WebMercatorQuad) and
-``/<layer>/<TileMatrixSet>/<z>/<x>/<y>[@2x].<png|jpg>`` (any set of the layer).
+"""XYZ tiles, under ``/tiles``: ``/<layer>/<z>/<x>/<y>[@2x].<png|jpg|webp>`` (WebMercatorQuad),
+``/<layer>/<TileMatrixSet>/<z>/<x>/<y>[@2x].<png|jpg|webp>`` (any set of the layer) and the
+elevation tiles ``/<layer>/<terrain-rgb|terrarium>/<z>/<x>/<y>[@2x].png`` (WebMercatorQuad, the
+scheme of MapLibre's ``raster-dem``; the layout of the AWS Terrain Tiles, ``terrarium/{z}/{x}/
+{y}.png``).
 
 ``z/x/y`` is TileMatrix/TileCol/TileRow with the row counted from the top (the Google/OSM
 scheme that Leaflet, OpenLayers and MapLibre use). ``@2x`` gives twice the pixels over the
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.config import ELEVATION_FORMATS
 from gateway.errors import (
     InvalidTileAddress,
     TileOutOfRange,
@@ -26,8 +30,8 @@ from gateway.services.http import (
     upstream_error,
 )
 
-_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}
-_ADDRESS = "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].<png|jpg>"
+_EXTENSIONS = {"png": "png", "jpg": "jpg", "jpeg": "jpg", "webp": "webp"}
+_ADDRESS = "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].<png|jpg|webp>"
 
 
 async def get_tile(request: web.Request) -> web.Response:
@@ -43,24 +47,25 @@ async def get_tile(request: web.Request) -> web.Response:
     retina = row.endswith("@2x")
     if retina:
         row = row.removesuffix("@2x")
+    # An elevation encoding is named by the path, its tiles being PNG files; the extension
+    # alone never names one.
+    ext = _EXTENSIONS.get(given_ext.lower(), "" if given_ext in ELEVATION_FORMATS else given_ext)
+    if tms in ELEVATION_FORMATS:
+        if ext != "png":
+            return json_error(
+                400, f"a {tms} tile address is /tiles/<layer>/{tms}/<z>/<x>/<y>[@2x].png"
+            )
+        tms, ext = WEB_MERCATOR_QUAD, tms
     try:
-        tile = pipeline.resolve(
-            layer,
-            tms,
-            info["z"],
-            row,
-            info["x"],
-            _EXTENSIONS.get(given_ext.lower(), given_ext),
-            2 if retina else 1,
-        )
+        tile = pipeline.resolve(layer, tms, info["z"], row, info["x"], ext, 2 if retina else 1)
     except (UnknownLayer, UnknownTileMatrixSet, TileOutOfRange) as exc:
         return json_error(404, str(exc))
     except UnsupportedFormat as exc:
-        if exc.asked in _EXTENSIONS.values():
+        if exc.asked in _EXTENSIONS.values() or exc.asked in ELEVATION_FORMATS:
             return json_error(400, str(exc))
         if not given_ext:
             return json_error(400, _ADDRESS)
-        return json_error(400, f"unknown tile extension {given_ext!r}; use png or jpg")
+        return json_error(400, f"unknown tile extension {given_ext!r}; use png, jpg or webp")
     except InvalidTileAddress:
         return json_error(400, _ADDRESS)
     if retina and tms.endswith(RETINA):

@@ -9,12 +9,13 @@ import json
 import logging
 import time
 
+from gateway import terrain
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.config import GatewayConfig, LayerConfig
 from gateway.credentials import CredentialProviders
 from gateway.errors import UpstreamError
 from gateway.grids import Grid, GridRegistry, TileLimits
-from gateway.imaging import EXPORT_FORMATS, empty_tile
+from gateway.imaging import MEDIA_TYPES, empty_tile
 from gateway.sources.http import UpstreamPool
 from gateway.sources.imageserver import ImageServerClient, export_params, extent_wgs84
 from gateway.tiles.servicecache import cache_levels
@@ -90,6 +91,7 @@ class Layer:
                 config.jpeg_quality,
                 config.metatile_format,
                 config.metatile_jpeg_quality,
+                config.webp_quality,
             ],
         }
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
@@ -152,10 +154,14 @@ class Layer:
         return columns, rows
 
     def metatile_format(self, ext: str) -> str:
-        """The format (``png``/``jpg``) metatiles of ``ext`` tiles are asked in: the configured
-        ``metatile_format``, or with ``auto`` JPEG for JPEG tiles on a black background (ArcGIS
-        paints no-data black in a JPEG, which is then what the tile shows anyway) and PNG
-        wherever transparency counts."""
+        """The format (``png``/``jpg``/``tif``) metatiles of ``ext`` tiles are asked in: float
+        TIFF for the elevation encodings (``gateway.terrain``, whatever the config says: a
+        picture holds no heights); else the configured ``metatile_format``, or with ``auto``
+        JPEG for JPEG tiles on a black background (ArcGIS paints no-data black in a JPEG, which
+        is then what the tile shows anyway) and PNG wherever transparency counts (WebP tiles
+        included)."""
+        if ext in terrain.ENCODINGS:
+            return "tif"
         chosen = self.config.metatile_format
         if chosen != "auto":
             return chosen
@@ -164,7 +170,10 @@ class Layer:
     def metatile_params(self, fmt: str) -> dict[str, str]:
         """The fixed exportImage parameters of a metatile fetched as ``fmt``: a JPEG one
         carries ``compressionQuality`` (arcgis-rest.md section 1.1), the ``export`` one when
-        configured, else ``metatile_jpeg_quality``."""
+        configured, else ``metatile_jpeg_quality``; a TIFF one asks float heights
+        (``terrain.export_params``)."""
+        if fmt == "tif":
+            return {**self.fixed_params, **terrain.export_params()}
         if fmt != "jpg" or "compressionQuality" in self.fixed_params:
             return self.fixed_params
         return {**self.fixed_params, "compressionQuality": str(self.config.metatile_jpeg_quality)}
@@ -236,11 +245,15 @@ class Layer:
         return limits is not None and (limits[0] <= x <= limits[1] and limits[2] <= y <= limits[3])
 
     def empty_entry(self, ext: str, size: int) -> TileEntry:
-        """The entry of a tile outside the data: transparent PNG or background-colour JPEG."""
+        """The entry of a tile outside the data: transparent PNG or WebP, background-colour
+        JPEG, or height 0 in an elevation encoding (``terrain.empty_tile``)."""
         key = (ext, size)
         if key not in self._empty:
-            data = empty_tile(ext, size, self.config.background)
-            self._empty[key] = TileEntry(data, EXPORT_FORMATS[ext][1], strong_etag(data), _STARTED)
+            if ext in terrain.ENCODINGS:
+                data = terrain.empty_tile(ext, size)
+            else:
+                data = empty_tile(ext, size, self.config.background)
+            self._empty[key] = TileEntry(data, MEDIA_TYPES[ext], strong_etag(data), _STARTED)
         return self._empty[key]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
-from gateway import metrics
+from gateway import metrics, terrain
 from gateway.cache.coalesce import SingleFlight
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.cache.keys import KeyLayout
@@ -28,6 +28,7 @@ from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
 from gateway.imaging import (
     EXPORT_FORMATS,
+    MEDIA_TYPES,
     UndecodableImage,
     check_image,
     cut_metatile,
@@ -272,7 +273,8 @@ class TilePipeline:
         """
         layer = self.layers[request.layer]
         level = layer.cache_level(request.tms, request.z, request.scale)
-        if level is not None:
+        # A cache holds pictures: heights (terrain encodings) always come from exportImage.
+        if level is not None and request.ext not in terrain.ENCODINGS:
             cached = await self._read_service_cache(request, meta, level)
             if cached is not None:
                 return self._entries(request, meta, cached, generation)
@@ -362,7 +364,7 @@ class TilePipeline:
         """Cache entries of the tiles of ``meta`` (``(bytes, Last-Modified)`` in
         ``meta.crops()`` order) by key in ``generation``."""
         now = time.time()
-        content_type = EXPORT_FORMATS[request.ext][1]
+        content_type = MEDIA_TYPES[request.ext]
         return {
             self.key(replace(request, x=col, y=row), generation): TileEntry(
                 data, content_type, strong_etag(data), now, last_modified
@@ -376,18 +378,23 @@ class TilePipeline:
         """One exportImage call for ``meta``: every tile of it by cache key in ``generation``
         (the layer's current one if ``None``).
 
-        A 1 x 1 metatile without buffer keeps the upstream's bytes as they are, once they
-        decode completely; a larger one is asked in the layer's metatile format
-        (``Layer.metatile_format``: JPEG for JPEG tiles where no transparency counts, else PNG)
-        and cut and encoded per tile. The image's size is recorded
-        (``metrics.metatile_fetched``). Decoding happens in a worker thread. Raises
-        ``UpstreamError``: bytes that do not decode completely to the size asked for (a
-        truncated or corrupt image) are a 502 like any other upstream failure, so nothing is
-        stored and a stale copy may stand in.
+        A 1 x 1 metatile without buffer of a format exportImage gives (PNG, JPEG) keeps the
+        upstream's bytes as they are, once they decode completely; a larger one, or a WebP or
+        elevation tile, is asked in the layer's metatile format (``Layer.metatile_format``:
+        JPEG for JPEG tiles where no transparency counts, float TIFF for elevation encodings,
+        else PNG) and cut and encoded per tile (``terrain.cut_heights`` for heights). The
+        image's size is recorded (``metrics.metatile_fetched``). Decoding happens in a worker
+        thread. Raises ``UpstreamError``: bytes that do not decode completely to the size asked
+        for (a truncated or corrupt image) are a 502 like any other upstream failure, so nothing
+        is stored and a stale copy may stand in.
         """
         layer = self.layers[request.layer]
         grid = self.grids[request.tms]
-        single = meta.cols == meta.rows == 1 and meta.width == meta.tile_px == meta.height
+        single = (
+            request.ext in EXPORT_FORMATS
+            and meta.cols == meta.rows == 1
+            and meta.width == meta.tile_px == meta.height
+        )
         fmt = request.ext if single else layer.metatile_format(request.ext)
         with metrics.upstream_call(request.layer, "exportImage") as call:
             try:
@@ -418,6 +425,15 @@ class TilePipeline:
             if single:
                 await loop.run_in_executor(None, check_image, image.data, size)
                 tiles = [image.data]
+            elif request.ext in terrain.ENCODINGS:
+                tiles = await loop.run_in_executor(
+                    None,
+                    terrain.cut_heights,
+                    image.data,
+                    size,
+                    [box for _, _, box in crops],
+                    request.ext,
+                )
             else:
                 tiles = await loop.run_in_executor(
                     None,
@@ -430,6 +446,7 @@ class TilePipeline:
                         png8=layer.config.png8,
                         jpeg_quality=layer.config.jpeg_quality,
                         background=layer.config.background,
+                        webp_quality=layer.config.webp_quality,
                     ),
                 )
         except UndecodableImage as exc:

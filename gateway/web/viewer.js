@@ -1,7 +1,8 @@
 "use strict";
 // The viewer: one layer at a time in Leaflet (XYZ tiles), OpenLayers (WMTS, set up from the
 // capabilities, in the TileMatrixSet chosen) or MapLibre GL (TileJSON), and copy-paste
-// snippets for those three, QGIS and GDAL. Plain script, no build step.
+// snippets for those three, QGIS and GDAL. Plain script, no build step. A layer with an
+// elevation encoding (layers.json "terrain") is shown by MapLibre as 3D terrain.
 //
 // The libraries come from the gateway itself (vendor/, the default) or from a CDN, as the
 // page's tile-gateway-libraries meta tag says (viewer.libraries in the config). Both hold the
@@ -37,7 +38,9 @@ const LIBRARIES = {
     ],
   },
 };
-const MIME = { png: "image/png", jpg: "image/jpeg" };
+const MIME = { png: "image/png", jpg: "image/jpeg", webp: "image/webp" };
+// How much MapLibre raises the terrain of an elevation layer: gentle hills show, 1 is true.
+const EXAGGERATION = 1.5;
 // Metres per pixel at zoom 0 of the 256-pixel Web Mercator pyramid; the shared view keeps
 // that zoom scale, whatever the library or projection shows it.
 const ZOOM0_RESOLUTION = 156543.03392804097;
@@ -116,8 +119,18 @@ function tileJson(layer) {
     fetchOk(tileJsonUrl(layer)).then((response) => response.json()).catch(() => null));
 }
 
+// The layer's first map format (its elevation encodings are PNG files of heights).
+function mapFormat(layer) {
+  return layer.formats.find((format) => Object.hasOwn(MIME, format));
+}
+
 function xyzTemplate(layer, retina = "") {
-  return `${BASE}tiles/${layer.name}/{z}/{x}/{y}${retina}.${layer.formats[0]}`;
+  return `${BASE}tiles/${layer.name}/{z}/{x}/{y}${retina}.${mapFormat(layer)}`;
+}
+
+// The TileJSON of the layer's elevation tiles, which carries MapLibre's raster-dem encoding.
+function demTileJsonUrl(layer) {
+  return `${tileJsonUrl(layer)}?format=${layer.terrain}`;
 }
 
 // The TileMatrixSets a layer's capabilities link to, with the CRS each is in.
@@ -176,7 +189,7 @@ function leafletMap(element, layer, view) {
 
 function openLayersMap(element, layer, view, caps) {
   const options = ol.source.WMTS.optionsFromCapabilities(caps, {
-    layer: layer.name, matrixSet: state.tms, format: MIME[layer.formats[0]],
+    layer: layer.name, matrixSet: state.tms, format: MIME[mapFormat(layer)],
     crossOrigin: "anonymous",
   });
   if (!options) throw new Error(`the capabilities have no ${state.tms} for ${layer.name}`);
@@ -211,18 +224,28 @@ function openLayersMap(element, layer, view, caps) {
 }
 
 function mapLibreMap(element, layer, view) {
+  const style = {
+    version: 8,
+    // tileSize is not part of TileJSON and MapLibre's default is 512.
+    sources: { gateway: { type: "raster", url: tileJsonUrl(layer), tileSize: 256 } },
+    layers: [{ id: layer.name, type: "raster", source: "gateway" }],
+  };
+  if (layer.terrain) {
+    // The elevation TileJSON gives MapLibre the encoding and tileSize of the raster-dem tiles;
+    // the heights raise the map (terrain) and shade it (hillshade).
+    style.sources.dem = { type: "raster-dem", url: demTileJsonUrl(layer) };
+    style.layers.push({ id: "hillshade", type: "hillshade", source: "dem" });
+    style.terrain = { source: "dem", exaggeration: EXAGGERATION };
+  }
   const map = new maplibregl.Map({
     container: element,
     center: [view.lon, view.lat],
     // MapLibre's zoom counts 512-pixel worlds: one less than Leaflet's for the same scale.
     zoom: view.zoom - 1,
-    style: {
-      version: 8,
-      // tileSize is not part of TileJSON and MapLibre's default is 512.
-      sources: { gateway: { type: "raster", url: tileJsonUrl(layer), tileSize: 256 } },
-      layers: [{ id: layer.name, type: "raster", source: "gateway" }],
-    },
+    pitch: layer.terrain ? 60 : 0,
+    style,
   });
+  if (layer.terrain) map.addControl(new maplibregl.TerrainControl({ source: "dem" }));
   map.on("sourcedata", (event) => { if (event.tile) tileLoaded(); });
   map.on("error", tileFailed);
   map.on("dataloading", busy);
@@ -240,9 +263,34 @@ const MAPS = { leaflet: leafletMap, openlayers: openLayersMap, maplibre: mapLibr
 
 // --- snippets ------------------------------------------------------------------------------
 
+// The MapLibre snippet: the raster layer, and for an elevation layer its 3D terrain.
+function mapLibreSnippet(layer, center, zoom) {
+  const name = layer.name;
+  const dem = layer.terrain ? `
+      "${name}-dem": { type: "raster-dem", url: "${demTileJsonUrl(layer)}" },` : "";
+  const shade = layer.terrain ? `
+      { id: "${name}-hillshade", type: "hillshade", source: "${name}-dem" },` : "";
+  const terrain = layer.terrain ? `
+    terrain: { source: "${name}-dem", exaggeration: ${EXAGGERATION} },` : "";
+  return `new maplibregl.Map({
+  container: "map",
+  center: ${center},
+  zoom: ${Math.round(zoom) - 1},${layer.terrain ? "\n  pitch: 60," : ""}
+  style: {
+    version: 8,
+    sources: {
+      "${name}": { type: "raster", url: "${tileJsonUrl(layer)}", tileSize: 256 },${dem}
+    },
+    layers: [
+      { id: "${name}", type: "raster", source: "${name}" },${shade}
+    ],${terrain}
+  },
+});`;
+}
+
 function snippets(layer) {
   const name = layer.name;
-  const ext = layer.formats[0];
+  const ext = mapFormat(layer);
   const caps = `${BASE}wmts/1.0.0/WMTSCapabilities.xml`;
   const gdal = `WMTS:${caps},layer=${name},tilematrixset=${state.tms}`;
   const { lon, lat, zoom } = state.view;
@@ -269,18 +317,8 @@ new ol.Map({
     zoom: ${Math.round(zoom)},
   }),
 });`],
-    ["maplibre", "MapLibre (TileJSON)", `new maplibregl.Map({
-  container: "map",
-  center: ${center},
-  zoom: ${Math.round(zoom) - 1},
-  style: {
-    version: 8,
-    sources: {
-      "${name}": { type: "raster", url: "${tileJsonUrl(layer)}", tileSize: 256 },
-    },
-    layers: [{ id: "${name}", type: "raster", source: "${name}" }],
-  },
-});`],
+    ["maplibre", layer.terrain ? "MapLibre (TileJSON, 3D terrain)" : "MapLibre (TileJSON)",
+      mapLibreSnippet(layer, center, zoom)],
     ["qgis", "QGIS", `# Python console; or Layer > Add WMS/WMTS Layer with the capabilities URL
 iface.addRasterLayer(
     "crs=${state.crs}&format=${MIME[ext]}&layers=${name}&styles=default"

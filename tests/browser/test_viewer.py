@@ -463,6 +463,31 @@ def test_viewer_maplibre_from_tilejson(demo: DemoProcess, tmp_path: Path) -> Non
     assert_screenshot(report, demo, screenshot)
 
 
+def test_viewer_maplibre_shows_the_elevation_layer_as_3d_terrain(
+    demo: DemoProcess, tmp_path: Path
+) -> None:
+    """The demo's jacksboro layer (matplotlib's sample DEM): MapLibre reads its Terrarium
+    TileJSON as a raster-dem source and raises the map with it; the snippet says how."""
+    screenshot = tmp_path / "viewer-terrain.png"
+    report = run_viewer(demo, screenshot, "--hash", "jacksboro/maplibre")
+    why = describe(report, demo)
+    assert_page_healthy(report, demo, "maplibre", layer="jacksboro")
+    requests = gateway_requests(report, demo)
+    paths = [r["path"] + r["query"] for r in requests]
+    assert "/tiles/jacksboro/tilejson.json?format=terrarium" in paths, why
+    heights = [r for r in requests if r["path"].startswith("/tiles/jacksboro/terrarium/")]
+    assert heights, why
+    assert all(r["status"] == 200 and r["contentType"] == "image/png" for r in heights), why
+    snippet = report["snippets"]["maplibre"]
+    assert 'type: "raster-dem"' in snippet and "terrain: {" in snippet, snippet
+    assert "tilejson.json?format=terrarium" in snippet, snippet
+    # A shaded relief, not a blank or flat map: many greys.
+    with Image.open(screenshot) as shot:
+        left, top, width, height = report["mapRect"]
+        relief = shot.convert("L").crop((left, top + 80, left + width, top + height - 20))
+    assert len(relief.getcolors(maxcolors=256) or []) > 100, why
+
+
 # --- where the libraries come from -----------------------------------------------------------
 
 PREFIX = "/maps/"

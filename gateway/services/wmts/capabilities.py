@@ -16,7 +16,8 @@ from lxml import etree
 
 from gateway.config import ServiceConfig
 from gateway.grids import WEB_MERCATOR_QUAD, Grid, TileLimits
-from gateway.imaging import EXPORT_FORMATS
+from gateway.imaging import MAP_FORMATS
+from gateway.imaging import MEDIA_TYPES as IMAGE_TYPES
 from gateway.services.http import (
     CONFIG,
     PIPELINE,
@@ -44,8 +45,9 @@ _SECTION_NAMES: Final = frozenset((*SECTIONS, "Themes", "All"))
 Bounds = tuple[float, float, float, float]
 """``(xmin, ymin, xmax, ymax)``: west, south, east, north in degrees (lon/lat) or in a CRS's
 units, easting/northing order."""
-# WMTS Format (a media type) of each tile extension.
-MEDIA_TYPES: Final = {ext: content_type for ext, (_, content_type) in EXPORT_FORMATS.items()}
+# WMTS Format (a media type) of each map tile format; the elevation encodings, PNG files of
+# heights for MapLibre's raster-dem, are served by XYZ and TileJSON alone.
+MEDIA_TYPES: Final = {ext: IMAGE_TYPES[ext] for ext in MAP_FORMATS}
 _OGC_CRS_URI: Final = re.compile(r"https?://www\.opengis\.net/def/crs/([^/]+)/([^/]+)/([^/]+)")
 _GOOGLE_MAPS_COMPATIBLE: Final = "urn:ogc:def:wkss:OGC:1.0:GoogleMapsCompatible"
 # The document only changes when the gateway restarts with another config; a short lifetime
@@ -111,7 +113,9 @@ class Contents:
                     if extent is not None:
                         boxes.setdefault(_crs(grid), []).append(extent)
             if links:
-                formats = {MEDIA_TYPES[ext]: ext for ext in layer.config.formats}
+                formats = {
+                    MEDIA_TYPES[ext]: ext for ext in layer.config.formats if ext in MEDIA_TYPES
+                }
                 wgs84 = layer.bounds or _union(
                     _lon_lat_area(grids[identifier]) for identifier in links
                 )
