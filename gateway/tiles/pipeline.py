@@ -347,6 +347,7 @@ class TilePipeline:
                     png8=layer.config.png8,
                     jpeg_quality=layer.config.jpeg_quality,
                     background=layer.config.background,
+                    webp_quality=layer.config.webp_quality,
                 ),
             )
         except UndecodableImage as exc:
