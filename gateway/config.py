@@ -30,6 +30,7 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from gateway.redis_url import check_redis_url
+from gateway.timevalues import parse_time
 
 LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -267,6 +268,72 @@ class ExportParams(_Strict):
     pixelType: str | None = None
 
 
+STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StyleConfig(_Strict):
+    """One named rendering of a layer a client may choose (``?style=``, a WMTS ``Style``).
+
+    ``rasterFunction`` names a raster function of the upstream's ``rasterFunctionInfos`` (sent
+    as ``renderingRule={"rasterFunction": <name>}``); ``renderingRule`` is a whole
+    renderingRule JSON object instead (a template with ``rasterFunctionArguments``); either
+    may come with ``bandIds`` (0-based), or ``bandIds`` alone makes a band combination. What a
+    style sets replaces the layer's ``export`` value of the same name (ArcGIS REST "Export
+    Image": ``renderingRule``, ``bandIds``). ``title``/``abstract`` are shown in documents
+    (WMTS Style, the viewer).
+    """
+
+    title: str | None = None
+    abstract: str | None = None
+    rasterFunction: Annotated[str, Field(min_length=1)] | None = None
+    renderingRule: dict[str, Any] | None = None
+    bandIds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> StyleConfig:
+        if self.rasterFunction is not None and self.renderingRule is not None:
+            raise ValueError("give rasterFunction or renderingRule, not both")
+        return self
+
+    def export(self) -> dict[str, Any]:
+        """The exportImage parameters this style sets (``renderingRule``, ``bandIds``)."""
+        params: dict[str, Any] = {}
+        if self.rasterFunction is not None:
+            params["renderingRule"] = {"rasterFunction": self.rasterFunction}
+        elif self.renderingRule is not None:
+            params["renderingRule"] = self.renderingRule
+        if self.bandIds is not None:
+            params["bandIds"] = self.bandIds
+        return params
+
+
+class TimeConfig(_Strict):
+    """The time values a client may choose for a time-enabled layer (``?time=``, the WMTS
+    ``Time`` Dimension, OGC API ``datetime``).
+
+    ``values`` are ISO 8601 instants (``2020-08-31`` or ``2020-08-31T12:00:00Z``; a date is
+    its midnight UTC, a time without offset is UTC) or intervals ``<start>/<end>``, in the
+    order documents list them; ``default`` is one of them (the last one when unset), sent when
+    a request names no time. exportImage gets ``time`` as epoch milliseconds, ``t`` or
+    ``t1,t2`` (ArcGIS REST "Export Image").
+    """
+
+    values: Annotated[list[str], Field(min_length=1)]
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _parsable(self) -> TimeConfig:
+        seen: set[tuple[int, int]] = set()
+        for value in self.values:
+            parsed = parse_time(value)
+            if parsed in seen:
+                raise ValueError(f"time value {value!r} is listed twice")
+            seen.add(parsed)
+        if self.default is not None and parse_time(self.default) not in seen:
+            raise ValueError(f"default {self.default!r} is not one of the values")
+        return self
+
+
 # Keys a YAML file might use for a secret in plain text; each has ``<key>_env`` and
 # ``<key>_file`` forms instead.
 PLAIN_SECRETS = ("password", "token", "client_secret")
@@ -454,6 +521,12 @@ class LayerConfig(_Strict):
     past it, it is served when the upstream fails (RFC 5861 semantics). ``credentials`` names
     the entry of the top-level ``credentials`` that gets the upstream's token. ``access``
     restricts the layer to some API keys or JWT claims (``ResourceAccess``).
+
+    Variants a client may choose per request: ``styles`` (named renderings, ``StyleConfig``;
+    ``default_style`` is the one a request without ``style`` gets, the first when unset) and
+    ``time`` (``TimeConfig``). Each distinct (style, time) pair has its own cache entries; at
+    most ``max_variants`` pairs besides the default are served per process, further ones are
+    refused (400), so that a cache cannot be flooded with variants.
     """
 
     title: str | None = None
@@ -481,6 +554,10 @@ class LayerConfig(_Strict):
     stale_if_error: Annotated[int, Field(ge=0)] = 0
     credentials: str | None = None
     access: ResourceAccess | None = None
+    styles: dict[str, StyleConfig] = {}
+    default_style: str | None = None
+    time: TimeConfig | None = None
+    max_variants: Annotated[int, Field(ge=1, le=10000)] = 32
 
     @field_validator("url")
     @classmethod
@@ -500,6 +577,15 @@ class LayerConfig(_Strict):
             west, south, east, north = self.bounds
             if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
                 raise ValueError("bounds must be [west, south, east, north] in degrees")
+        for name in self.styles:
+            if not STYLE_NAME.match(name):
+                raise ValueError(
+                    f"style name {name!r} must be letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit"
+                )
+        if self.default_style is not None and self.default_style not in self.styles:
+            known = ", ".join(self.styles) or "none are configured"
+            raise ValueError(f"default_style {self.default_style!r} is not a style ({known})")
         return self
 
     @property

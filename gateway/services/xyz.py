@@ -3,7 +3,8 @@
 
 ``z/x/y`` is TileMatrix/TileCol/TileRow with the row counted from the top (the Google/OSM
 scheme that Leaflet, OpenLayers and MapLibre use). ``@2x`` gives twice the pixels over the
-same bbox for high-density screens. Errors are the gateway's JSON.
+same bbox for high-density screens. ``?style=<name>&time=<ISO 8601>`` choose one of the
+layer's variants (``LayerConfig.styles``, ``LayerConfig.time``). Errors are the gateway's JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.errors import (
     UnknownTileMatrixSet,
     UnsupportedFormat,
     UpstreamError,
+    VariantRefused,
 )
 from gateway.grids import RETINA, WEB_MERCATOR_QUAD
 from gateway.services.http import (
@@ -32,8 +34,8 @@ _ADDRESS = "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].
 
 async def get_tile(request: web.Request) -> web.Response:
     """Answer one XYZ tile; errors are JSON (404 unknown layer, TileMatrixSet or tile, 400 bad
-    extension or coordinates, 502/504 upstream failure, 503 with ``Retry-After`` when the
-    upstream is busy)."""
+    extension or coordinates, a style or time the layer does not offer, 502/504 upstream
+    failure, 503 with ``Retry-After`` when the upstream is busy)."""
     pipeline = request.app[PIPELINE]
     info = request.match_info
     layer, tms = info["layer"], info.get("tms", WEB_MERCATOR_QUAD)
@@ -43,6 +45,8 @@ async def get_tile(request: web.Request) -> web.Response:
     retina = row.endswith("@2x")
     if retina:
         row = row.removesuffix("@2x")
+    # Most tile URLs carry no query: they skip parsing one.
+    query = request.query if request.query_string else None
     try:
         tile = pipeline.resolve(
             layer,
@@ -52,6 +56,8 @@ async def get_tile(request: web.Request) -> web.Response:
             info["x"],
             _EXTENSIONS.get(given_ext.lower(), given_ext),
             2 if retina else 1,
+            style=None if query is None else query.get("style"),
+            time=None if query is None else query.get("time"),
         )
     except (UnknownLayer, UnknownTileMatrixSet, TileOutOfRange) as exc:
         return json_error(404, str(exc))
@@ -63,6 +69,10 @@ async def get_tile(request: web.Request) -> web.Response:
         return json_error(400, f"unknown tile extension {given_ext!r}; use png or jpg")
     except InvalidTileAddress:
         return json_error(400, _ADDRESS)
+    except VariantRefused as exc:
+        return json_error(
+            400, f"layer {layer!r}: {exc}", parameter=exc.part.lower(), offered=list(exc.offered)
+        )
     if retina and tms.endswith(RETINA):
         return json_error(400, f"{tms} already has 512-pixel tiles: ask without @2x")
     try:

@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from gateway.cache.codec import TileEntry, strong_etag
 from gateway.config import GatewayConfig, LayerConfig
@@ -16,7 +18,8 @@ from gateway.errors import UpstreamError
 from gateway.grids import Grid, GridRegistry, TileLimits
 from gateway.imaging import EXPORT_FORMATS, empty_tile
 from gateway.sources.http import UpstreamPool
-from gateway.sources.imageserver import ImageServerClient, export_params, extent_wgs84
+from gateway.sources.imageserver import ImageServerClient, extent_wgs84
+from gateway.tiles.variants import LayerVariants
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,9 @@ class Layer:
         self.client = client
         self.grids = {identifier: grids[identifier] for identifier in config.tile_matrix_sets}
         self.formats = tuple(config.formats)
-        self.fixed_params = export_params(config.export.model_dump(exclude_none=True))
+        self.variants = LayerVariants(config)
+        # The default variant's parameters: the layer's export, default style and time.
+        self.fixed_params = self.variants.params("")
         self.fingerprint_hash = self.fingerprint(config)
         self.purges = 0
         self.generation = f"{self.fingerprint_hash}.0"
@@ -68,7 +73,7 @@ class Layer:
     @staticmethod
     def fingerprint(config: LayerConfig) -> str:
         """A short hash of everything that changes the bytes of this layer's tiles."""
-        identity = {
+        identity: dict[str, Any] = {
             "pipeline": PIPELINE_VERSION,
             "url": config.service_url,
             "wkid": config.web_mercator_wkid,
@@ -81,6 +86,12 @@ class Layer:
                 config.metatile_jpeg_quality,
             ],
         }
+        # Styles and time only where declared: a layer without variants keeps its fingerprint.
+        if config.styles:
+            identity["styles"] = {name: style.export() for name, style in config.styles.items()}
+            identity["default_style"] = config.default_style
+        if config.time is not None:
+            identity["time"] = config.time.model_dump()
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
 
@@ -122,13 +133,15 @@ class Layer:
             return chosen
         return "jpg" if ext == "jpg" and self.config.background.lower() == "#000000" else "png"
 
-    def metatile_params(self, fmt: str) -> dict[str, str]:
-        """The fixed exportImage parameters of a metatile fetched as ``fmt``: a JPEG one
+    def metatile_params(self, fmt: str, variant: str = "") -> Mapping[str, str]:
+        """The exportImage parameters of a metatile of ``variant`` (a token of
+        ``variants.token``; the default variant when empty) fetched as ``fmt``: a JPEG one
         carries ``compressionQuality`` (arcgis-rest.md section 1.1), the ``export`` one when
         configured, else ``metatile_jpeg_quality``."""
-        if fmt != "jpg" or "compressionQuality" in self.fixed_params:
-            return self.fixed_params
-        return {**self.fixed_params, "compressionQuality": str(self.config.metatile_jpeg_quality)}
+        params = self.variants.params(variant)
+        if fmt != "jpg" or "compressionQuality" in params:
+            return params
+        return {**params, "compressionQuality": str(self.config.metatile_jpeg_quality)}
 
     def wkid_for(self, grid: Grid) -> int:
         """The WKID sent as bboxSR/imageSR for ``grid`` (Web Mercator's is configurable)."""

@@ -114,10 +114,10 @@ class TilePipeline:
 
     def _place(
         self, request: TileRequest, col: int, row: int, generation: str | None
-    ) -> tuple[str, str, str, int, int, int, int, str]:
+    ) -> tuple[str, str, str, int, int, int, int, str, str]:
         """What a key of ``request`` at TileCol ``col``, TileRow ``row`` is made of: layer,
         generation (the layer's current one when ``None``), TileMatrixSet, TileMatrix, col,
-        row, scale, extension."""
+        row, scale, extension, variant token."""
         return (
             request.layer,
             generation or self.generation(request),
@@ -127,6 +127,7 @@ class TilePipeline:
             row,
             request.scale,
             request.ext,
+            request.variant,
         )
 
     def key(self, request: TileRequest, generation: str | None = None) -> str:
@@ -266,7 +267,9 @@ class TilePipeline:
                     layer.wkid_for(grid),
                     (meta.width, meta.height),
                     fmt,
-                    layer.fixed_params if single else layer.metatile_params(fmt),
+                    layer.variants.params(request.variant)
+                    if single
+                    else layer.metatile_params(fmt, request.variant),
                 )
             except UpstreamError as exc:
                 call.outcome = (
@@ -309,7 +312,7 @@ class TilePipeline:
         content_type = EXPORT_FORMATS[request.ext][1]
         return {
             self.key(replace(request, x=col, y=row), generation): TileEntry(
-                data, content_type, strong_etag(data), now, image.last_modified
+                data, content_type, strong_etag(data, request.variant), now, image.last_modified
             )
             for (col, row, _), data in zip(crops, tiles, strict=True)
         }

@@ -1,0 +1,135 @@
+"""Per-request variants of a layer: the styles (named renderings: a raster function, a
+renderingRule template, band combinations) and time values a layer declares
+(``LayerConfig.styles``, ``LayerConfig.time``), checked and normalised into one short token
+per distinct variant.
+
+The token is part of a tile's cache keys (``cache.keys.KeyLayout.tile``) and of its ETag, so
+each variant has its own entries; the default style and time give the empty token, so a
+request naming them equals one naming neither. exportImage gets the variant's
+``renderingRule``, ``bandIds`` and ``time`` (epoch milliseconds, ``t`` or ``t1,t2``; ArcGIS
+REST "Export Image").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import LayerConfig
+from gateway.errors import VariantRefused
+from gateway.sources.imageserver import export_params
+from gateway.timevalues import TimeSpan, arcgis_time, key_part, parse_time
+
+# The style identifier WMTS clients send when they know no other (OWSLib, QGIS, 07-057r7
+# examples): always the layer's default style.
+DEFAULT_STYLE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class StyleOffer:
+    """A style as documents list it: ``name`` (identifier), ``title``, ``abstract``."""
+
+    name: str
+    title: str
+    abstract: str | None
+
+
+class LayerVariants:
+    """The variants a layer offers and the exportImage parameters of each one served so far.
+
+    ``styles`` lists the configured styles (empty: the layer has only its own rendering,
+    ``default``); ``default_style`` is the one a request without ``style`` gets. ``times`` are
+    the configured time values as written, ``default_time`` the one sent when a request names
+    none (``None``: the layer is not time-enabled). ``params(token)`` gives a served variant's
+    exportImage parameters as query strings; ``token`` makes new variants, at most
+    ``max_variants`` besides the default one.
+    """
+
+    def __init__(self, config: LayerConfig) -> None:
+        self._config = config
+        self.styles = tuple(
+            StyleOffer(name, style.title or name, style.abstract)
+            for name, style in config.styles.items()
+        )
+        self.default_style = config.default_style or next(iter(config.styles), DEFAULT_STYLE)
+        time = config.time
+        self.times: tuple[str, ...] = () if time is None else tuple(time.values)
+        self._spans: dict[TimeSpan, str] = {parse_time(value): value for value in self.times}
+        self.default_time: str | None = None if time is None else (time.default or time.values[-1])
+        self._default_span = None if self.default_time is None else parse_time(self.default_time)
+        self.max_variants = config.max_variants
+        self._params: dict[str, dict[str, str]] = {
+            "": self._export(self.default_style, self._default_span)
+        }
+
+    @property
+    def style_names(self) -> tuple[str, ...]:
+        """The style identifiers documents advertise: the configured ones, else ``default``."""
+        return tuple(style.name for style in self.styles) or (DEFAULT_STYLE,)
+
+    def _export(self, style: str, span: TimeSpan | None) -> dict[str, str]:
+        """The exportImage parameters of ``style`` at ``span``: the layer's ``export``, the
+        style's ``renderingRule``/``bandIds`` over it, and ``time``."""
+        params: dict[str, Any] = self._config.export.model_dump(exclude_none=True)
+        found = self._config.styles.get(style)
+        if found is not None:
+            params.update(found.export())
+        if span is not None:
+            params["time"] = arcgis_time(span)
+        return export_params(params)
+
+    def token(self, style: str | None, time: str | None) -> str:
+        """The normalised token of the variant ``style`` at ``time`` (``None`` or empty: the
+        default); ``""`` for the default variant. ``style`` is an identifier (``default``
+        names the default style); ``time`` an ISO 8601 instant or interval equal (in epoch
+        milliseconds, UTC) to one of the layer's values: ``2020-08-31`` and
+        ``2020-08-31T00:00:00Z`` are the same.
+
+        Raises ``VariantRefused`` (part ``Style`` or ``Time``) for a style or time the layer
+        does not offer, and for a new variant once ``max_variants`` are served.
+        """
+        parts: list[str] = []
+        if style and style != DEFAULT_STYLE and style != self.default_style:
+            if style not in self._config.styles:
+                raise VariantRefused(
+                    f"layer offers the styles {', '.join(self.style_names)}, not {style!r}",
+                    "Style",
+                    style,
+                    self.style_names,
+                )
+            parts.append(f"s={style}")
+        span: TimeSpan | None = self._default_span
+        if time:
+            if self._default_span is None:
+                raise VariantRefused("the layer has no time dimension", "Time", time, ())
+            try:
+                span = parse_time(time)
+            except ValueError as exc:
+                raise VariantRefused(str(exc), "Time", time, self.times) from None
+            if span not in self._spans:
+                raise VariantRefused(
+                    f"time {time[:40]!r} is not one of {', '.join(self.times)}",
+                    "Time",
+                    time,
+                    self.times,
+                )
+            if span != self._default_span:
+                parts.append(f"t={key_part(span)}")
+        token = ",".join(parts)
+        if token not in self._params:
+            if len(self._params) > self.max_variants:
+                raise VariantRefused(
+                    f"the layer already serves {self.max_variants} variants besides its "
+                    "default (max_variants): ask for the default style and time",
+                    "Time" if time else "Style",
+                    time or style or "",
+                    (),
+                )
+            chosen = style if style and style != DEFAULT_STYLE else self.default_style
+            self._params[token] = self._export(chosen, span)
+        return token
+
+    def params(self, token: str) -> Mapping[str, str]:
+        """The exportImage parameters of a variant ``token`` has made."""
+        return self._params[token]

@@ -1,0 +1,218 @@
+"""Per-request variants (styles and time) of a layer, end to end: what the upstream is asked
+for each, that each has its own cache entries and ETag, and the 400s for what a layer does not
+offer (``tiles.variants``)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from tests.conftest import MakeGateway
+from tests.integration.conftest import FakeUpstream
+
+# Epoch milliseconds (UTC) of the two NAIP acquisitions in tests/data.
+T2010 = 1277769600000  # 2010-06-29
+T2020 = 1598832000000  # 2020-08-31
+STYLES = {
+    "natural": {"title": "Natural colour", "bandIds": [0, 1, 2]},
+    "falsecolor": {"title": "Colour infrared", "bandIds": [3, 0, 1]},
+    "hillshade": {"rasterFunction": "Hillshade"},
+    "ndvi": {
+        "renderingRule": {"rasterFunction": "NDVI", "rasterFunctionArguments": {"VisibleBandID": 0}}
+    },
+}
+TIME = {"values": ["2010-06-29", "2020-08-31"]}
+
+
+def varied(url: str, **extra: Any) -> dict[str, Any]:
+    """A layer with styles and time, metatiles off (one exportImage call per tile)."""
+    return {
+        "url": url,
+        "formats": ["png"],
+        "meta_size": [1, 1],
+        "styles": STYLES,
+        "time": TIME,
+        **extra,
+    }
+
+
+async def test_each_variant_asks_the_upstream_its_parameters(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url, export={"noData": 0})})
+    asked: dict[str, dict[str, str]] = {}
+    for query in (
+        "",
+        "?style=falsecolor",
+        "?style=hillshade",
+        "?style=ndvi&time=2010-06-29",
+    ):
+        before = len(fake_upstream.queries)
+        response = await client.get(f"/tiles/v/3/4/2.png{query}")
+        assert response.status == 200, await response.text()
+        assert len(fake_upstream.queries) == before + 1
+        asked[query] = dict(fake_upstream.queries[-1])
+    # The default: the first style, the last time value.
+    assert asked[""]["bandIds"] == "0,1,2"
+    assert asked[""]["time"] == str(T2020)
+    assert asked[""]["noData"] == "0"
+    assert "renderingRule" not in asked[""]
+    assert asked["?style=falsecolor"]["bandIds"] == "3,0,1"
+    assert json.loads(asked["?style=hillshade"]["renderingRule"]) == {"rasterFunction": "Hillshade"}
+    assert "bandIds" not in asked["?style=hillshade"]
+    ndvi = asked["?style=ndvi&time=2010-06-29"]
+    assert json.loads(ndvi["renderingRule"]) == STYLES["ndvi"]["renderingRule"]
+    assert ndvi["time"] == str(T2010)
+    assert ndvi["noData"] == "0"
+
+
+async def test_an_interval_is_sent_as_two_instants(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    time = {"values": ["2010-01-01/2010-12-31T23:59:59Z", "2020-08-31"], "default": "2020-08-31"}
+    client = await make_gateway({"v": varied(fake_upstream.url, time=time)})
+    response = await client.get("/tiles/v/3/4/2.png?time=2010-01-01T00:00:00Z/2010-12-31T23:59:59Z")
+    assert response.status == 200, await response.text()
+    assert fake_upstream.queries[-1]["time"] == "1262304000000,1293839999000"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("", "?style=natural"),
+        ("", "?style=default"),
+        ("", "?time=2020-08-31T00:00:00Z"),
+        ("?style=natural&time=2020-08-31", "?time=2020-08-31T00:00:00.000%2B00:00"),
+        ("?time=2010-06-29", "?time=2010-06-29T02:00:00%2B02:00"),
+        ("?style=falsecolor&time=2010-06-29", "?time=2010-06-29&style=falsecolor&other=1"),
+    ],
+)
+async def test_equal_variants_share_one_entry(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, first: str, second: str
+) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url)})
+    one = await client.get(f"/tiles/v/3/4/2.png{first}")
+    assert one.status == 200, await one.text()
+    two = await client.get(f"/tiles/v/3/4/2.png{second}")
+    assert two.status == 200, await two.text()
+    assert two.headers["X-Cache"] == "HIT"
+    assert one.headers["ETag"] == two.headers["ETag"]
+    assert len(fake_upstream.queries) == 1
+
+
+async def test_variants_have_their_own_keys_and_etags(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    # The fake upstream answers the same bytes whatever the variant: only the keys keep the
+    # variants apart, and the ETags differ all the same.
+    client = await make_gateway(
+        {"v": varied(fake_upstream.url)}, cache={"redis_url": redis_url, "prefix": key_prefix}
+    )
+    queries = ["", "?style=falsecolor", "?time=2010-06-29", "?style=falsecolor&time=2010-06-29"]
+    etags = []
+    for query in queries:
+        response = await client.get(f"/tiles/v/3/4/2.png{query}")
+        assert response.status == 200
+        assert response.headers["X-Cache"] == "MISS"
+        etags.append(response.headers["ETag"])
+    assert len(set(etags)) == len(queries)
+    keys = sorted(key.decode() for key in redis_client.scan_iter(match=f"{key_prefix}:v:*"))
+    assert len(keys) == len(queries)
+    variants = sorted(key.split(":")[2].partition("+")[2] for key in keys)
+    assert variants == sorted(["", "s=falsecolor", f"t={T2010}", f"s=falsecolor,t={T2010}"])
+    # A conditional request with another variant's ETag is no 304.
+    again = await client.get(
+        "/tiles/v/3/4/2.png?style=falsecolor", headers={"If-None-Match": etags[0]}
+    )
+    assert again.status == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter", "words"),
+    [
+        ("?style=nope", "style", "not 'nope'"),
+        ("?style=Natural", "style", "not 'Natural'"),
+        ("?time=2015-01-01", "time", "is not one of 2010-06-29, 2020-08-31"),
+        ("?time=yesterday", "time", "not an ISO 8601"),
+        ("?time=2020-08-31/2010-06-29", "time", "ends before it starts"),
+        ("?time=" + "9" * 5000, "time", "not an ISO 8601"),
+    ],
+)
+async def test_what_the_layer_does_not_offer_is_a_json_400(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, query: str, parameter: str, words: str
+) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url)})
+    response = await client.get(f"/tiles/v/3/4/2.png{query}")
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["code"] == 400
+    assert body["error"]["parameter"] == parameter
+    assert words in body["error"]["message"]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert fake_upstream.queries == []
+
+
+async def test_a_layer_without_variants_refuses_a_time_and_other_styles(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway({"plain": {"url": fake_upstream.url, "meta_size": [1, 1]}})
+    assert (await client.get("/tiles/plain/3/4/2.png?style=default")).status == 200
+    refused = await client.get("/tiles/plain/3/4/2.png?time=2020-08-31")
+    assert refused.status == 400
+    assert "no time dimension" in (await refused.json())["error"]["message"]
+    other = await client.get("/tiles/plain/3/4/2.png?style=falsecolor")
+    assert other.status == 400
+    assert (await other.json())["error"]["offered"] == ["default"]
+
+
+async def test_max_variants_bounds_the_variants_served(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url, max_variants=2)})
+    for query in ("?style=falsecolor", "?time=2010-06-29", "", "?style=natural"):
+        assert (await client.get(f"/tiles/v/3/4/2.png{query}")).status == 200
+    refused = await client.get("/tiles/v/3/4/2.png?style=hillshade")
+    assert refused.status == 400
+    assert "max_variants" in (await refused.json())["error"]["message"]
+    # Those already served still are.
+    assert (await client.get("/tiles/v/3/5/2.png?style=falsecolor")).status == 200
+
+
+# -- pixels from the reference ImageServer --------------------------------------------------
+
+
+async def test_band_combinations_of_naip_differ_as_their_bands_do(
+    make_gateway: MakeGateway, imageserver_url: str
+) -> None:
+    # NAIP holds R, G, B, NIR: the false-colour tile (NIR, R, G) has the natural tile's red
+    # in its green channel and its green in its blue one, pixel for pixel.
+    layer = {
+        "url": f"{imageserver_url}/naip/ImageServer",
+        "formats": ["png"],
+        "styles": {"natural": STYLES["natural"], "falsecolor": STYLES["falsecolor"]},
+    }
+    client = await make_gateway({"naip": layer})
+    z, x, y = 15, 7358, 11522  # inside the quarter-quad, near 47.02 N, 99.155 W
+
+    async def rgba(query: str) -> np.ndarray:
+        response = await client.get(f"/tiles/naip/{z}/{x}/{y}.png{query}")
+        assert response.status == 200, await response.text()
+        return np.asarray(Image.open(io.BytesIO(await response.read())).convert("RGBA"))
+
+    natural, false = await rgba(""), await rgba("?style=falsecolor")
+    assert natural.shape == false.shape == (256, 256, 4)
+    inside = natural[..., 3] == 255
+    assert inside.all()
+    assert np.array_equal(false[..., 1][inside], natural[..., 0][inside])
+    assert np.array_equal(false[..., 2][inside], natural[..., 1][inside])
+    assert not np.array_equal(false[..., 0][inside], natural[..., 0][inside])
