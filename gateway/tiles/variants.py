@@ -84,7 +84,8 @@ class LayerVariants:
         default); ``""`` for the default variant. ``style`` is an identifier (``default``
         names the default style); ``time`` an ISO 8601 instant or interval equal (in epoch
         milliseconds, UTC) to one of the layer's values: ``2020-08-31`` and
-        ``2020-08-31T00:00:00Z`` are the same.
+        ``2020-08-31T00:00:00Z`` are the same; ``default`` is the default time, as WMTS
+        allows for a Dimension.
 
         Raises ``VariantRefused`` (part ``Style`` or ``Time``) for a style or time the layer
         does not offer, and for a new variant once ``max_variants`` are served.
@@ -100,7 +101,8 @@ class LayerVariants:
                 )
             parts.append(f"s={style}")
         span: TimeSpan | None = self._default_span
-        if time:
+        # "default" is the Dimension's Default (07-057r7 wmtsGetCapabilities_response.xsd).
+        if time and time != DEFAULT_STYLE:
             if self._default_span is None:
                 raise VariantRefused("the layer has no time dimension", "Time", time, ())
             try:

@@ -11,10 +11,16 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from lxml import etree
 from PIL import Image
 
 from tests.conftest import MakeGateway
+from tests.integration import test_wmts
 from tests.integration.conftest import FakeUpstream
+from tests.integration.test_wmts import NS, assert_exception, find, texts
+
+# The WMTS tests' fixture: the schemas (offline, with the ETS's fix of MaxTileRow/MaxTileCol).
+schemas = test_wmts.schemas
 
 # Epoch milliseconds (UTC) of the two NAIP acquisitions in tests/data.
 T2010 = 1277769600000  # 2010-06-29
@@ -186,6 +192,104 @@ async def test_max_variants_bounds_the_variants_served(
     assert "max_variants" in (await refused.json())["error"]["message"]
     # Those already served still are.
     assert (await client.get("/tiles/v/3/5/2.png?style=falsecolor")).status == 200
+
+
+# -- WMTS: Styles, the Time Dimension, KVP and RESTful -----------------------------------------
+
+
+async def test_capabilities_list_styles_and_the_time_dimension(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, schemas: dict[str, etree.XMLSchema]
+) -> None:
+    client = await make_gateway(
+        {
+            "v": varied(fake_upstream.url, default_style="falsecolor", formats=["png", "jpg"]),
+            "plain": {"url": fake_upstream.url},
+        }
+    )
+    response = await client.get("/wmts?SERVICE=WMTS&REQUEST=GetCapabilities")
+    root = etree.fromstring(await response.read())
+    schemas["patched"].assertValid(root)
+    layers = {texts(node, "ows:Identifier")[0]: node for node in root.iterfind(".//wmts:Layer", NS)}
+    varied_layer = layers["v"]
+    styles = varied_layer.findall("wmts:Style", NS)
+    assert [texts(style, "ows:Identifier")[0] for style in styles] == list(STYLES)
+    assert [style.get("isDefault") for style in styles] == [None, "true", None, None]
+    # Title = Identifier (OpenLayers matches styles by title); the title is the abstract.
+    assert texts(styles[1], "ows:Title") == ["falsecolor"]
+    assert texts(styles[1], "ows:Abstract") == ["Colour infrared"]
+    dimension = find(varied_layer, "wmts:Dimension")
+    assert texts(dimension, "ows:Identifier") == ["Time"]
+    assert texts(dimension, "ows:UOM") == ["ISO8601"]
+    assert texts(dimension, "wmts:Default") == ["2020-08-31"]
+    assert texts(dimension, "wmts:Value") == ["2010-06-29", "2020-08-31"]
+    templates = [node.get("template") for node in varied_layer.iterfind("wmts:ResourceURL", NS)]
+    assert templates and all(
+        "/wmts/1.0.0/v/{Style}/{Time}/{TileMatrixSet}/{TileMatrix}/{TileRow}/{TileCol}." in t
+        for t in templates
+    )
+    plain = layers["plain"]
+    assert [texts(style, "ows:Identifier")[0] for style in plain.findall("wmts:Style", NS)] == [
+        "default"
+    ]
+    assert plain.find("wmts:Dimension", NS) is None
+    assert "{Time}" not in plain.find("wmts:ResourceURL", NS).get("template")
+
+
+async def test_kvp_and_rest_tiles_of_a_style_and_time(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url)})
+    kvp = (
+        "/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0&LAYER=v&STYLE=falsecolor"
+        "&FORMAT=image/png&TILEMATRIXSET=WebMercatorQuad&TILEMATRIX=3&TILEROW=2&TILECOL=4"
+    )
+    one = await client.get(kvp + "&TIME=2010-06-29")
+    assert one.status == 200, await one.text()
+    assert fake_upstream.queries[-1]["bandIds"] == "3,0,1"
+    assert fake_upstream.queries[-1]["time"] == str(T2010)
+    # The same tile by REST and by XYZ: one entry, one upstream call.
+    rest = await client.get("/wmts/1.0.0/v/falsecolor/2010-06-29/WebMercatorQuad/3/2/4.png")
+    xyz = await client.get("/tiles/v/3/4/2.png?style=falsecolor&time=2010-06-29")
+    assert rest.status == xyz.status == 200
+    assert rest.headers["X-Cache"] == xyz.headers["X-Cache"] == "HIT"
+    assert one.headers["ETag"] == rest.headers["ETag"] == xyz.headers["ETag"]
+    assert len(fake_upstream.queries) == 1
+    # Without TIME (or with "default"), the Dimension's Default; STYLE=default, the default.
+    for query in ("&TIME=default", ""):
+        default = await client.get(kvp.replace("STYLE=falsecolor", "STYLE=default") + query)
+        assert default.status == 200
+    assert fake_upstream.queries[-1]["time"] == str(T2020)
+    assert fake_upstream.queries[-1]["bandIds"] == "0,1,2"
+    assert len(fake_upstream.queries) == 2
+    # The RESTful template without {Time} still answers the default time.
+    assert (await client.get("/wmts/1.0.0/v/natural/WebMercatorQuad/3/2/4.png")).status == 200
+    assert len(fake_upstream.queries) == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "locator"),
+    [("&STYLE=nope", "Style"), ("&STYLE=default&TIME=2015-01-01", "Time")],
+)
+async def test_kvp_refuses_unknown_styles_and_times(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    schemas: dict[str, etree.XMLSchema],
+    query: str,
+    locator: str,
+) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url)})
+    kvp = (
+        "/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0&LAYER=v&FORMAT=image/png"
+        "&TILEMATRIXSET=WebMercatorQuad&TILEMATRIX=3&TILEROW=2&TILECOL=4"
+    )
+    await assert_exception(
+        await client.get(kvp + query), schemas, 400, "InvalidParameterValue", locator
+    )
+    rest = "/wmts/1.0.0/v/natural/2015-01-01/WebMercatorQuad/3/2/4.png"
+    if locator == "Style":
+        rest = "/wmts/1.0.0/v/nope/2010-06-29/WebMercatorQuad/3/2/4.png"
+    await assert_exception(await client.get(rest), schemas, 404, "InvalidParameterValue", locator)
+    assert fake_upstream.queries == []
 
 
 # -- pixels from the reference ImageServer --------------------------------------------------
