@@ -35,6 +35,18 @@ class StyleOffer:
     abstract: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A checked variant: its ``token`` (``""`` for the default), the ``style`` identifier and
+    the ``time`` value as the layer lists it (``None`` when not time-enabled), and its
+    ``span``."""
+
+    token: str
+    style: str
+    time: str | None
+    span: TimeSpan | None
+
+
 class LayerVariants:
     """The variants a layer offers and the exportImage parameters of each one served so far.
 
@@ -43,7 +55,7 @@ class LayerVariants:
     the configured time values as written, ``default_time`` the one sent when a request names
     none (``None``: the layer is not time-enabled). ``params(token)`` gives a served variant's
     exportImage parameters as query strings; ``token`` makes new variants, at most
-    ``max_variants`` besides the default one.
+    ``max_variants`` besides the default one, and ``choose`` checks one without serving it.
     """
 
     def __init__(self, config: LayerConfig) -> None:
@@ -79,18 +91,19 @@ class LayerVariants:
             params["time"] = arcgis_time(span)
         return export_params(params)
 
-    def token(self, style: str | None, time: str | None) -> str:
-        """The normalised token of the variant ``style`` at ``time`` (``None`` or empty: the
-        default); ``""`` for the default variant. ``style`` is an identifier (``default``
+    def choose(self, style: str | None, time: str | None) -> Choice:
+        """The variant ``style`` at ``time`` (``None`` or empty: the default), checked and
+        normalised, not yet served (see ``token``). ``style`` is an identifier (``default``
         names the default style); ``time`` an ISO 8601 instant or interval equal (in epoch
         milliseconds, UTC) to one of the layer's values: ``2020-08-31`` and
-        ``2020-08-31T00:00:00Z`` are the same; ``default`` is the default time, as WMTS
-        allows for a Dimension.
+        ``2020-08-31T00:00:00Z`` are the same; ``default`` is the default time, as WMTS allows
+        for a Dimension.
 
         Raises ``VariantRefused`` (part ``Style`` or ``Time``) for a style or time the layer
-        does not offer, and for a new variant once ``max_variants`` are served.
+        does not offer.
         """
         parts: list[str] = []
+        chosen_style = self.default_style
         if style and style != DEFAULT_STYLE and style != self.default_style:
             if style not in self._config.styles:
                 raise VariantRefused(
@@ -100,6 +113,7 @@ class LayerVariants:
                     self.style_names,
                 )
             parts.append(f"s={style}")
+            chosen_style = style
         span: TimeSpan | None = self._default_span
         # "default" is the Dimension's Default (07-057r7 wmtsGetCapabilities_response.xsd).
         if time and time != DEFAULT_STYLE:
@@ -118,7 +132,18 @@ class LayerVariants:
                 )
             if span != self._default_span:
                 parts.append(f"t={key_part(span)}")
-        token = ",".join(parts)
+        chosen_time = None if span is None else self._spans[span]
+        return Choice(",".join(parts), chosen_style, chosen_time, span)
+
+    def token(self, style: str | None, time: str | None) -> str:
+        """The normalised token of the variant ``style`` at ``time`` (see ``choose``), served
+        from now on; ``""`` for the default variant.
+
+        Raises ``VariantRefused`` as ``choose`` does, and for a new variant once
+        ``max_variants`` are served.
+        """
+        choice = self.choose(style, time)
+        token = choice.token
         if token not in self._params:
             if len(self._params) > self.max_variants:
                 raise VariantRefused(
@@ -128,8 +153,7 @@ class LayerVariants:
                     time or style or "",
                     (),
                 )
-            chosen = style if style and style != DEFAULT_STYLE else self.default_style
-            self._params[token] = self._export(chosen, span)
+            self._params[token] = self._export(choice.style, choice.span)
         return token
 
     def params(self, token: str) -> Mapping[str, str]:

@@ -292,6 +292,61 @@ async def test_kvp_refuses_unknown_styles_and_times(
     assert fake_upstream.queries == []
 
 
+# -- OGC API - Tiles and TileJSON -------------------------------------------------------------
+
+
+async def test_ogcapi_styles_and_datetime(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url)})
+    collection = await (await client.get("/ogcapi/collections/v")).json()
+    assert [style["id"] for style in collection["styles"]] == list(STYLES)
+    assert collection["defaultStyle"] == "natural"
+    assert collection["extent"]["temporal"]["interval"] == [
+        ["2010-06-29", "2010-06-29"],
+        ["2020-08-31", "2020-08-31"],
+    ]
+    tilesets = collection["styles"][1]["links"][0]["href"]
+    assert tilesets.endswith("/ogcapi/collections/v/styles/falsecolor/map/tiles")
+    listing = await (await client.get(tilesets.split(str(client.make_url("")))[-1])).json()
+    tileset_href = listing["tilesets"][0]["links"][0]["href"]
+    assert "/styles/falsecolor/map/tiles/WebMercatorQuad" in tileset_href
+    conformance = await (await client.get("/ogcapi/conformance")).json()
+    assert (
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/datetime" in conformance["conformsTo"]
+    )
+    tile = "/ogcapi/collections/v/styles/falsecolor/map/tiles/WebMercatorQuad/3/2/4?f=png"
+    response = await client.get(tile + "&datetime=2010-06-29T00:00:00Z")
+    assert response.status == 200, await response.text()
+    assert fake_upstream.queries[-1]["bandIds"] == "3,0,1"
+    assert fake_upstream.queries[-1]["time"] == str(T2010)
+    # The same variant by XYZ: the same entry.
+    xyz = await client.get("/tiles/v/3/4/2.png?style=falsecolor&time=2010-06-29")
+    assert xyz.headers["X-Cache"] == "HIT"
+    assert len(fake_upstream.queries) == 1
+    missing = await client.get(tile.replace("falsecolor", "nope"))
+    assert missing.status == 404
+    assert (await client.get("/ogcapi/collections/v/styles/nope/map/tiles")).status == 404
+    bad = await client.get(tile + "&datetime=2015-01-01")
+    assert bad.status == 400
+    assert "datetime" in (await bad.json())["error"]["message"]
+
+
+async def test_tilejson_per_variant(make_gateway: MakeGateway, fake_upstream: FakeUpstream) -> None:
+    client = await make_gateway({"v": varied(fake_upstream.url)})
+    plain = await (await client.get("/tiles/v/tilejson.json")).json()
+    assert plain["tiles"][0].endswith("/tiles/v/{z}/{x}/{y}.png")
+    default = await (await client.get("/tiles/v/tilejson.json?style=natural")).json()
+    assert default["tiles"] == plain["tiles"]
+    styled = await (
+        await client.get("/tiles/v/tilejson.json?style=falsecolor&time=2010-06-29T00:00:00Z")
+    ).json()
+    assert styled["tiles"][0].endswith("/tiles/v/{z}/{x}/{y}.png?style=falsecolor&time=2010-06-29")
+    refused = await client.get("/tiles/v/tilejson.json?style=nope")
+    assert refused.status == 400
+    assert (await refused.json())["error"]["parameter"] == "style"
+
+
 # -- pixels from the reference ImageServer --------------------------------------------------
 
 
