@@ -110,7 +110,7 @@ def _purge_command(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    spec = PurgeSpec(args.layer, args.tms, args.zoom, args.bbox)
+    spec = PurgeSpec(args.layer, args.tms, args.zoom, args.bbox, args.style, args.time)
     raise SystemExit(asyncio.run(_purge(config, spec)))
 
 
@@ -122,6 +122,8 @@ def _seed(args: argparse.Namespace) -> None:
         tms=args.tms,
         bbox=args.bbox,
         format=args.format,
+        style=args.style,
+        time=args.time,
         concurrency=args.concurrency,
         retries=args.retries,
         state=args.state,
@@ -233,6 +235,12 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument(
         "--format", choices=("png", "jpg"), help="tile format (default: the layer's first)"
     )
+    seed.add_argument("--style", help="one of the layer's styles (default: its default style)")
+    seed.add_argument(
+        "--time",
+        metavar="ISO8601",
+        help="one of the layer's time values, e.g. 2020-08-31 (default: its default time)",
+    )
     seed.add_argument(
         "--concurrency",
         type=_at_least(1),
@@ -276,10 +284,10 @@ def _parser() -> argparse.ArgumentParser:
         help="purge cached tiles of a layer (Redis cache)",
         description=(
             "Purge a whole layer (one generation step: old tiles age out by their TTL), or only "
-            "the tiles of a TileMatrixSet, zoom range and/or bbox (their keys are computed from "
-            "the grid and deleted in batches). Every replica drops them from its in-process "
-            "cache within cache.purge_poll seconds. Needs cache.redis_url; a memory cache is "
-            "purged through the serving process's POST /admin/purge."
+            "the tiles of a TileMatrixSet, zoom range, bbox, style and/or time value (their "
+            "keys are computed from the grid and deleted in batches). Every replica drops them "
+            "from its in-process cache within cache.purge_poll seconds. Needs cache.redis_url; "
+            "a memory cache is purged through the serving process's POST /admin/purge."
         ),
     )
     purge.add_argument("--config", required=True, help="path of the YAML configuration")
@@ -291,6 +299,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_argument(parse_bbox),
         metavar="W,S,E,N",
         help="only tiles meeting this area in degrees; write --bbox=-10,... when W is negative",
+    )
+    purge.add_argument(
+        "--style", help="only this style's tiles (default: every style of the layer)"
+    )
+    purge.add_argument(
+        "--time",
+        metavar="ISO8601",
+        help="only the tiles of this time value (default: every time value of the layer)",
     )
 
     check = commands.add_parser(

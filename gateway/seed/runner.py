@@ -267,11 +267,15 @@ async def run_seed(
             "format": template.ext,
             "zoom": list(options.zoom),
             "bbox": None if options.bbox is None else list(options.bbox),
+            # The normalised variant: equal styles and times share a state file.
+            **({"variant": template.variant} if template.variant else {}),
             "cache": f"{cache.description} prefix {pipeline.keys.prefix}",
             "meta_size": list(plan.meta_size),
             "metatiles": plan.total,
         }
-        path = options.state or default_state_path(options, template.ext, identity["cache"])
+        path = options.state or default_state_path(
+            options, template.ext, identity["cache"], template.variant
+        )
         generation = layer.generation
         try:
             state = SeedState.open(path, identity, generation, options.resume)

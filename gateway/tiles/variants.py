@@ -156,6 +156,17 @@ class LayerVariants:
             self._params[token] = self._export(choice.style, choice.span)
         return token
 
+    def tokens(self, style: str | None = None, time: str | None = None) -> list[str]:
+        """The tokens of every variant the layer may serve of ``style`` (every style when
+        ``None``) at ``time`` (every time value when ``None``), the default's ``""`` among
+        them: a purge's reach, whatever variants a replica has served.
+
+        Raises ``VariantRefused`` as ``choose`` does.
+        """
+        styles = [style] if style else list(self.style_names)
+        times: list[str | None] = [time] if time else (list(self.times) or [None])
+        return list(dict.fromkeys(self.choose(s, t).token for s in styles for t in times))
+
     def params(self, token: str) -> Mapping[str, str]:
         """The exportImage parameters of a variant ``token`` has made."""
         return self._params[token]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ import redis
 from lxml import etree
 from PIL import Image
 
-from tests.conftest import MakeGateway
+from gateway.seed import SeedOptions, run_seed
+from tests.conftest import MakeGateway, gateway_config
 from tests.integration import test_wmts
 from tests.integration.conftest import FakeUpstream
 from tests.integration.test_wmts import NS, assert_exception, find, texts
@@ -345,6 +347,86 @@ async def test_tilejson_per_variant(make_gateway: MakeGateway, fake_upstream: Fa
     refused = await client.get("/tiles/v/tilejson.json?style=nope")
     assert refused.status == 400
     assert (await refused.json())["error"]["parameter"] == "style"
+
+
+# -- seed and purge ------------------------------------------------------------------------------
+
+
+def variant_keys(client: redis.Redis, prefix: str) -> dict[str, set[str]]:
+    """The layer ``v``'s tile keys in Redis by variant token (``""`` for the default)."""
+    found: dict[str, set[str]] = {}
+    for raw in client.scan_iter(match=f"{prefix}:v:*"):
+        key = raw.decode()
+        found.setdefault(key.split(":")[2].partition("+")[2], set()).add(key)
+    return found
+
+
+async def test_seed_a_variant_then_purge_it_alone(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    redis_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cache = {"redis_url": redis_url, "prefix": key_prefix, "purge_poll": 0.05}
+    layers = {"v": varied(fake_upstream.url, maxzoom=6)}
+    options = SeedOptions(
+        "v", (0, 1), style="falsecolor", time="2010-06-29T00:00:00Z", state=tmp_path / "s.json"
+    )
+    assert await run_seed(gateway_config(layers, cache), options) == 0
+    assert {q["bandIds"] for q in fake_upstream.queries} == {"3,0,1"}
+    assert {q["time"] for q in fake_upstream.queries} == {str(T2010)}
+    seeded = variant_keys(redis_client, key_prefix)
+    assert set(seeded) == {f"s=falsecolor,t={T2010}"}
+    assert len(seeded[f"s=falsecolor,t={T2010}"]) == 1 + 4
+
+    # A gateway serves the seeded tiles as hits, and makes the default ones.
+    client = await make_gateway(layers, cache)
+    calls = len(fake_upstream.queries)
+    hit = await client.get("/tiles/v/1/0/1.png?style=falsecolor&time=2010-06-29")
+    assert hit.headers["X-Cache"] == "HIT"
+    for x, y in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        assert (await client.get(f"/tiles/v/1/{x}/{y}.png")).status == 200
+    assert len(fake_upstream.queries) == calls + 4
+
+    # Purge the style alone (at every time): the default tiles stay.
+    monkeypatch.setenv("TILE_GATEWAY_ADMIN_TOKEN", "t0ken")
+    auth = {"Authorization": "Bearer t0ken"}
+    response = await client.post(
+        "/admin/purge",
+        json={"layer": "v", "tms": "WebMercatorQuad", "zoom": "0-1", "style": "falsecolor"},
+        headers=auth,
+    )
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    # 5 tiles x 2 scales x 1 format x 2 time values of the style.
+    assert body["keys"] == 20 and body["deleted"] == 5
+    left = variant_keys(redis_client, key_prefix)
+    assert set(left) == {""} and len(left[""]) == 4
+    again = await client.get("/tiles/v/1/0/1.png?style=falsecolor&time=2010-06-29")
+    assert again.headers["X-Cache"] == "MISS"
+
+    # A partial purge naming no variant reaches every variant.
+    response = await client.post(
+        "/admin/purge", json={"layer": "v", "tms": "WebMercatorQuad", "zoom": "1"}, headers=auth
+    )
+    # 4 tiles x 2 scales x 4 styles x 2 time values; the 4 default tiles and 1 seeded again.
+    assert await response.json() == {"layer": "v", "generation": None, "keys": 64, "deleted": 5}
+    assert variant_keys(redis_client, key_prefix) == {}
+    refused = await client.post(
+        "/admin/purge", json={"layer": "v", "time": "1999-01-01"}, headers=auth
+    )
+    assert refused.status == 400
+    assert "is not one of" in (await refused.json())["error"]["message"]
+
+    # A seed of a style the layer does not offer is refused as bad arguments.
+    capsys.readouterr()
+    bad = SeedOptions("v", (0, 1), style="nope", state=tmp_path / "bad.json")
+    assert await run_seed(gateway_config(layers, cache), bad) == 2
+    assert "not 'nope'" in capsys.readouterr().err
 
 
 # -- pixels from the reference ImageServer --------------------------------------------------
