@@ -32,7 +32,7 @@ def parse_time(text: str) -> TimeSpan:
     included.
     """
     if len(text) > 80:
-        raise ValueError("not an ISO 8601 time")
+        raise ValueError(f"{text[:40]!r}... is not an ISO 8601 date, date-time or interval")
     start, slash, end = text.partition("/")
     try:
         first = _instant(start)

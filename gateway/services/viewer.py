@@ -110,9 +110,13 @@ async def vendored(request: web.Request) -> web.Response:
 
 
 async def layers(request: web.Request) -> web.Response:
-    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles}]}``.
+    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles, styles,
+    default_style, times, default_time}]}``.
 
-    ``tiles`` is an XYZ URL template relative to the gateway's root, in the layer's first format.
+    ``tiles`` is an XYZ URL template relative to the gateway's root, in the layer's first format
+    and default variant. ``styles`` lists the layer's styles (``[{name, title}]``, empty when it
+    has none) and ``times`` its time values (empty when it is not time-enabled), which the
+    viewer offers to pick (``?style=``, ``?time=`` of the tile URLs).
     """
     pipeline = request.app[PIPELINE]
     body = [
@@ -124,6 +128,12 @@ async def layers(request: web.Request) -> web.Response:
             "maxzoom": layer.config.maxzoom,
             "attribution": layer.config.attribution,
             "tiles": f"tiles/{name}/{{z}}/{{x}}/{{y}}.{layer.config.formats[0]}",
+            "styles": [
+                {"name": style.name, "title": style.title} for style in layer.variants.styles
+            ],
+            "default_style": layer.variants.default_style,
+            "times": list(layer.variants.times),
+            "default_time": layer.variants.default_time,
         }
         for name, layer in pipeline.layers.items()
     ]

@@ -107,7 +107,7 @@ class LayerVariants:
         if style and style != DEFAULT_STYLE and style != self.default_style:
             if style not in self._config.styles:
                 raise VariantRefused(
-                    f"layer offers the styles {', '.join(self.style_names)}, not {style!r}",
+                    f"style {style[:40]!r} is not one of {', '.join(self.style_names)}",
                     "Style",
                     style,
                     self.style_names,
@@ -118,11 +118,16 @@ class LayerVariants:
         # "default" is the Dimension's Default (07-057r7 wmtsGetCapabilities_response.xsd).
         if time and time != DEFAULT_STYLE:
             if self._default_span is None:
-                raise VariantRefused("the layer has no time dimension", "Time", time, ())
+                raise VariantRefused(
+                    f"time {time[:40]!r} is not offered: the layer has no time dimension",
+                    "Time",
+                    time,
+                    (),
+                )
             try:
                 span = parse_time(time)
             except ValueError as exc:
-                raise VariantRefused(str(exc), "Time", time, self.times) from None
+                raise VariantRefused(f"time {exc}", "Time", time, self.times) from None
             if span not in self._spans:
                 raise VariantRefused(
                     f"time {time[:40]!r} is not one of {', '.join(self.times)}",

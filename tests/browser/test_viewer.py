@@ -410,10 +410,10 @@ def test_viewer_openlayers_wmts_in_epsg_4326(
 def test_viewer_snippets_use_working_absolute_urls(
     demo: DemoProcess, openlayers_report: dict[str, Any]
 ) -> None:
-    """The five snippets are there, name the chosen TileMatrixSet and its CRS, and every
+    """The six snippets are there, name the chosen TileMatrixSet and its CRS, and every
     gateway URL in them is absolute and answers 200 (tile templates filled in)."""
     snippets = openlayers_report["snippets"]
-    assert set(snippets) == {"leaflet", "openlayers", "maplibre", "qgis", "gdal"}, snippets
+    assert set(snippets) == {"url", "leaflet", "openlayers", "maplibre", "qgis", "gdal"}, snippets
     assert 'matrixSet: "WGS1984Quad"' in snippets["openlayers"]
     assert "tileMatrixSet=WGS1984Quad" in snippets["qgis"] and "crs=EPSG:4326" in snippets["qgis"]
     assert "tilematrixset=WGS1984Quad" in snippets["gdal"]

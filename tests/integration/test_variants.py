@@ -148,10 +148,10 @@ async def test_variants_have_their_own_keys_and_etags(
 @pytest.mark.parametrize(
     ("query", "parameter", "words"),
     [
-        ("?style=nope", "style", "not 'nope'"),
-        ("?style=Natural", "style", "not 'Natural'"),
+        ("?style=nope", "style", "style 'nope' is not one of natural, falsecolor"),
+        ("?style=Natural", "style", "style 'Natural' is not one of"),
         ("?time=2015-01-01", "time", "is not one of 2010-06-29, 2020-08-31"),
-        ("?time=yesterday", "time", "not an ISO 8601"),
+        ("?time=yesterday", "time", "time 'yesterday' is not an ISO 8601"),
         ("?time=2020-08-31/2010-06-29", "time", "ends before it starts"),
         ("?time=" + "9" * 5000, "time", "not an ISO 8601"),
     ],
@@ -426,7 +426,7 @@ async def test_seed_a_variant_then_purge_it_alone(
     capsys.readouterr()
     bad = SeedOptions("v", (0, 1), style="nope", state=tmp_path / "bad.json")
     assert await run_seed(gateway_config(layers, cache), bad) == 2
-    assert "not 'nope'" in capsys.readouterr().err
+    assert "style 'nope' is not one of" in capsys.readouterr().err
 
 
 # -- pixels from the reference ImageServer --------------------------------------------------
