@@ -13,6 +13,9 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
     /arcgis/rest/services/System                        folder of the GP service
     /arcgis/rest/services/System/RasterAnalysisTools/GPServer/...   see imageserver.gp
+    /arcgis/rest/services/Hosted                        folder of the image collections
+    /arcgis/rest/services/Hosted/<name>/ImageServer[/<operation>]   as above, for them
+    /arcgis/rest/directories/arcgisoutput/Hosted/<name>_ImageServer/_ags_<id>.<ext>   (GET)
 
 plus the token services of :mod:`imageserver.tokens` when ``security.enabled`` is set; then
 secured services (their root, operations and output files) answer 499 without a token and
@@ -45,11 +48,11 @@ from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
 from imageserver import pixels
-from imageserver.config import ImageServerConfig
+from imageserver.config import GP_FOLDER, HOSTED_FOLDER, ImageServerConfig
 from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
 from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
-from imageserver.gp import GP_FOLDER, GP_SERVICE, add_gp_routes, folder_json
+from imageserver.gp import GP_SERVICE, add_gp_routes, folder_json, hosted_folder_json
 from imageserver.metadata import catalog, server_info, service_info
 from imageserver.params import (
     Bounds,
@@ -142,10 +145,17 @@ def create_app(
     # Before the generic service routes: ".../System/RasterAnalysisTools/GPServer" would
     # otherwise read as an operation of a service "System".
     add_gp_routes(app)
+    # The collections in the Hosted folder, before the generic routes too:
+    # ".../Hosted/<name>/ImageServer" would read as the operation <name>/ImageServer of a
+    # service "Hosted" (a name the config refuses for that reason).
+    hosted = f"{rest}/services/{{folder:{HOSTED_FOLDER}}}/{{name}}"
+    add_route(app, f"{hosted}/{{kind}}", _handle_service)
+    add_route(app, f"{hosted}/{{kind}}/{{operation}}", _handle_operation)
     add_route(app, service, _handle_folder)
     add_route(app, f"{service}/{{kind}}", _handle_service)
     add_route(app, f"{service}/{{kind}}/{{operation}}", _handle_operation)
     app.router.add_get(f"{OUTPUT_ROOT}/{{folder}}/{{filename}}", _handle_output)
+    app.router.add_get(f"{OUTPUT_ROOT}/{{parent}}/{{folder}}/{{filename}}", _handle_output)
     return app
 
 
@@ -199,31 +209,49 @@ async def _handle_catalog(request: web.Request) -> web.Response:
     state = token_state(request, params)
     if state is TokenState.INVALID:
         return token_error(request, params, 498)
-    visible = [
+    # The root lists its own services; the collections are listed in their folder.
+    visible = [name for name in _visible(request, state) if "/" not in name]
+    return json_response(catalog(visible), params)
+
+
+def _visible(request: web.Request, state: TokenState) -> list[str]:
+    """The services (``<name>`` or ``Hosted/<name>``) a caller whose token is in ``state``
+    may see listed: ArcGIS lists secured services only to a valid token."""
+    return [
         name
         for name in request.app[SOURCES]
         if state is TokenState.VALID or not is_secured(request.app, name)
     ]
-    return json_response(catalog(visible), params)
 
 
 async def _handle_folder(request: web.Request) -> web.Response:
-    # Image services live at the root and the GP service in "System"; any other
-    # ".../services/<x>" is a folder that does not exist.
+    # Image services live at the root, the GP service in "System" and the collections in
+    # "Hosted"; any other ".../services/<x>" is a folder that does not exist.
     params = await request_params(request)
     name = request.match_info["name"]
-    if name != GP_FOLDER:
+    if name not in (GP_FOLDER, HOSTED_FOLDER):
         return error_response(params, 404, f"Folder {name} not found")
     state = token_state(request, params)
     if state is TokenState.INVALID:
         return token_error(request, params, 498)
+    if name == HOSTED_FOLDER:
+        prefix = f"{HOSTED_FOLDER}/"
+        hosted = [service for service in _visible(request, state) if service.startswith(prefix)]
+        return json_response(hosted_folder_json(hosted), params)
     visible = state is TokenState.VALID or not is_secured(request.app, GP_SERVICE)
     return json_response(folder_json(visible), params)
 
 
+def _service_name(request: web.Request) -> str:
+    """The service a route names: ``<name>``, or ``Hosted/<name>`` in the Hosted folder."""
+    name = request.match_info["name"]
+    folder = request.match_info.get("folder")
+    return name if folder is None else f"{folder}/{name}"
+
+
 async def _handle_service(request: web.Request) -> web.Response:
     params = await request_params(request)
-    name = request.match_info["name"]
+    name = _service_name(request)
     found = find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
@@ -238,7 +266,7 @@ Operation = Callable[[web.Request, Mapping[str, str], str, RasterSource], Any]
 
 async def _handle_operation(request: web.Request) -> web.StreamResponse:
     params = await request_params(request)
-    name = request.match_info["name"]
+    name = _service_name(request)
     found = find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
@@ -286,8 +314,12 @@ async def _export_image(
 
 async def _handle_output(request: web.Request) -> web.Response:
     # Output files of a secured service need the token too (esri-leaflet appends ?token= to
-    # the href for that reason, docs/arcgis-rest.md §1.2).
+    # the href for that reason, docs/arcgis-rest.md §1.2). A collection's files are one
+    # folder deeper, as its service is: "Hosted/<name>_ImageServer/_ags_<id>.<ext>".
     folder = request.match_info["folder"]
+    parent = request.match_info.get("parent")
+    if parent is not None:
+        folder = f"{parent}/{folder}"
     service = folder.removesuffix("_ImageServer")
     refused = guard(request, await request_params(request), service)
     if refused is not None:

@@ -40,7 +40,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from imageserver.config import ITEM_ID_PATTERN, SERVICE_NAME_PATTERN
+from imageserver.config import HOSTED_FOLDER, ITEM_ID_PATTERN, SERVICE_NAME_PATTERN
 from imageserver.jobs import Job, JobFailure, MessageType
 from imageserver.params import ParameterError
 from imageserver.raster import RasterSource
@@ -64,7 +64,10 @@ RASTER_TYPES = (
 COLLECTION_TYPES = ("UAV/UAS", "Aerial", "ScannedAerial", "Satellite")
 # Copied from the Esri page, a JSON value arrives with these instead of straight quotes (§5.2).
 _TYPOGRAPHIC_QUOTES = "\u201c\u201d\u201e\u2018\u2019"
-_SERVICE_PATH = re.compile(r"^/arcgis/rest/services/([^/]+)/ImageServer/?$", re.IGNORECASE)
+# A service of this server: "<name>" at the root, or "Hosted/<name>" (a published collection).
+_SERVICE_PATH = re.compile(
+    rf"^/arcgis/rest/services/((?:{HOSTED_FOLDER}/)?([^/]+))/ImageServer/?$", re.IGNORECASE
+)
 # Rows of the mosaic written per step: a multiple of the 256-pixel tiles.
 _STRIP_ROWS = 512
 _BLOCK = 256
@@ -319,8 +322,9 @@ def _collection(
         if isinstance(value.get("serviceProperties"), dict):
             name = value["serviceProperties"].get("name")
         elif "url" in value:
+            # The collection's name, whether the url names it in the Hosted folder or not.
             match = _SERVICE_PATH.match(urlsplit(str(value["url"])).path)
-            name = match.group(1) if match else None
+            name = match.group(2) if match else None
         elif "itemId" in value:
             item_id = str(value["itemId"])
             if item_id in items:

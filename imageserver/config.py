@@ -69,6 +69,11 @@ from pydantic import (
 
 # ArcGIS service names are used verbatim in URL paths; keep them to one safe path segment.
 SERVICE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+# The folders of the catalog: the GP service lives in System (as on ArcGIS Server), and the
+# image collections its jobs publish in Hosted (as ArcGIS Enterprise publishes hosted imagery
+# layers, arcgis-rest.md §5.2). No configured service may take their names.
+GP_FOLDER = "System"
+HOSTED_FOLDER = "Hosted"
 # Portal item ids are 32 hex digits; any word of letters, digits, '_' and '-' is accepted here.
 ITEM_ID_PATTERN = r"^[A-Za-z0-9_\-]+$"
 
@@ -230,6 +235,8 @@ class ImageServerConfig(BaseModel):
         for key, spec in self.services.items():
             if key != spec.name:
                 raise ValueError(f"service key {key!r} differs from its name {spec.name!r}")
+            if key.casefold() in (GP_FOLDER.casefold(), HOSTED_FOLDER.casefold()):
+                raise ValueError(f"service name {key!r} is the name of a folder of the catalog")
         for item_id in self.items:
             if not re.match(ITEM_ID_PATTERN, item_id):
                 raise ValueError(f"item id {item_id!r} must be letters, digits, '_' or '-'")

@@ -13,9 +13,10 @@ Routes (GET and POST, each also with a trailing slash; ``docs/arcgis-rest.md`` �
 A job goes esriJobSubmitted → esriJobWaiting (one job builds at a time) → esriJobExecuting →
 esriJobSucceeded | esriJobFailed, or esriJobCancelling → esriJobCancelled. The mosaic is built
 in the app's thread pool (:func:`imageserver.collection.build_mosaic`), never on the event
-loop, then opened and published as a new ImageServer of this server, answering at once; the
-result is ``{"url": ".../<name>/ImageServer", "itemId": ...}`` with the URL on the host the
-result was asked from (§5.2). With token security the GP service is
+loop, then opened and published as a new ImageServer of this server in its ``Hosted`` folder,
+answering at once; the result is ``{"url": ".../services/Hosted/<name>/ImageServer",
+"itemId": ...}`` with the URL on the host the result was asked from (§5.2 gives that URL, the
+folder ArcGIS Enterprise keeps hosted imagery layers in). With token security the GP service is
 ``System/RasterAnalysisTools`` in ``secured_services``; a collection made by a secured GP
 service, or from a secured service's ``url``, is secured too.
 """
@@ -26,14 +27,14 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from imageserver.collection import CollectionRequest, build_mosaic, parse_request
-from imageserver.config import JobsConfig, ServiceSpec
+from imageserver.config import GP_FOLDER, HOSTED_FOLDER, JobsConfig, ServiceSpec
 from imageserver.jobs import FINISHED, Job, JobCancelled, JobFailure, JobStatus, MessageType
 from imageserver.metadata import CURRENT_VERSION
 from imageserver.params import ParameterError
@@ -44,7 +45,6 @@ from imageserver.tokens import SECURED_AT_RUNTIME, guard, is_secured
 
 log = logging.getLogger(__name__)
 
-GP_FOLDER = "System"
 GP_SERVICE = f"{GP_FOLDER}/RasterAnalysisTools"
 GP_ROOT = f"/arcgis/rest/services/{GP_SERVICE}/GPServer"
 TASK = "CreateImageCollection"
@@ -80,8 +80,12 @@ class JobRunner:
         self._reserved: set[str] = set()
 
     def name_taken(self, name: str) -> bool:
-        """Whether a service ``name`` exists or a running job is about to publish it."""
-        return find_source(self._app, name) is not None or name.casefold() in self._reserved
+        """Whether a collection ``name`` (in the ``Hosted`` folder) exists or a running job is
+        about to publish it."""
+        return (
+            find_source(self._app, hosted_service(name)) is not None
+            or name.casefold() in self._reserved
+        )
 
     def submit(self, request: CollectionRequest, *, secured: bool) -> Job:
         """Create the job for ``request`` and start running it in the background; its
@@ -164,7 +168,8 @@ class JobRunner:
             job,
             self._config.max_pixels,
         )
-        await loop.run_in_executor(executor, job.step, f"Publishing {request.name}/ImageServer")
+        service = hosted_service(request.name)
+        await loop.run_in_executor(executor, job.step, f"Publishing {service}/ImageServer")
         spec = ServiceSpec(
             name=request.name,
             path=path,
@@ -180,11 +185,16 @@ class JobRunner:
             source.close()
             raise JobCancelled
         item_id = request.item_id or job.job_id[1:]
-        self._app[SOURCES][request.name] = source
+        self._app[SOURCES][service] = source
         self.items[item_id] = path
         if secured:
-            self._app[SECURED_AT_RUNTIME].add(request.name.casefold())
-        job.succeed({"url": f"/arcgis/rest/services/{request.name}/ImageServer", "itemId": item_id})
+            self._app[SECURED_AT_RUNTIME].add(service.casefold())
+        job.succeed({"url": f"/arcgis/rest/services/{service}/ImageServer", "itemId": item_id})
+
+
+def hosted_service(name: str) -> str:
+    """The service name of collection ``name``: ``Hosted/<name>``."""
+    return f"{HOSTED_FOLDER}/{name}"
 
 
 RUNNER = web.AppKey("imageserver_jobs", JobRunner)
@@ -319,8 +329,8 @@ async def _handle_submit(request: web.Request) -> web.Response:
         if runner.name_taken(collection.name):
             raise ParameterError(
                 [
-                    f"imageCollection: a service named {collection.name} exists; this server "
-                    "only creates new image collections"
+                    f"imageCollection: a service named {hosted_service(collection.name)} "
+                    "exists; this server only creates new image collections"
                 ]
             )
     except ParameterError as exc:
@@ -415,4 +425,12 @@ def folder_json(visible: bool) -> dict[str, Any]:
     """``/arcgis/rest/services/System``: the folder holding the GP service, listed when
     ``visible`` (a secured GP service is listed only to a valid token, as the catalog does)."""
     services = [{"name": GP_SERVICE, "type": "GPServer"}] if visible else []
+    return {"currentVersion": CURRENT_VERSION, "folders": [], "services": services}
+
+
+def hosted_folder_json(service_names: Iterable[str]) -> dict[str, Any]:
+    """``/arcgis/rest/services/Hosted``: the collections ``service_names`` (``Hosted/<name>``,
+    those the caller may see) as ImageServers, named with their folder as ArcGIS lists a
+    folder's services."""
+    services = [{"name": name, "type": "ImageServer"} for name in sorted(service_names)]
     return {"currentVersion": CURRENT_VERSION, "folders": [], "services": services}

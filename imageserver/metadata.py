@@ -56,11 +56,12 @@ def server_info(
 
 
 def catalog(service_names: Iterable[str]) -> dict[str, Any]:
-    """``/arcgis/rest/services``: every image service is an ImageServer at the root folder;
-    the ``System`` folder holds the RasterAnalysisTools GP service, as on ArcGIS Server."""
+    """``/arcgis/rest/services``: the configured image services are ImageServers at the root
+    folder; the ``Hosted`` folder holds the image collections jobs publish, and ``System`` the
+    RasterAnalysisTools GP service, as on ArcGIS Enterprise."""
     return {
         "currentVersion": CURRENT_VERSION,
-        "folders": ["System"],
+        "folders": ["Hosted", "System"],
         "services": [{"name": name, "type": "ImageServer"} for name in sorted(service_names)],
     }
 

@@ -109,6 +109,14 @@ def test_service_keys_must_match_names(tmp_path: Path) -> None:
         ImageServerConfig(services={"a": ServiceSpec(name="b", path=tmp_path)})
 
 
+@pytest.mark.parametrize("name", ["Hosted", "system"])
+def test_a_service_may_not_take_the_name_of_a_folder(tmp_path: Path, name: str) -> None:
+    # ".../services/Hosted/<x>/<y>" routes to the collections, ".../System/..." to the GP
+    # service: a service of that name could not be reached by all its URLs.
+    with pytest.raises(ValueError, match="is the name of a folder of the catalog"):
+        ImageServerConfig(services={name: ServiceSpec(name=name, path=tmp_path)})
+
+
 def test_security_is_off_by_default_and_allows_every_origin() -> None:
     security = load_config(None).security
     assert security.enabled is False

@@ -27,6 +27,8 @@ from tests.imageserver.conftest import AiohttpClient, data_path
 from tests.imageserver.helpers import SERVICES, pixel_centres, read_tiff, sample_source
 
 GP = f"{SERVICES}/System/RasterAnalysisTools/GPServer"
+# The folder the collections are published in, as on ArcGIS Enterprise (§5.2).
+HOSTED = f"{SERVICES}/Hosted"
 TASK = f"{GP}/CreateImageCollection"
 COG1, COG2 = "mosaic_cog1.tif", "mosaic_cog2.tif"  # overlapping Landsat scenes, EPSG:32618
 NAIP = "m_4709963_se_14_1_20100629.tif"  # EPSG:26914, 4 bands
@@ -231,12 +233,12 @@ async def test_two_overlapping_scenes_later_on_top(gp: TestClient) -> None:
         rasterType=RASTER_DATASET,
     )
     origin = f"http://{gp.server.host}:{gp.server.port}"
-    assert value["url"] == f"{origin}{SERVICES}/stlawrence/ImageServer"
+    assert value["url"] == f"{origin}{HOSTED}/stlawrence/ImageServer"
     assert re.fullmatch(r"[0-9a-f]{32}", value["itemId"])
-    info = await get_json(gp, f"{SERVICES}/stlawrence/ImageServer")
+    info = await get_json(gp, f"{HOSTED}/stlawrence/ImageServer")
     assert info["spatialReference"]["latestWkid"] == 32618  # the first input's CRS
     assert (info["bandCount"], info["pixelType"]) == (3, "U16")
-    data, mask, profile = await native_export(gp, f"{SERVICES}/stlawrence/ImageServer")
+    data, mask, profile = await native_export(gp, f"{HOSTED}/stlawrence/ImageServer")
     values, valid, top = expected_mosaic(profile, [COG1, COG2])
     assert (top == 1).sum() > 100_000 and (top == 0).sum() > 100_000
     # mosaic_cog1 is the grid's origin: its pixels are copied as they are.
@@ -304,11 +306,34 @@ async def test_urls_of_own_services_by_reference(gp: TestClient) -> None:
         imageCollection=collection("landsat_copy"),
         rasterType=RASTER_DATASET,
     )
+    assert value["url"] == f"{origin}{HOSTED}/landsat_copy/ImageServer"
     data, mask, profile = await native_export(gp, value["url"].removeprefix(origin))
     with rasterio.open(data_path(COG1)) as source:
         assert (profile["width"], profile["height"]) == (source.width, source.height)
         assert (data == source.read()).all()
         assert ((mask > 0) == (source.dataset_mask() > 0)).all()
+    # A collection is an input like any service of this server, by its Hosted URL; its name
+    # is taken in the Hosted folder (while "landsat" at the root does not take it there).
+    again = {"inputRasters": json.dumps({"urls": [value["url"]]}), "rasterType": RASTER_DATASET}
+    copy = await run_job(gp, **again, imageCollection=collection("landsat"))
+    data, _, _ = await native_export(gp, copy["url"].removeprefix(origin))
+    with rasterio.open(data_path(COG1)) as source:
+        assert (data == source.read()).all()
+    refused = await submit(gp, **again, imageCollection=collection("landsat_copy"))
+    assert refused["error"]["details"] == [
+        "imageCollection: a service named Hosted/landsat_copy exists; this server only "
+        "creates new image collections"
+    ]
+    catalog = await get_json(gp, SERVICES)
+    assert "Hosted/landsat" not in [s["name"] for s in catalog["services"]]
+    folder = await get_json(gp, HOSTED)
+    assert [s["name"] for s in folder["services"]] == ["Hosted/landsat", "Hosted/landsat_copy"]
+    # exportImage?f=json writes its image in the collection's own output folder.
+    export = await get_json(gp, f"{HOSTED}/landsat/ImageServer/exportImage", size="64,64")
+    href = export["href"].removeprefix(origin)
+    assert href.startswith("/arcgis/rest/directories/arcgisoutput/Hosted/landsat_ImageServer/")
+    response = await gp.get(href)
+    assert response.status == 200 and response.content_type == "image/png"
 
 
 async def test_the_documented_example_runs_through_the_item_registry(
@@ -330,9 +355,9 @@ async def test_the_documented_example_runs_through_the_item_registry(
         "dataType": "GPString",
         "value": json.loads(EXAMPLE["rasterType"]),
     }
-    info = await get_json(client, f"{SERVICES}/uavcollection/ImageServer")
+    info = await get_json(client, f"{HOSTED}/uavcollection/ImageServer")
     assert "UAV/UAS" in info["description"]
-    data, mask, profile = await native_export(client, f"{SERVICES}/uavcollection/ImageServer")
+    data, mask, profile = await native_export(client, f"{HOSTED}/uavcollection/ImageServer")
     values, valid, top = expected_mosaic(profile, [COG1, COG2, COG1])
     assert ((mask > 0) == valid).mean() > 0.995
     on_cog1 = top == 2
@@ -406,7 +431,7 @@ async def test_cancel_while_executing(
     assert job["messages"][-1]["description"] == "Cancelled."
     assert "results" not in job
     # Nothing was published, no file is left, and the job cannot be cancelled again.
-    missing = await get_json(client, f"{SERVICES}/cancelled/ImageServer")
+    missing = await get_json(client, f"{HOSTED}/cancelled/ImageServer")
     assert missing["error"]["code"] == 404
     assert list(work.iterdir()) == []
     again = await get_json(client, f"{job_url}/cancel")
@@ -496,7 +521,6 @@ async def test_a_submitted_job_cannot_be_cancelled_yet(
         ({"rasterType": json.dumps({"rasterTypeName": "Holiday Photos"})}, "unknown rasterType"),
         ({"context": json.dumps({"outSR": {"wkid": 999999}})}, "outSR: unknown spatial"),
         ({"context": json.dumps({"outSR": "UTM"})}, "outSR must be spatial-reference JSON"),
-        ({"imageCollection": collection("landsat")}, "a service named landsat exists"),
         ({"imageCollection": collection("a/b")}, "imageCollection needs serviceProperties"),
         ({"inputRasters": '{"uris": [}'}, "inputRasters: invalid JSON"),
         (
@@ -559,7 +583,7 @@ async def test_failures_found_while_running_say_why(
         "Failed to execute (CreateImageCollection).",
     ]
     assert str(store) not in json.dumps(job)  # the server's own paths stay on the server
-    missing = await get_json(gp, f"{SERVICES}/failed/ImageServer")
+    missing = await get_json(gp, f"{HOSTED}/failed/ImageServer")
     assert missing["error"]["code"] == 404
 
 
@@ -611,7 +635,8 @@ async def test_service_task_catalog_and_folder_json(gp: TestClient) -> None:
         "context",
         "result",
     ]
-    assert (await get_json(gp, SERVICES))["folders"] == ["System"]
+    assert (await get_json(gp, SERVICES))["folders"] == ["Hosted", "System"]
+    assert (await get_json(gp, HOSTED))["services"] == []
     folder = await get_json(gp, f"{SERVICES}/System")
     assert folder["services"] == [{"name": "System/RasterAnalysisTools", "type": "GPServer"}]
     pretty = await gp.get(GP, params={"f": "pjson"})
@@ -650,11 +675,13 @@ async def test_token_required_when_the_gp_service_is_secured(
     job, _ = await wait_for_job(client, job_id, token=token)
     assert job["jobStatus"] == "esriJobSucceeded"
     # The collection made by a secured GP service is secured too.
-    private = f"{SERVICES}/private/ImageServer"
+    private = f"{HOSTED}/private/ImageServer"
     assert (await get_json(client, private))["error"]["code"] == 499
-    assert (await get_json(client, private, token=token))["name"] == "private"
-    catalog = await get_json(client, SERVICES)
-    assert "private" not in [s["name"] for s in catalog["services"]]
+    assert (await get_json(client, private, token=token))["name"] == "Hosted/private"
+    # Listed in its folder only to a valid token.
+    assert (await get_json(client, HOSTED))["services"] == []
+    folder = await get_json(client, HOSTED, token=token)
+    assert folder["services"] == [{"name": "Hosted/private", "type": "ImageServer"}]
 
 
 async def test_a_secured_service_given_by_url_needs_its_token(

@@ -30,7 +30,7 @@ async def test_server_info(client: TestClient) -> None:
 
 async def test_catalog_lists_configured_and_builtin_services(client: TestClient) -> None:
     catalog = await get_json(client, SERVICES, f="json")
-    assert catalog["folders"] == ["System"]  # RasterAnalysisTools
+    assert catalog["folders"] == ["Hosted", "System"]  # collections, RasterAnalysisTools
     names = {s["name"] for s in catalog["services"]}
     assert names == {
         "bluemarble",

@@ -268,6 +268,10 @@ def test_install_test_deps_says_it_runs_npm_ci(tmp_path: Path) -> None:
     checkov.parent.mkdir(parents=True)
     checkov.write_text("#!/bin/sh\necho 3.3.30\n")
     checkov.chmod(0o755)
+    arcgis = tmp_path / ".venv" / "arcgis" / "bin" / "python"
+    arcgis.parent.mkdir(parents=True)
+    arcgis.write_text("#!/bin/sh\necho 2.4.4\n")
+    arcgis.chmod(0o755)
     node = shutil.which("node")
     assert node, "the browser tests need node (Debian: apt-get install nodejs)"
     (stubs / "node").symlink_to(node)

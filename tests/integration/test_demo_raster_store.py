@@ -1,17 +1,21 @@
 """``make demo RASTER_STORE=<folder>``: the demo's ImageServer mosaics the GeoTIFFs dropped in
 its raster store, and the README's curl example runs against it as written (only its ports and
-folders moved to the test's own): the job submitted through the gateway, waited on, published
-as a tile layer and its tile compared with rasterio reads of the inputs. Real processes, real
-sockets, real curl."""
+folders moved to the test's own): the job submitted through the gateway, waited on, its result
+URL followed through the gateway's proxy (service JSON, exportImage), published as a tile layer
+and its tile compared with rasterio reads of the inputs. Real processes, real sockets, real
+curl."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import morecantile
 import numpy as np
@@ -30,6 +34,45 @@ def readme_example() -> str:
     found = [block for block in blocks if block.startswith("cp tests/data/mosaic_cog1.tif")]
     assert len(found) == 1, "README.md has no CreateImageCollection curl example"
     return found[0]
+
+
+def followed_through_the_gateway(
+    url: str, port: int, tile: morecantile.Tile
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Follow a job's result ``url`` (the gateway's own) and the service's exportImage of the
+    WebMercatorQuad ``tile``'s bbox at 256 x 256 (as an image, and as JSON whose ``href``
+    leads to the output file, through the gateway too): the service JSON and the image as
+    ``(256, 256, 4)`` RGBA."""
+    with urllib.request.urlopen(f"{url}?f=json", timeout=30) as response:
+        assert response.status == 200
+        info: dict[str, Any] = json.load(response)
+    assert "error" not in info, info
+    assert (info["name"], info["type"], info["bandCount"]) == (
+        "Hosted/stlawrence",
+        "ImageServer",
+        3,
+    )
+    bounds = morecantile.tms.get("WebMercatorQuad").xy_bounds(tile)
+    query = urllib.parse.urlencode(
+        {
+            "bbox": ",".join(repr(value) for value in bounds),
+            "bboxSR": "3857",
+            "imageSR": "3857",
+            "size": "256,256",
+            "format": "png32",
+        }
+    )
+    with urllib.request.urlopen(f"{url}/exportImage?{query}&f=image", timeout=30) as response:
+        assert response.headers["Content-Type"] == "image/png"
+        with Image.open(io.BytesIO(response.read())) as image:
+            assert image.size == (256, 256)
+            pixels = np.asarray(image.convert("RGBA"))
+    with urllib.request.urlopen(f"{url}/exportImage?{query}&f=json", timeout=30) as response:
+        href = json.load(response)["href"]
+    assert href.startswith(f"http://127.0.0.1:{port}/arcgis/rest/services/_outputs/Hosted/")
+    with urllib.request.urlopen(href, timeout=30) as response:
+        assert response.headers["Content-Type"] == "image/png"
+    return info, pixels
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README example runs curl")
@@ -65,8 +108,9 @@ def test_make_demo_raster_store_runs_the_readme_example(tmp_path: Path) -> None:
             check=False,
         )
         assert run.returncode == 0, run.stderr
-        # The result names the new service at the gateway, not the ImageServer.
-        url = f"http://127.0.0.1:{port}/arcgis/rest/services/stlawrence/ImageServer"
+        # The result names the new service at the gateway, not the ImageServer, in the
+        # Hosted folder the demo's proxy allows: following it through the gateway works.
+        url = f"http://127.0.0.1:{port}/arcgis/rest/services/Hosted/stlawrence/ImageServer"
         assert f'"url": "{url}"' in run.stdout, run.stdout
         assert "esriJobSucceeded" in run.stdout
         assert f"127.0.0.1:{imageserver_port}" not in run.stdout
@@ -74,9 +118,7 @@ def test_make_demo_raster_store_runs_the_readme_example(tmp_path: Path) -> None:
         found = re.search(r"/tiles/stlawrence/(\d+)/(\d+)/(\d+)\.png", script)
         assert found is not None
         tile = morecantile.Tile(int(found[2]), int(found[3]), int(found[1]))
-        service = f"http://127.0.0.1:{imageserver_port}/arcgis/rest/services/stlawrence/ImageServer"
-        with urllib.request.urlopen(f"{service}?f=json", timeout=30) as response:
-            info = json.load(response)
+        info, exported = followed_through_the_gateway(url, port, tile)
         ranges = list(zip(info["minValues"], info["maxValues"], strict=True))
         inputs = [store / "mosaic_cog1.tif", store / "mosaic_cog2.tif"]
         expected, footprints, _ = expected_tile(tile, inputs, ranges)
@@ -87,5 +129,8 @@ def test_make_demo_raster_store_runs_the_readme_example(tmp_path: Path) -> None:
         assert overlap.sum() > 100
         assert (pixels[overlap][:, 3] == 255).all()
         assert close_fraction(pixels[..., :3], expected, overlap) > 0.9
+        # The exportImage of that tile's bbox through the gateway's proxy shows the same.
+        assert (exported[overlap][:, 3] == 255).all()
+        assert close_fraction(exported[..., :3], expected, overlap) > 0.9
     finally:
         stop(process)

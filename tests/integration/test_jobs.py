@@ -215,6 +215,28 @@ async def test_a_token_expiring_during_the_job_is_renewed(gp: GP, replicas: Repl
     response = await first.get(f"{TASK}/jobs/{job_id}", headers=ALICE)
     assert (await response.json())["jobStatus"] == "esriJobExecuting"
 
+    # Expired again while the client waits for the end, and once more before it asks for
+    # the result: the client, which never held a token, still gets both.
+    waiting = asyncio.create_task(
+        first.get(f"{TASK}/jobs/{job_id}", params={"wait": "10"}, headers=ALICE)
+    )
+    await asyncio.sleep(0.3)
+    issued = gp.issued
+    gp.tokens.clear()
+    gp.move(job_id, "esriJobSucceeded")
+    body = await (await asyncio.wait_for(waiting, 5)).json()
+    assert body["jobStatus"] == "esriJobSucceeded"
+    assert gp.issued > issued
+    issued = gp.issued
+    gp.tokens.clear()
+    response = await second.get(f"{TASK}/jobs/{job_id}/results/result", headers=ALICE)
+    text = await response.text()
+    assert response.status == 200, text
+    _no_secret(text, gp)
+    base = str(second.make_url("/arcgis/rest/services"))
+    assert json.loads(text)["value"]["url"] == f"{base}/Hosted/landsat_mosaic/ImageServer"
+    assert gp.issued > issued
+
 
 @pytest.mark.parametrize(
     ("changes", "wanted"),

@@ -6,8 +6,10 @@ the test Redis are two replicas.
 Submit -> wait (long poll and Server-Sent Events) -> result -> publish -> the published
 layer's XYZ tiles, whose pixels at probe points inside each input's footprint (and, in the
 overlap, the later input's) are compared with rasterio reads of the inputs reprojected to the
-tile's grid. Then the failures: a bad rasterType, typographic quotes, a path outside the
-raster store, a missing file, an upstream job failure, cancel, another client's reads.
+tile's grid: the two overlapping Landsat scenes, and the two NAIP scenes of one quarter-quad
+ten years apart, where the 2020 one must show wherever the two years differ. Then the
+failures: a bad rasterType, typographic quotes, a path outside the raster store, a missing
+file, an upstream job failure, cancel, another client's reads.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from tests.conftest import DATA, free_port, wait_for_port
 from tests.integration.gp_upstream import ALICE, ALICE_KEY, BOB, BOB_KEY, TASK
 
 COG1, COG2 = "mosaic_cog1.tif", "mosaic_cog2.tif"  # overlapping Landsat scenes, 3 x uint16
-NAIP = "m_4709963_se_14_1_20100629.tif"  # North Dakota, 4 x uint8
+# The same North Dakota quarter-quad ten years apart, 4 x uint8 (the grids 1 m apart).
+NAIP, NAIP_2020 = "m_4709963_se_14_1_20100629.tif", "m_4709963_se_14_1_20200831.tif"
 USER, PASSWORD = "gateway", "e2e-password-0123456789"
 PASSWORD_ENV = "TG_E2E_IMAGESERVER_PASSWORD"
 ADMIN = "admin-token-e2e-0123456789abcdef"
@@ -52,8 +55,9 @@ STEP_DELAY = 0.3  # seconds before each job step: statuses to watch, time to can
 FINISHED = {"esriJobSucceeded", "esriJobFailed", "esriJobCancelled"}
 RASTER_DATASET = '{"rasterTypeName": "Raster Dataset"}'
 WEB_MERCATOR = '{"outSR": {"wkid": 3857}}'
-# Allowed through the gateway's proxy: the GP service and the collections made below.
-COLLECTIONS = ("stlawrence", "naip_mosaic")
+# The folder the ImageServer publishes its collections in, as ArcGIS Enterprise does; the
+# gateway's proxy allows it (and the GP service), so every collection made below is reachable.
+HOSTED = "/arcgis/rest/services/Hosted"
 GRID = morecantile.tms.get("WebMercatorQuad")
 
 
@@ -62,7 +66,7 @@ def raster_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ImageServer's raster store: copies of the test rasters, and ``link.tif``, a
     symbolic link to a raster outside the store (which a job refuses to read)."""
     folder = tmp_path_factory.mktemp("raster-store")
-    for name in (COG1, COG2, NAIP):
+    for name in (COG1, COG2, NAIP, NAIP_2020):
         shutil.copyfile(DATA / name, folder / name)
     (folder / "link.tif").symlink_to(DATA / COG1)
     return folder
@@ -130,10 +134,7 @@ def gateway_config(origin: str, redis_url: str, key_prefix: str) -> Any:
                     {
                         "url": services,
                         "credentials": "is",
-                        "allow": [
-                            "System/RasterAnalysisTools/GPServer",
-                            *(f"{name}/ImageServer" for name in COLLECTIONS),
-                        ],
+                        "allow": ["System/RasterAnalysisTools/GPServer", "Hosted"],
                     }
                 ]
             },
@@ -342,7 +343,7 @@ async def fetch_tile(client: TestClient, layer: str, tile: morecantile.Tile) -> 
 async def service_ranges(client: TestClient, name: str) -> list[tuple[float, float]]:
     """The (min, max) per band the ImageServer stretches ``name`` with, read through the
     gateway's proxy (which adds the token)."""
-    response = await client.get(f"/arcgis/rest/services/{name}/ImageServer", params={"f": "json"})
+    response = await client.get(f"{HOSTED}/{name}/ImageServer", params={"f": "json"})
     info = await response.json()
     assert response.status == 200 and "error" not in info, info
     return list(zip(info["minValues"][:3], info["maxValues"][:3], strict=True))
@@ -398,7 +399,7 @@ async def test_two_scenes_submitted_waited_on_published_and_tiled_on_both_replic
     text = await response.text()
     assert "token" not in text and imageserver not in text
     value = json.loads(text)["value"]
-    service = str(first.make_url("/arcgis/rest/services/stlawrence/ImageServer"))
+    service = str(first.make_url(f"{HOSTED}/stlawrence/ImageServer"))
     assert value["url"] == service
 
     # Another client, or an anonymous one, never sees the job.
@@ -453,27 +454,44 @@ async def test_two_scenes_submitted_waited_on_published_and_tiled_on_both_replic
     assert response.status == 200
 
 
-async def test_published_on_submit_by_one_replica_served_by_the_other(
+async def test_naip_ten_years_apart_published_on_submit_with_the_later_scene_on_top(
     replicas: Replicas, raster_store: Path
 ) -> None:
     first, second = await replicas()
-    form = submission([NAIP], "naip_mosaic", gatewayPublish="true")
+    form = submission([NAIP, NAIP_2020], "naip_mosaic", gatewayPublish="true")
     job_id = await submit(second, form)
-    statuses = [answer["jobStatus"] for answer in await long_polls(first, job_id)]
-    assert statuses[-1] == "esriJobSucceeded", statuses
+    polled, streamed = await asyncio.gather(long_polls(first, job_id), events(second, job_id))
+    assert polled[-1]["jobStatus"] == "esriJobSucceeded", polled
+    assert [job["jobStatus"] for _, job in streamed][-1] == "esriJobSucceeded", streamed
+    response = await first.get(f"{TASK}/jobs/{job_id}/results/result", headers=ALICE)
+    value = (await response.json())["value"]
+    assert value["url"] == str(first.make_url(f"{HOSTED}/naip_mosaic/ImageServer"))
     # The replica that took the submission publishes; the other serves it within seconds.
     await eventually(lambda: served(first, "naip_mosaic"))
-    checked = 0
-    for tile in covering_tiles([raster_store / NAIP], 14):
+
+    # The two scenes cover the same ground: everywhere the 2020 one shows, and where the
+    # two years differ clearly (fields sown otherwise, other light) the 2010 one does not.
+    inputs = [raster_store / NAIP, raster_store / NAIP_2020]
+    inside = apart = 0
+    for tile in covering_tiles(inputs, 14):
         pixels = await fetch_tile(first, "naip_mosaic", tile)
-        expected, footprints, _ = expected_tile(tile, [raster_store / NAIP], None)
-        where = probes(inner(footprints[0]))
+        expected, footprints, on_top = expected_tile(tile, inputs, None)
+        where = probes(inner(footprints[0] & footprints[1]))
         if where.sum() < 20:
             continue
-        checked += int(where.sum())
+        assert (on_top[where] == 1).all()
+        inside += int(where.sum())
         assert (pixels[where][:, 3] == 255).all()
         assert close_fraction(pixels[..., :3], expected, where) > 0.9, tile
-    assert checked >= 500
+        naip_2010, _, _ = expected_tile(tile, inputs[:1], None)
+        differ = np.abs(naip_2010.astype(int) - expected.astype(int)).max(axis=2) > 3 * TOLERANCE
+        where &= differ
+        if where.sum() < 20:
+            continue
+        apart += int(where.sum())
+        assert close_fraction(pixels[..., :3], expected, where) > 0.9, tile
+        assert close_fraction(pixels[..., :3], naip_2010, where) < 0.1, tile
+    assert inside >= 500 and apart >= 200, (inside, apart)
 
 
 # ---------------------------------------------------------------------------------------------
