@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -320,6 +321,14 @@ class TimeConfig(_Strict):
 
     values: Annotated[list[str], Field(min_length=1)]
     default: str | None = None
+
+    @field_validator("values", "default", mode="before")
+    @classmethod
+    def _yaml_dates(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2020-08-31 as a date: keep it as the ISO text it was.
+        if isinstance(value, list):
+            return [cls._yaml_dates(item) for item in value]
+        return value.isoformat() if isinstance(value, date | datetime) else value
 
     @model_validator(mode="after")
     def _parsable(self) -> TimeConfig:
