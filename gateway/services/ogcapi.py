@@ -333,6 +333,12 @@ def tileset(layer: Layer, grid: Grid, base: str, style: str | None = None) -> di
     return document
 
 
+def _timed(pipeline: TilePipeline, name: str) -> bool:
+    """Whether layer ``name`` is time-enabled (has a temporal extent)."""
+    layer = pipeline.layers.get(name)
+    return layer is not None and layer.variants.default_time is not None
+
+
 class OgcApiService:
     """The OGC API - Tiles handlers and the documents they have built (one per application)."""
 
@@ -481,7 +487,8 @@ class OgcApiService:
                 lambda formats: tile_format(f, accept, formats),
                 within_limits=True,
                 style=style,
-                time=request.query.get("datetime"),
+                # A collection without a temporal extent ignores datetime.
+                time=request.query.get("datetime") if _timed(pipeline, name) else None,
             )
         except UnknownLayer:
             return json_error(404, f"unknown collection {name!r}")

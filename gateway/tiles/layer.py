@@ -113,6 +113,25 @@ class Layer:
         if self.config.bounds is None:
             self.bounds = extent_wgs84(info)
             self._limits.clear()
+        self._check_raster_functions(info.get("rasterFunctionInfos"))
+
+    def _check_raster_functions(self, infos: object) -> None:
+        """Warn about styles naming a raster function the service does not list in its
+        ``rasterFunctionInfos`` (ArcGIS REST "Image Service"): ArcGIS answers their tiles with
+        an error. Nothing is said when the service lists none."""
+        if not isinstance(infos, list):
+            return
+        offered = {info.get("name") for info in infos if isinstance(info, dict)}
+        for name, style in self.config.styles.items():
+            if style.rasterFunction is not None and style.rasterFunction not in offered:
+                log.warning(
+                    "layer %s: style %s names the raster function %r, which the service does "
+                    "not list (rasterFunctionInfos: %s)",
+                    self.name,
+                    name,
+                    style.rasterFunction,
+                    ", ".join(sorted(str(item) for item in offered)) or "none",
+                )
 
     def meta_size(self, grid: Grid, scale: int) -> tuple[int, int]:
         """Columns and rows of this layer's metatiles in ``grid`` at ``scale``: the configured

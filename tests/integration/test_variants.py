@@ -196,6 +196,26 @@ async def test_max_variants_bounds_the_variants_served(
     assert (await client.get("/tiles/v/3/5/2.png?style=falsecolor")).status == 200
 
 
+async def test_a_style_naming_a_function_the_service_lacks_is_logged(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_upstream.info["rasterFunctionInfos"] = [{"name": "None"}, {"name": "Hillshade"}]
+    with caplog.at_level("WARNING", logger="gateway.tiles.layer"):
+        client = await make_gateway(
+            {
+                "v": varied(
+                    fake_upstream.url, styles={**STYLES, "slope": {"rasterFunction": "Slope"}}
+                )
+            }
+        )
+        assert (await client.get("/tiles/v/3/4/2.png?style=slope")).status == 200
+    warned = [r.getMessage() for r in caplog.records if r.name == "gateway.tiles.layer"]
+    assert warned == [
+        "layer v: style slope names the raster function 'Slope', which the service does not "
+        "list (rasterFunctionInfos: Hillshade, None)"
+    ]
+
+
 # -- WMTS: Styles, the Time Dimension, KVP and RESTful -----------------------------------------
 
 
@@ -240,7 +260,8 @@ async def test_capabilities_list_styles_and_the_time_dimension(
 async def test_kvp_and_rest_tiles_of_a_style_and_time(
     make_gateway: MakeGateway, fake_upstream: FakeUpstream
 ) -> None:
-    client = await make_gateway({"v": varied(fake_upstream.url)})
+    plain = {"url": fake_upstream.url, "formats": ["png"], "meta_size": [1, 1]}
+    client = await make_gateway({"v": varied(fake_upstream.url), "plain": plain})
     kvp = (
         "/wmts?SERVICE=WMTS&REQUEST=GetTile&VERSION=1.0.0&LAYER=v&STYLE=falsecolor"
         "&FORMAT=image/png&TILEMATRIXSET=WebMercatorQuad&TILEMATRIX=3&TILEROW=2&TILECOL=4"
@@ -263,9 +284,15 @@ async def test_kvp_and_rest_tiles_of_a_style_and_time(
     assert fake_upstream.queries[-1]["time"] == str(T2020)
     assert fake_upstream.queries[-1]["bandIds"] == "0,1,2"
     assert len(fake_upstream.queries) == 2
+    # TIME on a layer without a Time Dimension is a parameter it does not know: ignored.
+    other = kvp.replace("LAYER=v", "LAYER=plain").replace("STYLE=falsecolor", "STYLE=default")
+    plain = await client.get(other + "&TIME=2010-06-29")
+    assert plain.status == 200, await plain.text()
+    assert "time" not in fake_upstream.queries[-1]
+    assert len(fake_upstream.queries) == 3
     # The RESTful template without {Time} still answers the default time.
     assert (await client.get("/wmts/1.0.0/v/natural/WebMercatorQuad/3/2/4.png")).status == 200
-    assert len(fake_upstream.queries) == 2
+    assert len(fake_upstream.queries) == 3
 
 
 @pytest.mark.parametrize(
@@ -300,7 +327,8 @@ async def test_kvp_refuses_unknown_styles_and_times(
 async def test_ogcapi_styles_and_datetime(
     make_gateway: MakeGateway, fake_upstream: FakeUpstream
 ) -> None:
-    client = await make_gateway({"v": varied(fake_upstream.url)})
+    plain = {"url": fake_upstream.url, "formats": ["png"], "meta_size": [1, 1]}
+    client = await make_gateway({"v": varied(fake_upstream.url), "plain": plain})
     collection = await (await client.get("/ogcapi/collections/v")).json()
     assert [style["id"] for style in collection["styles"]] == list(STYLES)
     assert collection["defaultStyle"] == "natural"
@@ -332,6 +360,9 @@ async def test_ogcapi_styles_and_datetime(
     bad = await client.get(tile + "&datetime=2015-01-01")
     assert bad.status == 400
     assert "datetime" in (await bad.json())["error"]["message"]
+    # A collection without a temporal extent ignores datetime.
+    plain = "/ogcapi/collections/plain/map/tiles/WebMercatorQuad/3/2/4?f=png&datetime=2015-01-01"
+    assert (await client.get(plain)).status == 200
 
 
 async def test_tilejson_per_variant(make_gateway: MakeGateway, fake_upstream: FakeUpstream) -> None:

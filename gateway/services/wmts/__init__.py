@@ -84,7 +84,7 @@ def locate(
             wmts=True,
             # WMTS clients send the style even when there is one: resolve checks it.
             style=style,
-            time=time,
+            time=time if _timed(request, layer) else None,
         )
     except errors.UnknownLayer:
         raise WmtsError(400, invalid("Layer", f"no layer {layer!r}")) from None
@@ -129,6 +129,14 @@ def locate(
     except errors.VariantRefused as exc:
         raise WmtsError(400, invalid(exc.part, f"layer {layer!r}: {exc}")) from None
     return tile
+
+
+def _timed(request: web.Request, layer: str) -> bool:
+    """Whether ``layer`` has a Time Dimension: without one, a TIME parameter is a parameter
+    the layer does not know, which a GetTile ignores as it ignores any other
+    (ogc-interop.md section 1.4)."""
+    found = request.app[PIPELINE].layers.get(layer)
+    return found is not None and found.variants.default_time is not None
 
 
 async def _serve(request: web.Request, tile: TileRequest) -> web.StreamResponse:
