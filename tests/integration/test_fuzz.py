@@ -72,6 +72,8 @@ FUZZ = settings(
 
 LAYERS = ("bluemarble", "rgb", "nosuch")
 TMS_IDS = ("WebMercatorQuad", "WebMercatorQuad_2x", "WorldCRS84Quad", "WGS1984Quad", "Nope")
+# Style and time values: the rgb layer's, the keywords, and what no layer offers.
+VARIANT_VALUES = ("natural", "swapped", "nope", "2010-06-29", "2020-08-31T00:00:00Z", "2015/2010")
 # Header values: what a field value may hold (RFC 9110 section 5.5: VCHAR, SP, HTAB and
 # obs-text, the bytes 0x80-0xFF that need not be UTF-8).
 VALUE_BYTES = (9, *range(32, 127), *range(128, 256))
@@ -272,7 +274,12 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                 path_of("/tiles/", words),
             )
         )
-        q = draw(query(("format", "scale", "f"), ("png", "jpg", "jpeg", "1", "2", "0", "²")))
+        q = draw(
+            query(
+                ("format", "scale", "f", "style", "time"),
+                ("png", "jpg", "jpeg", "1", "2", "0", "²", *VARIANT_VALUES),
+            )
+        )
     elif group == "wmts":
         words = ("1.0.0", "WMTSCapabilities.xml", *LAYERS, "default", *TMS_IDS)
         path = draw(
@@ -305,6 +312,7 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                     "TileCol",
                     "AcceptVersions",
                     "Sections",
+                    "TIME",
                 ),
                 (
                     "WMTS",
@@ -321,6 +329,7 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                     "Contents,ServiceIdentification",
                     "All",
                     ",",
+                    *VARIANT_VALUES,
                 ),
             )
         )
@@ -342,7 +351,9 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                 path_of("/ogcapi/", words),
             )
         )
-        q = draw(query(("f",), ("json", "png", "jpg", "jpeg", "html", "")))
+        q = draw(
+            query(("f", "datetime"), ("json", "png", "jpg", "jpeg", "html", "", *VARIANT_VALUES))
+        )
     elif group == "admin":
         path = draw(
             st.one_of(
@@ -417,7 +428,14 @@ def gateway_port(imageserver_url: str, redis_url: str) -> Iterator[int]:
                 "formats": ["png", "jpg"],
                 "maxzoom": 3,
             },
-            "rgb": {"url": f"{imageserver_url}/rgb/ImageServer", "formats": ["png"]},
+            "rgb": {
+                "url": f"{imageserver_url}/rgb/ImageServer",
+                "formats": ["png"],
+                # Variants: the style and time parameters reach a layer that has some.
+                "styles": {"natural": {"bandIds": [0, 1, 2]}, "swapped": {"bandIds": [2, 1, 0]}},
+                "time": {"values": ["2010-06-29", "2020-08-31"]},
+                "max_variants": 4,
+            },
         },
         {"redis_url": redis_url, "prefix": f"fuzz{uuid.uuid4().hex[:8]}"},
         trust_proxy=True,
