@@ -17,7 +17,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 # Only the gateway package: the reference ImageServer stays out of the gateway image.
 COPY gateway/ gateway/
-RUN /opt/tile-gateway/bin/pip install --no-cache-dir /src
+# EXTRAS: optional extras of the gateway, comma-separated (`--build-arg EXTRAS=otel` for traces).
+ARG EXTRAS=""
+RUN /opt/tile-gateway/bin/pip install --no-cache-dir "/src${EXTRAS:+[$EXTRAS]}"
 
 FROM ${BASE_IMAGE} AS imageserver-builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1

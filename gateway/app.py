@@ -66,7 +66,8 @@ def create_app(
 
     Each front's route group (``tiles``: /tiles, /wmts, /ogcapi; ``proxy``, which the jobs
     front belongs to too; ``admin``) is
-    checked by its ``gateway.access`` gate when ``access.groups`` configures it. Raises
+    checked by its ``gateway.access`` gate when ``access.groups`` configures it. With
+    ``server.tracing.enabled`` every request is traced (``gateway.tracing``). Raises
     ``ValueError`` for an ``access.api_keys_file`` that cannot be read or parsed.
     """
     fronts = {
@@ -83,11 +84,17 @@ def create_app(
         fronts[config.proxy.prefix] = proxy_app(config, credentials)
     access = Access(config)
     ready = ReadyAnswers(cors_headers(config.server.cors_allow_origin))
-    app = root_app(
-        config,
-        [*viewer.routes(), *admin.health_routes(), web.get("/metrics", metrics.handle)],
-        ready.answer,
-    )
+    routes = [*viewer.routes(), *admin.health_routes(), web.get("/metrics", metrics.handle)]
+    if config.server.tracing.enabled:
+        # Imported only when on: the gateway runs without the otel extra, and no request pays
+        # for tracing while it is off.
+        from gateway import tracing
+
+        with tracing.traced(config):
+            app = root_app(config, routes, ready.answer)
+        app.cleanup_ctx.append(tracing.flushed)
+    else:
+        app = root_app(config, routes, ready.answer)
     for prefix, front in fronts.items():
         front[READY] = ready
         # The front's name in metric labels.

@@ -9,6 +9,7 @@ editing the file (the same convention as MapProxy >= 6.1 and docker-compose).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -68,6 +69,52 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The packages of the ``otel`` extra that ``gateway.tracing`` imports.
+_OTEL_MODULES = (
+    "opentelemetry.sdk",
+    "opentelemetry.exporter.otlp.proto.http",
+    "opentelemetry.instrumentation.aiohttp_server",
+    "opentelemetry.instrumentation.aiohttp_client",
+    "opentelemetry.instrumentation.redis",
+)
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (``gateway.tracing``; needs the ``otel`` extra), off unless
+    ``enabled``: a span per request, with a child per upstream HTTP call and per Redis command
+    or pipeline, exported over OTLP/HTTP (protobuf) to ``endpoint``, the collector's traces URL
+    (``http://collector:4318/v1/traces``). Unset, the OpenTelemetry SDK's environment variables
+    decide (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, else ``OTEL_EXPORTER_OTLP_ENDPOINT`` plus
+    ``/v1/traces``, else ``http://localhost:4318/v1/traces``), as they do for the sampler
+    (``OTEL_TRACES_SAMPLER``) and the batching (``OTEL_BSP_*``). ``service_name`` is the
+    resource's ``service.name`` unless ``OTEL_SERVICE_NAME`` is set. Raises ``ValueError``
+    (a config error) when enabled without the extra installed.
+    """
+
+    enabled: bool = False
+    endpoint: AnyHttpUrl | None = None
+    service_name: Annotated[str, Field(min_length=1)] = "tile-gateway"
+
+    @field_validator("enabled")
+    @classmethod
+    def _extra_installed(cls, value: bool) -> bool:
+        if value:
+            missing = [name for name in _OTEL_MODULES if not _importable(name)]
+            if missing:
+                raise ValueError(
+                    f"tracing needs the otel extra (pip install 'tile-gateway[otel]'); "
+                    f"missing: {', '.join(missing)}"
+                )
+        return value
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
 class ServerConfig(_Strict):
     """How the gateway listens and answers.
 
@@ -96,7 +143,7 @@ class ServerConfig(_Strict):
     ``log_format`` is ``text`` (a line of words) or ``json`` (one JSON object a line:
     ``logs.JsonFormatter``). Every answer carries an ``X-Request-Id``, sent upstream too and
     logged: the client's own (1 to 128 letters, digits and ``._:+=/-``) with ``trust_proxy``,
-    else a new one.
+    else a new one. ``tracing`` turns OpenTelemetry traces on (``TracingConfig``).
     """
 
     host: str = "127.0.0.1"
@@ -114,6 +161,7 @@ class ServerConfig(_Strict):
     keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 75.0
     max_client_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     log_format: Literal["text", "json"] = "text"
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -71,6 +71,20 @@ UPSTREAM_IN_FLIGHT = Gauge(
     ["layer"],
     multiprocess_mode="livesum",
 )
+COALESCED_WAITERS = Gauge(
+    _PREFIX + "coalesced_waiters",
+    "Tile misses waiting now for another request's upstream call (here or on another "
+    "replica), by layer (summed over live workers).",
+    ["layer"],
+    multiprocess_mode="livesum",
+)
+METATILE_BYTES = Histogram(
+    _PREFIX + "metatile_bytes",
+    "Size in bytes of the metatile images fetched from the upstream (one per exportImage "
+    "call that answered an image), by layer.",
+    ["layer"],
+    buckets=(4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
+)
 COALESCED_WAITS = Counter(
     _PREFIX + "coalesced_waits",
     "Tile misses answered by another request's upstream call (here or on another replica) "
@@ -98,6 +112,13 @@ L1_ENTRIES = Gauge(
     _PREFIX + "l1_entries",
     "Entries in the in-process tile cache, summed over live workers; as of its last change.",
     multiprocess_mode="livesum",
+)
+JOB_STATUSES = Counter(
+    _PREFIX + "job_statuses",
+    "Jobs that reached a status (ArcGIS jobStatus: esriJobSubmitted, esriJobExecuting, "
+    "esriJobSucceeded...; other for one outside the documented set), each change counted once "
+    "by the replica that recorded it.",
+    ["status"],
 )
 TOKEN_RENEWALS = Counter(
     _PREFIX + "token_renewals",
@@ -173,6 +194,23 @@ class UpstreamCall:
         self.seconds = 0.0
 
 
+@contextmanager
+def waiting(layer: str) -> Iterator[None]:
+    """Count a miss of ``layer`` among the coalesced waiters for the body of the ``with``
+    (while it waits for another request's upstream call)."""
+    waiters = COALESCED_WAITERS.labels(layer)
+    waiters.inc()
+    try:
+        yield
+    finally:
+        waiters.dec()
+
+
+def metatile_fetched(layer: str, size: int) -> None:
+    """Record a metatile image of ``size`` bytes fetched from the upstream for ``layer``."""
+    METATILE_BYTES.labels(layer).observe(size)
+
+
 def coalesced_wait(layer: str) -> None:
     """Count a miss of ``layer`` answered by another request's upstream call."""
     COALESCED_WAITS.labels(layer).inc()
@@ -192,6 +230,12 @@ def l1_held(size: int, entries: int) -> None:
     """Record the in-process cache's ``size`` in bytes and its number of ``entries``."""
     L1_BYTES.set(size)
     L1_ENTRIES.set(entries)
+
+
+def job_status(status: str) -> None:
+    """Count a job reaching ``status`` (an ``esriJob*`` name or ``other``: the caller bounds
+    it)."""
+    JOB_STATUSES.labels(status).inc()
 
 
 def token_renewed(credentials: str, ok: bool) -> None:

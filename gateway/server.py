@@ -98,7 +98,9 @@ async def start_site(
         app,
         access_log=ServerLog(logging.getLogger("gateway.access")),
         # Without API keys and tokens in the request line and Referer.
-        access_log_class=access_logger(app[CONFIG].access if CONFIG in app else None),
+        access_log_class=access_logger(
+            app[CONFIG].access if CONFIG in app else None, fields=server.log_format == "json"
+        ),
         logger=ServerLog(logging.getLogger("aiohttp.server")),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         keepalive_timeout=server.keepalive_timeout,

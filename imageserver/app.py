@@ -10,6 +10,7 @@ Routes (GET and POST, each also with a trailing slash)::
     /arcgis/rest/services/<name>/ImageServer/getSamples
     /arcgis/rest/services/<name>/ImageServer/computeStatisticsHistograms
     /arcgis/rest/services/<name>/ImageServer/keyProperties
+    /arcgis/rest/services/<name>/ImageServer/query        (mosaic services: their catalog)
     /arcgis/rest/directories/arcgisoutput/<name>_ImageServer/_ags_<id>.<ext>   (GET)
     /arcgis/rest/services/System                        folder of the GP service
     /arcgis/rest/services/System/RasterAnalysisTools/GPServer/...   see imageserver.gp
@@ -47,13 +48,14 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from imageserver import pixels
+from imageserver import mosaic, pixels
 from imageserver.config import GP_FOLDER, HOSTED_FOLDER, ImageServerConfig
 from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
 from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
 from imageserver.gp import GP_SERVICE, add_gp_routes, folder_json, hosted_folder_json
 from imageserver.metadata import catalog, server_info, service_info
+from imageserver.mosaic import MosaicSource, for_request, open_service
 from imageserver.params import (
     Bounds,
     ExportParams,
@@ -167,7 +169,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     specs = app[CONFIG].all_services()
     results = await asyncio.gather(
-        *(loop.run_in_executor(executor, RasterSource.open, s) for s in specs.values()),
+        *(loop.run_in_executor(executor, open_service, s) for s in specs.values()),
         return_exceptions=True,
     )
     sources = [r for r in results if isinstance(r, RasterSource)]
@@ -285,6 +287,7 @@ async def _export_image(
 ) -> web.StreamResponse:
     try:
         export = parse_export_params(params, band_count=source.count)
+        source = for_request(source, params)
         render_request = _render_request(source, export)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
@@ -335,29 +338,35 @@ async def _identify(
     request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
 ) -> web.Response:
     """identify: the pixel value at ``geometry`` (a point, or the centroid of another
-    geometry). ``mosaicRule``, ``renderingRule``, ``pixelSize`` and ``time`` are accepted and
-    ignored: a raster-dataset service has one raster, read at its base resolution."""
+    geometry), read at the base resolution. A mosaic service answers for its ``time`` and
+    ``mosaicRule`` (:func:`imageserver.mosaic.identify`); a raster-dataset service has one
+    raster and ignores both. ``renderingRule`` and ``pixelSize`` are accepted and ignored."""
     try:
         geometry = _geometry(params, "esriGeometryPoint")
         point = centroid(geometry)
+        source = for_request(source, params)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
     except ValueError as exc:
         return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
-    answer = await _in_pool(request, pixels.identify, source, geometry, point)
+    identify = mosaic.identify if isinstance(source, MosaicSource) else pixels.identify
+    answer = await _in_pool(request, identify, source, geometry, point)
     return json_response(answer, params)
 
 
 async def _get_samples(
     request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
 ) -> web.Response:
-    """getSamples for a point or multipoint ``geometry`` (see :func:`pixels.samples`)."""
+    """getSamples for a point or multipoint ``geometry`` (see :func:`pixels.samples`; on a
+    mosaic service, for its ``time`` and ``mosaicRule``: :func:`imageserver.mosaic.samples`)."""
     try:
         geometry = _geometry(params, None)
+        source = for_request(source, params)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
+    sample = mosaic.samples if isinstance(source, MosaicSource) else pixels.samples
     try:
-        answer = await _in_pool(request, pixels.samples, source, geometry)
+        answer = await _in_pool(request, sample, source, geometry)
     except ValueError as exc:
         return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
     return json_response(answer, params)
@@ -373,6 +382,7 @@ async def _compute_statistics_histograms(
         pixel_size = None
         if "pixelsize" in params:
             pixel_size = parse_pixel_size(params["pixelsize"])
+        source = for_request(source, params)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
     except ValueError as exc:
@@ -392,8 +402,23 @@ async def _key_properties(
     return json_response(pixels.key_properties(source), params)
 
 
+async def _query(
+    request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
+) -> web.Response:
+    """query: the catalog of a mosaic service (:func:`imageserver.mosaic.query`); a
+    raster-dataset service has no catalog (no ``Catalog`` capability)."""
+    if not isinstance(source, MosaicSource):
+        return error_response(params, 400, "Requested operation is not supported by this service.")
+    try:
+        answer = mosaic.query(source, params)
+    except ParameterError as exc:
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
+    return json_response(answer, params)
+
+
 _OPERATIONS: dict[str, Operation] = {
     "exportimage": _export_image,
+    "query": _query,
     "identify": _identify,
     "getsamples": _get_samples,
     "computestatisticshistograms": _compute_statistics_histograms,

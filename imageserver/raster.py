@@ -181,12 +181,16 @@ class RasterSource:
 
         Raises:
             rasterio.errors.RasterioError: unreadable file.
-            ValueError: the raster has no CRS.
+            ValueError: the raster has no CRS, or ``spec`` is a mosaic service (see
+                :func:`imageserver.mosaic.open_service`).
         """
+        path = spec.path
+        if path is None:
+            raise ValueError(f"service {spec.name!r} has rasters, not one path: a mosaic")
         if spec.plate_carree:
-            memfile = _plate_carree_geotiff(spec.path)
+            memfile = _plate_carree_geotiff(path)
             return cls(spec, memfile.open)
-        return cls(spec, lambda: rasterio.open(spec.path))
+        return cls(spec, lambda: rasterio.open(path))
 
     @contextlib.contextmanager
     def dataset(self) -> Iterator[DatasetReader]:

@@ -26,8 +26,10 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+from gateway import metrics
 from gateway.cache.codec import TileEntry
 from gateway.cache.store import TileCache
 
@@ -46,6 +48,7 @@ class _Ask:
     freshness: float
     lifetime: int
     wait: float
+    layer: str | None
 
 
 class SingleFlight:
@@ -79,6 +82,7 @@ class SingleFlight:
         freshness: float,
         lifetime: int,
         wait: float,
+        layer: str | None = None,
     ) -> tuple[TileEntry, bool]:
         """The entry for ``key`` and whether this call fetched it from the upstream.
 
@@ -87,13 +91,16 @@ class SingleFlight:
         among them), and they are stored for ``lifetime`` seconds. Another process's fetch of
         ``lock_key`` is waited for at most ``wait`` seconds (the upstream timeout), then this
         call fetches for itself. Raises what ``produce`` raises (to this caller and to the
-        callers waiting on it); nothing is stored then.
+        callers waiting on it); nothing is stored then. While this call waits for another's
+        fetch it counts among the coalesced waiters of tile layer ``layer``
+        (``metrics.waiting``; not counted without one).
         """
         while True:
             future = self._inflight.get(lock_key)
             if future is None:
                 break
-            tiles = await asyncio.shield(future)
+            with _waiting(layer):
+                tiles = await asyncio.shield(future)
             entry = tiles.get(key) or await self._ready(key, freshness, lifetime)
             if entry is not None:
                 return entry, False
@@ -102,7 +109,7 @@ class SingleFlight:
         self._inflight[lock_key] = future
         try:
             tiles, produced = await self._lead(
-                _Ask(lock_key, key, produce, freshness, lifetime, wait)
+                _Ask(lock_key, key, produce, freshness, lifetime, wait, layer)
             )
         except BaseException as exc:
             future.set_exception(exc)
@@ -135,14 +142,19 @@ class SingleFlight:
             if found:
                 return await self._produce(produce, lifetime, (lock_key, token), taken), True
             # Another process fetches: wait for its tiles, or for its lock to go.
-            while await self.cache.locked(lock_key):
-                if loop.time() >= give_up:
-                    log.info("gave up waiting %g s for lock %s: fetching", ask.wait, lock_key)
-                    return await self._produce(produce, lifetime, None, taken), True
-                await asyncio.sleep(self.poll)
-                entry = await self._ready(key, ask.freshness, lifetime)
-                if entry is not None:
-                    return {key: entry}, False
+            gave_up = False
+            with _waiting(ask.layer):
+                while await self.cache.locked(lock_key):
+                    if loop.time() >= give_up:
+                        gave_up = True
+                        break
+                    await asyncio.sleep(self.poll)
+                    entry = await self._ready(key, ask.freshness, lifetime)
+                    if entry is not None:
+                        return {key: entry}, False
+            if gave_up:
+                log.info("gave up waiting %g s for lock %s: fetching", ask.wait, lock_key)
+                return await self._produce(produce, lifetime, None, taken), True
             taken = loop.time()
             found = await self.cache.get_or_lock(key, lifetime, lock_key, token, self.lease)
 
@@ -193,6 +205,10 @@ class SingleFlight:
         for task in self._retries:
             task.cancel()
         await asyncio.gather(*self._retries, return_exceptions=True)
+
+
+def _waiting(layer: str | None) -> AbstractContextManager[None]:
+    return nullcontext() if layer is None else metrics.waiting(layer)
 
 
 def _fresh(entry: TileEntry, freshness: float) -> bool:

@@ -423,7 +423,7 @@ def jobs_app(
         web.route("*", "/{tail:.*}", _elsewhere),
         web.route("*", "", _elsewhere),
     ]
-    app = front_app(config, routes, _render_error, METHODS)
+    app = front_app(config, routes, _render_error, METHODS, streams=True)
     app[RELAY] = JobsRelay(config)
     app.middlewares.append(_failures)
     app.on_response_prepare.append(_cors_before_sending)

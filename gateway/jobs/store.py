@@ -96,6 +96,23 @@ class JobState:
             raise ValueError(f"not a job state: {exc}") from None
 
 
+STATUSES = frozenset(
+    (
+        "esriJobNew",
+        "esriJobSubmitted",
+        "esriJobWaiting",
+        "esriJobExecuting",
+        "esriJobSucceeded",
+        "esriJobFailed",
+        "esriJobTimedOut",
+        "esriJobCancelling",
+        "esriJobCancelled",
+        "esriJobDeleting",
+        "esriJobDeleted",
+    )
+)
+"""Every ``jobStatus`` the ArcGIS REST API documents (GP job resource; arcgis-rest.md
+section 5.1): the bounded label values of ``metrics.job_status``."""
 TERMINAL = frozenset(
     ("esriJobSucceeded", "esriJobFailed", "esriJobTimedOut", "esriJobCancelled", "esriJobDeleted")
 )

@@ -21,8 +21,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from gateway import metrics
 from gateway.errors import GPUnavailable, StoreUnavailable
-from gateway.jobs.store import JobState, JobStore
+from gateway.jobs.store import STATUSES, JobState, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,14 @@ class Watches:
     async def record(self, job_id: str, job: dict[str, Any]) -> bool:
         """Keep the job JSON ``job`` (tokens removed) as the job's state when its status
         differs from the one kept, with the next version, and hand it to this replica's
-        watch of the job. Whether it changed. Raises ``StoreUnavailable``."""
+        watch of the job; a change is counted by its status (``metrics.job_status``, a status
+        outside ``STATUSES`` as ``other``). Whether it changed. Raises ``StoreUnavailable``."""
         stored = await self._store.state(job_id)
         state = JobState(1 if stored is None else stored.version + 1, job, time.time())
         changed = stored is None or stored.status != state.status
         if changed:
             await self._store.put_state(job_id, state)
+            metrics.job_status(state.status if state.status in STATUSES else "other")
         watch = self._watches.get(job_id)
         if watch is not None:
             await watch.adopt(state if changed or stored is None else stored)

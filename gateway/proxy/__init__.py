@@ -105,6 +105,7 @@ def proxy_app(
         [web.route(method, "/{tail:.*}", _handle) for method in ("GET", "POST")],
         render_arcgis_error,
         METHODS,
+        streams=True,
     )
     providers: dict[str, Credentials] = {}
     for service in proxy_config.services:

@@ -226,7 +226,8 @@ class TilePipeline:
     ) -> tuple[TileEntry, bool]:
         """The fresh entry under ``key`` (a tile of ``meta`` in ``generation``, the layer's
         current one if ``None``), from the cache or by fetching the metatile through
-        coalescing; ``True`` when this call made the upstream call. Another process's fetch
+        coalescing (a wait for another request's fetch counted in ``metrics.waiting``);
+        ``True`` when this call made the upstream call. Another process's fetch
         is waited for at most the upstream timeout (``server.upstream_timeout``).
 
         Raises ``UpstreamError``.
@@ -240,6 +241,7 @@ class TilePipeline:
             layer.config.ttl,
             layer.config.lifetime,
             layer.client.upstream.timeout,
+            request.layer,
         )
 
     async def produce(
@@ -251,7 +253,8 @@ class TilePipeline:
         A 1 x 1 metatile without buffer keeps the upstream's bytes as they are, once they
         decode completely; a larger one is asked in the layer's metatile format
         (``Layer.metatile_format``: JPEG for JPEG tiles where no transparency counts, else PNG)
-        and cut and encoded per tile. Decoding happens in a worker thread. Raises
+        and cut and encoded per tile. The image's size is recorded
+        (``metrics.metatile_fetched``). Decoding happens in a worker thread. Raises
         ``UpstreamError``: bytes that do not decode completely to the size asked for (a
         truncated or corrupt image) are a 502 like any other upstream failure, so nothing is
         stored and a stale copy may stand in.
@@ -280,6 +283,7 @@ class TilePipeline:
                     else "error"
                 )
                 raise
+        metrics.metatile_fetched(request.layer, len(image.data))
         exchange = EXCHANGE.get()
         if exchange is not None:
             exchange.upstream_seconds += call.seconds

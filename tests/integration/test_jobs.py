@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from tests.integration.gp_upstream import (
@@ -51,10 +52,20 @@ def _no_secret(text: str, gp: GP) -> None:
     assert PASSWORD not in text
 
 
+def _statuses() -> dict[str, float]:
+    """The jobs counted by status so far (this process's ``tile_gateway_job_statuses_total``)."""
+    return {
+        status: REGISTRY.get_sample_value("tile_gateway_job_statuses_total", {"status": status})
+        or 0.0
+        for status in ("esriJobSubmitted", "esriJobExecuting", "esriJobSucceeded", "other")
+    }
+
+
 async def test_submit_long_poll_events_and_result_across_replicas(
     gp: GP, replicas: Replicas
 ) -> None:
     first, second = await replicas()
+    before = _statuses()
     job_id = await submit(first)
     assert gp.submissions[0]["inputRasters"] == json.dumps(
         json.loads(INPUTS), separators=(",", ":")
@@ -88,6 +99,15 @@ async def test_submit_long_poll_events_and_result_across_replicas(
     gp.move(job_id, "esriJobSucceeded")
     await asyncio.wait_for(follower, 5)
     assert seen == ["esriJobExecuting", "esriJobSucceeded"]
+
+    # Each change counted once, whichever replica saw it first and however many relayed it.
+    after = _statuses()
+    assert {status: after[status] - before[status] for status in after} == {
+        "esriJobSubmitted": 1,
+        "esriJobExecuting": 1,
+        "esriJobSucceeded": 1,
+        "other": 0,
+    }
 
     # A long poll on a finished job answers at once.
     response = await second.get(

@@ -33,6 +33,16 @@ async def test_json_lines_carry_the_request_id_and_no_token(
             {
                 "server": {"port": port, "trust_proxy": True, "log_format": "json"},
                 "layers": {"fake": {"url": fake_upstream.url, "formats": ["png"]}},
+                # Exports above one pixel are not cached: they are streamed.
+                "proxy": {
+                    "cache_max_pixels": 1,
+                    "services": [
+                        {
+                            "url": str(fake_upstream.server.make_url("/arcgis/rest/services")),
+                            "allow": ["fake/ImageServer"],
+                        }
+                    ],
+                },
             }
         )
     )
@@ -58,6 +68,20 @@ async def test_json_lines_carry_the_request_id_and_no_token(
             async with session.get(base + path, headers={"X-Request-Id": sent}) as response:
                 assert response.status == 200
                 assert response.headers["X-Request-Id"] == sent
+            # A hit (answered before any front runs) and a streamed answer (the proxy's)
+            # carry the client's id too.
+            for again, streamed in (
+                (path, "HIT"),
+                (
+                    "/arcgis/rest/services/fake/ImageServer/exportImage?f=image&format=png&bbox=0,0,1,1&size=8,8",
+                    None,
+                ),
+            ):
+                headers = {"X-Request-Id": f"again-{streamed or 'streamed'}"}
+                async with session.get(base + again, headers=headers) as response:
+                    assert response.status == 200
+                    assert response.headers.get("X-Cache") == streamed
+                    assert response.headers["X-Request-Id"] == headers["X-Request-Id"]
             # Not a safe id (a space, too long): replaced by a generated one; each of these
             # tiles (in metatiles of their own) calls the upstream.
             generated = []
@@ -90,7 +114,7 @@ async def test_json_lines_carry_the_request_id_and_no_token(
     assert first["layer"] == "fake"
     assert first["duration"] >= first["upstream_duration"] > 0
     # The upstream got the same ids.
-    assert fake_upstream.request_ids == [sent, *generated]
+    assert fake_upstream.request_ids == [sent, "again-streamed", *generated]
     # An error answer has its id too, in its line and its header.
     unknown = next(line for line in access if line.get("request_id") == missing)
     assert (unknown["status"], unknown["path"]) == (404, "/nowhere")

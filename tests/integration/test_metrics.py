@@ -84,11 +84,20 @@ async def test_counters_match_the_requests_sent_whichever_worker_answers(
         async with aiohttp.ClientSession(connector=connector) as session:
             await _wait_ready(session, base, process)
 
+            # The size of each tile made by a miss: with one tile a metatile, the metatile's.
+            made: list[int] = []
+
             async def get(path: str) -> tuple[int, str | None]:
                 headers = {"X-Forwarded-For": CLIENT}
                 async with session.get(f"{base}{path}", headers=headers) as response:
-                    await response.read()
+                    body = await response.read()
+                    if response.headers.get("X-Cache") == "MISS":
+                        made.append(len(body))
                     return response.status, response.headers.get("X-Cache")
+
+            async def scrape() -> dict:
+                async with session.get(f"{base}/metrics") as response:
+                    return _samples(await response.text())
 
             tiles = ["/tiles/fake/3/1/2.png", "/tiles/fake/3/2/2.png", "/tiles/fake/3/3/2.png"]
             # Three misses, then the same three tiles as hits (from Redis or L1).
@@ -96,6 +105,25 @@ async def test_counters_match_the_requests_sent_whichever_worker_answers(
                 assert await get(f"{path}?token={SECRET}") == (200, "MISS")
             for path in tiles:
                 assert await get(path) == (200, "HIT")
+            # Four requests for a new tile while the upstream holds its answer: one upstream
+            # call in flight and three waiters on it (on the same worker, or on the other one
+            # through the Redis lock), seen in the gauges before the upstream answers.
+            fake_upstream.gate.clear()
+            together = [asyncio.create_task(get("/tiles/fake/3/6/2.png")) for _ in range(4)]
+            for _ in range(300):
+                samples = await scrape()
+                waiting = (
+                    _value(samples, "tile_gateway_upstream_calls_in_flight", layer="fake"),
+                    _value(samples, "tile_gateway_coalesced_waiters", layer="fake"),
+                )
+                if waiting == (1, 3):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"in flight and waiting: {waiting}, not (1, 3)")
+            fake_upstream.gate.set()
+            answers = sorted(await asyncio.gather(*together))
+            assert answers == [(200, "HIT"), (200, "HIT"), (200, "HIT"), (200, "MISS")]
             # Two failures of the upstream: 502, nothing cached.
             fake_upstream.behaviour = "http500"
             for path in ("/tiles/fake/3/4/2.png", "/tiles/fake/3/5/2.png"):
@@ -106,7 +134,7 @@ async def test_counters_match_the_requests_sent_whichever_worker_answers(
                 # Each tile in the L1 of the worker that fetched it, and of the other one when
                 # that one read it from Redis: summed over both workers.
                 entries = _value(_samples(await response.text()), "tile_gateway_l1_entries")
-                assert 3 <= entries <= 6
+                assert 4 <= entries <= 8
             async with session.post(
                 f"{base}/admin/purge",
                 json={"layer": "fake"},
@@ -123,24 +151,30 @@ async def test_counters_match_the_requests_sent_whichever_worker_answers(
                 samples = _samples(text)
                 requests = "tile_gateway_tile_requests_total"
                 labels = {"layer": "fake", "front": "tiles"}
-                assert _value(samples, requests, **labels, status="200", cache="MISS") == 3
-                assert _value(samples, requests, **labels, status="200", cache="HIT") == 3
+                assert _value(samples, requests, **labels, status="200", cache="MISS") == 4
+                assert _value(samples, requests, **labels, status="200", cache="HIT") == 6
                 assert _value(samples, requests, **labels, status="502", cache="NONE") == 2
-                assert sum(v for (name, _), v in samples.items() if name == requests) == 8, (
+                assert sum(v for (name, _), v in samples.items() if name == requests) == 12, (
                     "the 404 of an unknown layer is no tile answer"
                 )
                 calls = "tile_gateway_upstream_calls_total"
                 call = {"layer": "fake", "operation": "exportImage"}
-                assert _value(samples, calls, **call, outcome="ok") == 3
+                assert _value(samples, calls, **call, outcome="ok") == 4
                 assert _value(samples, calls, **call, outcome="error") == 2
-                assert _value(samples, "tile_gateway_upstream_call_seconds_count", **call) == 5
+                assert _value(samples, "tile_gateway_upstream_call_seconds_count", **call) == 6
                 assert _value(samples, "tile_gateway_upstream_calls_in_flight", layer="fake") == 0
+                assert _value(samples, "tile_gateway_coalesced_waiters", layer="fake") == 0
+                waits = "tile_gateway_coalesced_waits_total"
+                assert _value(samples, waits, layer="fake") == 3
+                # Each image that came back counted once, at its size; the failures not at all.
+                assert _value(samples, "tile_gateway_metatile_bytes_count", layer="fake") == 4
+                assert _value(samples, "tile_gateway_metatile_bytes_sum", layer="fake") == sum(made)
                 assert _value(samples, "tile_gateway_purges_total", layer="fake", kind="layer") == 1
                 answers = "tile_gateway_http_requests_total"
                 assert _value(samples, answers, front="tiles", status="404") == 1
                 assert _value(samples, answers, front="admin", status="200") == 1
                 assert _value(samples, "tile_gateway_cache_errors_total") == 0
-                assert len(fake_upstream.queries) == 5
+                assert len(fake_upstream.queries) == 6
                 values = {value for (_, labels_), _v in samples.items() for _, value in labels_}
                 for leak in (SECRET, ADMIN, CLIENT, "127.0.0.1"):
                     assert not any(leak in value for value in values), leak

@@ -348,3 +348,24 @@ def test_a_config_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> Non
     assert result.stderr.splitlines() == [
         f"tile-gateway: invalid configuration: {config}: not UTF-8 text (line 3)"
     ]
+
+
+def test_tracing_is_off_by_default_and_needs_the_otel_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracing = parse_config({"layers": {"a": {"url": URL}}}).server.tracing
+    assert (tracing.enabled, tracing.endpoint, tracing.service_name) == (
+        False,
+        None,
+        "tile-gateway",
+    )
+    data = {"server": {"tracing": {"enabled": True}}, "layers": {"a": {"url": URL}}}
+    assert parse_config(data).server.tracing.enabled
+    # An environment without one of the extra's packages: a config error naming the extra.
+    monkeypatch.setattr(
+        "gateway.config._OTEL_MODULES", ("opentelemetry.sdk", "opentelemetry_not_installed.x")
+    )
+    with pytest.raises(ConfigError, match=r"server\.tracing\.enabled.*tile-gateway\[otel\]"):
+        parse_config(data)
+    # Off, the extra is not needed.
+    assert not parse_config({"layers": {"a": {"url": URL}}}).server.tracing.enabled

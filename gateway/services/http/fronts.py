@@ -314,38 +314,55 @@ def front_app(
     routes: Iterable[web.RouteDef],
     render: RenderError,
     methods: str = READ_METHODS,
+    *,
+    streams: bool = False,
 ) -> web.Application:
     """A protocol front as a sub-application: ``routes`` (relative to the prefix it is mounted
     at; ``""`` is the prefix itself), errors in the format of ``render``, preflights allowing
-    ``methods``."""
+    ``methods``. A front whose handlers stream answers (prepare them themselves) says so with
+    ``streams``, so that those carry their ``X-Request-Id`` too."""
     app = web.Application(middlewares=[_cors_middleware(config.server, methods, render)])
+    if streams:
+        app.on_response_prepare.append(_request_id_header)
     app[CONFIG] = config
     app.add_routes(routes)
     return app
 
 
-def _observe_middleware(
-    server: ServerConfig,
+def _root_middleware(
+    server: ServerConfig, ready: Callable[[web.Request], web.Response | None]
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Middleware (outermost, on the root): the request's ``logs.Exchange`` with its request
+    """The root's one middleware, outermost: the request's ``logs.Exchange`` with its request
     id (the ``X-Request-Id`` a trusted proxy sent, when it is a safe one: ``logs.request_id``;
-    else a new one) for the handler and the log lines; each answer counted by front and status
-    (``metrics.answered``), and a tile answer by layer, front, status and ``X-Cache`` too
-    (``metrics.tile_answered``)."""
+    else a new one) for the handler and the log lines, returned as ``X-Request-Id``; then the
+    host check, CORS and ready answers of ``_cors_middleware``; each answer counted by front and
+    status (``metrics.answered``), and a tile answer by layer, front, status and ``X-Cache`` too
+    (``metrics.tile_answered``).
+
+    One layer rather than two, and the header set on the answer here rather than from
+    ``on_response_prepare``, because every tile hit passes through it (bench/README, "The hit
+    path after issues 9-12"). An answer a handler streams is prepared before it gets here: the
+    fronts that stream send it themselves (``front_app(streams=True)``)."""
+    fronts = _cors_middleware(server, READ_METHODS, render_json_error, root=ready)
+    trust_proxy = server.trust_proxy
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("X-Request-Id") if server.trust_proxy else None
-        exchange = Exchange(request_id(given))
+        exchange = Exchange(
+            request_id(request.headers.get("X-Request-Id") if trust_proxy else None)
+        )
         request[EXCHANGES] = exchange
         token = EXCHANGE.set(exchange)
         status, cache = 500, None
         try:
-            response = await handler(request)
+            response = await fronts(request, handler)
             status, cache = response.status, response.headers.get("X-Cache")
+            if not response.prepared:
+                response.headers["X-Request-Id"] = exchange.request_id
             return response
         except web.HTTPException as exc:
             status, cache = exc.status, exc.headers.get("X-Cache")
+            exc.headers["X-Request-Id"] = exchange.request_id
             raise
         finally:
             EXCHANGE.reset(token)
@@ -359,7 +376,8 @@ def _observe_middleware(
 
 
 async def _request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``X-Request-Id`` on every answer, streamed ones too (``on_response_prepare``)."""
+    """``X-Request-Id`` on an answer a front streams (its ``on_response_prepare``): the root's
+    middleware sets it on every other answer, but a streamed one is sent before that."""
     exchange = request.get(EXCHANGES)
     if exchange is not None:
         response.headers["X-Request-Id"] = exchange.request_id
@@ -373,14 +391,8 @@ def root_app(
     """The application the fronts are mounted on: its own ``routes`` and every path no front
     takes answer with JSON errors; a GET or HEAD a front takes is answered by ``ready`` when it
     has a finished answer (see ``tiles.ReadyAnswers``), else left to the front. Every request,
-    a front's too, gets its request id and is counted first (``_observe_middleware``)."""
-    app = web.Application(
-        middlewares=[
-            _observe_middleware(config.server),
-            _cors_middleware(config.server, READ_METHODS, render_json_error, root=ready),
-        ]
-    )
-    app.on_response_prepare.append(_request_id_header)
+    a front's too, gets its request id and is counted first (``_root_middleware``)."""
+    app = web.Application(middlewares=[_root_middleware(config.server, ready)])
     app[CONFIG] = config
     app.add_routes(routes)
     return app
