@@ -1,7 +1,8 @@
 """The viewer's style and date pickers in a real browser (issue 13, acceptance 1): a user picks a
 style and a date for a layer, the map asks for (and shows) that variant's tiles, and the
 snippets give the URLs to use. Against ``tile-gateway serve`` in front of the reference
-ImageServer's NAIP scene, whose bands the styles combine."""
+ImageServer's time-enabled mosaic of the 2010 and 2020 NAIP scenes, whose bands the styles
+combine."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.browser
 
 CHECK_VIEWER = Path(__file__).resolve().parent / "check_viewer.mjs"
 LAYER = {
-    "url": "${IMAGESERVER}/naip/ImageServer",
+    "url": "${IMAGESERVER}/naip_time/ImageServer",
     "formats": ["png"],
     "maxzoom": 16,
     "styles": {
@@ -99,17 +100,20 @@ def test_leaflet_shows_the_style_and_date_picked(gateway: str, tmp_path: Path) -
     assert ",style=falsecolor" in report["snippets"]["gdal"], why
     assert "style=falsecolor&time=2010-06-29" in report["snippets"]["maplibre"], why
 
-    # What the map showed changed: the tile it loaded after the pick is the false-colour
-    # picture of the one before (NIR, R, G of R, G, B, NIR), not the same picture.
+    # What the map showed changed: the tiles it loaded after the picks are the false-colour
+    # picture (NIR, R, G of R, G, B, NIR) of the 2010 scene, not the natural-colour 2020 one.
     compared = 0
     for tile in picked:
-        natural = fetch(origin + tile["path"])
-        inside = natural[..., 3] == 255
+        url = origin + tile["path"]
+        natural_2010 = fetch(url + "?time=2010-06-29")
+        inside = natural_2010[..., 3] == 255
         if not inside.any():
-            continue  # a tile beyond the scene's edge
-        false = fetch(origin + tile["path"] + tile["query"])
-        assert np.array_equal(false[..., 1][inside], natural[..., 0][inside]), why
-        assert not np.array_equal(false[..., 0][inside], natural[..., 0][inside]), why
+            continue  # a tile beyond the scenes' edge
+        false_2010 = fetch(url + tile["query"])
+        assert np.array_equal(false_2010[..., 1][inside], natural_2010[..., 0][inside]), why
+        assert not np.array_equal(false_2010[..., 0][inside], natural_2010[..., 0][inside]), why
+        natural_2020 = fetch(url)
+        assert not np.array_equal(natural_2020[inside], natural_2010[inside]), why
         compared += 1
     assert compared, why
 

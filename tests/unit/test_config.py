@@ -135,7 +135,7 @@ def test_environment_substitution() -> None:
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("IMAGESERVER_URL", raising=False)
     demo = load_config(REPO / "config" / "demo.yaml")
-    assert set(demo.layers) == {"bluemarble", "shadedrelief", "etopo"}
+    assert set(demo.layers) == {"bluemarble", "shadedrelief", "etopo", "naip"}
     monkeypatch.setenv("ARCGIS_URL", "https://gis.example.org/arcgis")
     monkeypatch.setenv("REDIS_URL", "rediss://gw:secret@redis.example.org:6380/2")
     example = load_config(REPO / "config" / "example.yaml")
@@ -228,7 +228,7 @@ def test_check_config_names_an_unset_variable_and_how_to_set_it() -> None:
 def test_check_config_cli(tmp_path: Path) -> None:
     good = run_cli("check-config", str(REPO / "config" / "demo.yaml"))
     assert good.returncode == 0, good.stderr
-    assert "3 layer(s)" in good.stdout
+    assert "4 layer(s)" in good.stdout
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"layers:\n  a:\n    url: {URL}\n    ttl: -5\n")
