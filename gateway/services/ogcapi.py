@@ -415,17 +415,17 @@ class OgcApiService:
         return self._document(request, (kind, name), lambda base: build(layer, base))
 
     @staticmethod
-    def _styled(request: web.Request) -> tuple[Layer | None, str | None, web.Response | None]:
+    def _styled(request: web.Request) -> tuple[Layer, str | None] | web.Response:
         """The request's layer and style (``None`` on unstyled paths), or the 404 answer for
         an unknown layer or a style it does not offer."""
         name, style = request.match_info["layer"], request.match_info.get("style")
         layer = request.app[PIPELINE].layers.get(name)
         if layer is None:
-            return None, None, json_error(404, f"unknown collection {name!r}")
+            return json_error(404, f"unknown collection {name!r}")
         if style is not None and style not in layer.variants.style_names:
             offered = ", ".join(layer.variants.style_names)
-            return None, None, json_error(404, f"{name!r} has the styles {offered}, not {style!r}")
-        return layer, style, None
+            return json_error(404, f"{name!r} has the styles {offered}, not {style!r}")
+        return layer, style
 
     async def collection(self, request: web.Request) -> web.Response:
         """``GET /ogcapi/collections/<layer>``; 404 for an unknown layer."""
@@ -434,10 +434,10 @@ class OgcApiService:
     async def tilesets(self, request: web.Request) -> web.Response:
         """``GET /ogcapi/collections/<layer>[/styles/<style>]/map/tiles``; 404 for an unknown
         layer or style."""
-        layer, style, refused = self._styled(request)
-        if layer is None:
-            assert refused is not None
-            return refused
+        found = self._styled(request)
+        if isinstance(found, web.Response):
+            return found
+        layer, style = found
         return self._document(
             request,
             ("tilesets", layer.name, style or ""),
@@ -447,10 +447,10 @@ class OgcApiService:
     async def tileset(self, request: web.Request) -> web.Response:
         """``GET /ogcapi/collections/<layer>[/styles/<style>]/map/tiles/<tms>``; 404 for an
         unknown layer or style, or a TileMatrixSet the layer is not served in."""
-        layer, style, refused = self._styled(request)
-        if layer is None:
-            assert refused is not None
-            return refused
+        found = self._styled(request)
+        if isinstance(found, web.Response):
+            return found
+        layer, style = found
         identifier = request.match_info["tms"]
         grid = layer.grids.get(identifier)
         if grid is None:
