@@ -31,6 +31,7 @@ the app's own thread pool so the event loop never blocks on GDAL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
@@ -48,10 +49,11 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
-from imageserver import mosaic, pixels
+from imageserver import functions, mosaic, pixels
 from imageserver.config import GP_FOLDER, HOSTED_FOLDER, ImageServerConfig
 from imageserver.cors import cors_middleware
 from imageserver.encode import EncodedImage, encode
+from imageserver.functions import RasterFunction
 from imageserver.geometry import Geometry, centroid, parse_geometry, parse_pixel_size
 from imageserver.gp import GP_SERVICE, add_gp_routes, folder_json, hosted_folder_json
 from imageserver.metadata import catalog, server_info, service_info
@@ -64,7 +66,7 @@ from imageserver.params import (
     ResponseFormat,
     parse_export_params,
 )
-from imageserver.raster import RasterSource, RenderRequest
+from imageserver.raster import RasterSource, Rendered, RenderRequest
 from imageserver.responses import add_route, error_response, json_response, request_params
 from imageserver.security import TokenState
 from imageserver.spatialref import spatial_reference_json
@@ -289,12 +291,17 @@ async def _export_image(
         export = parse_export_params(params, band_count=source.count)
         source = for_request(source, params)
         render_request = _render_request(source, export)
+        function = _rendering_rule(params, source)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
     loop = asyncio.get_running_loop()
-    image = await loop.run_in_executor(
-        request.app[EXECUTOR], _render_and_encode, source, render_request, export
-    )
+    try:
+        image = await loop.run_in_executor(
+            request.app[EXECUTOR], _render_and_encode, source, render_request, export, function
+        )
+    except ParameterError as exc:
+        # A function argument that does not fit the raster (e.g. a band it lacks).
+        return error_response(params, 400, _BAD_REQUEST, exc.details)
     if export.response_format is ResponseFormat.IMAGE:
         return web.Response(body=image.content, content_type=image.content_type)
     key = request.app[OUTPUTS].put(name, image)
@@ -338,20 +345,60 @@ async def _identify(
     request: web.Request, params: Mapping[str, str], name: str, source: RasterSource
 ) -> web.Response:
     """identify: the pixel value at ``geometry`` (a point, or the centroid of another
-    geometry), read at the base resolution. A mosaic service answers for its ``time`` and
-    ``mosaicRule`` (:func:`imageserver.mosaic.identify`); a raster-dataset service has one
-    raster and ignores both. ``renderingRule`` and ``pixelSize`` are accepted and ignored."""
+    geometry), read at the base resolution, after ``renderingRule`` when given (the function's
+    output at that pixel). A mosaic service answers for its ``time`` and ``mosaicRule``
+    (:func:`imageserver.mosaic.identify`); a raster-dataset service has one raster and ignores
+    both. ``pixelSize`` is accepted and ignored."""
     try:
         geometry = _geometry(params, "esriGeometryPoint")
         point = centroid(geometry)
         source = for_request(source, params)
+        function = _rendering_rule(params, source)
     except ParameterError as exc:
         return error_response(params, 400, _BAD_REQUEST, exc.details)
     except ValueError as exc:
         return error_response(params, 400, _BAD_REQUEST, [f"Invalid geometry: {exc}"])
     identify = mosaic.identify if isinstance(source, MosaicSource) else pixels.identify
     answer = await _in_pool(request, identify, source, geometry, point)
+    if function is not None:
+        location = answer["location"]
+        try:
+            answer["value"] = await _in_pool(
+                request, _function_value, source, (location["x"], location["y"]), function
+            )
+        except ParameterError as exc:
+            return error_response(params, 400, _BAD_REQUEST, exc.details)
     return json_response(answer, params)
+
+
+def _function_value(
+    source: RasterSource, point: tuple[float, float], function: RasterFunction
+) -> str:
+    """The identify ``value`` of ``function`` at the source pixel containing ``point`` (raster
+    CRS): the function applied to that pixel (and the neighbours it needs) at native
+    resolution, nearest neighbour.
+
+    Raises:
+        ParameterError: a function argument does not fit the raster.
+    """
+    x, y = point
+    bounds = source.bounds
+    if not (bounds.left <= x < bounds.right and bounds.bottom < y <= bounds.top):
+        return pixels.NO_DATA
+    res_x, res_y = source.resolution
+    left = bounds.left + math.floor((x - bounds.left) / res_x) * res_x
+    top = bounds.top - math.floor((bounds.top - y) / res_y) * res_y
+    request = RenderRequest(
+        bounds=(left, top - res_y, left + res_x, top),
+        crs=source.crs,
+        width=1,
+        height=1,
+        bands=tuple(range(source.count)),
+        resampling=Resampling.nearest,
+        nodata=None,
+        expand_palette=False,
+    )
+    return functions.format_values(_render(source, request, function))
 
 
 async def _get_samples(
@@ -507,14 +554,30 @@ def adjust_aspect_ratio(bbox: Bounds, width: int, height: int) -> Bounds:
     return xmin, centre - half, xmax, centre + half
 
 
+def _rendering_rule(params: Mapping[str, str], source: RasterSource) -> RasterFunction | None:
+    """The ``renderingRule`` parameter, parsed against the service's templates.
+
+    Raises:
+        ParameterError: unknown function or template, or a bad argument.
+    """
+    if "renderingrule" not in params:
+        return None
+    return functions.parse_rendering_rule(params["renderingrule"], functions.templates(source))
+
+
 def _render_and_encode(
-    source: RasterSource, request: RenderRequest, export: ExportParams
+    source: RasterSource,
+    request: RenderRequest,
+    export: ExportParams,
+    function: RasterFunction | None = None,
 ) -> EncodedImage:
-    rendered = source.render(request)
+    function = functions.display_rule(source, function, export.image_format, export.pixel_type)
+    rendered = _render(source, request, function)
     candidates: list[float] = []
     if export.nodata is not None and len(set(export.nodata.values)) == 1:
         candidates.append(export.nodata.values[0])
-    if source.nodata is not None:
+    # A function's output values are not the source's: its nodata could be a real value.
+    if source.nodata is not None and function is None:
         candidates.append(source.nodata)
     return encode(
         rendered,
@@ -524,3 +587,34 @@ def _render_and_encode(
         crs=request.crs,
         nodata_candidates=candidates,
     )
+
+
+def _render(
+    source: RasterSource, request: RenderRequest, function: RasterFunction | None
+) -> Rendered:
+    """Render ``request`` and apply ``function``: on a grid grown by the function's margin
+    (so a Hillshade has its neighbours at the image edge), cropped back after. Functions
+    see pixel values, so a palette stays indexes.
+
+    Raises:
+        ParameterError: a function argument does not fit the raster.
+    """
+    if function is None:
+        return source.render(request)
+    margin = function.margin
+    xmin, ymin, xmax, ymax = request.bounds
+    cell_x = (xmax - xmin) / request.width
+    cell_y = (ymax - ymin) / request.height
+    grown = dataclasses.replace(
+        request,
+        bounds=(
+            xmin - margin * cell_x,
+            ymin - margin * cell_y,
+            xmax + margin * cell_x,
+            ymax + margin * cell_y,
+        ),
+        width=request.width + 2 * margin,
+        height=request.height + 2 * margin,
+        expand_palette=False,
+    )
+    return functions.apply(function, source.render(grown), source, request.bands, margin)

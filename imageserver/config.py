@@ -8,6 +8,8 @@ File format::
         path: rasters/dtm.tif            # relative paths resolve against this file's folder
         description: Lidar terrain model  # optional
         copyright: USGS                   # optional, reported as copyrightText
+        raster_functions:                 # optional named renderingRule templates
+          Shaded: {rasterFunction: Hillshade, rasterFunctionArguments: {ZFactor: 2}}
       world:
         path: world.jpg
         plate_carree: true   # optional: the image has no georeferencing, it covers the globe
@@ -156,6 +158,12 @@ class ServiceSpec(BaseModel):
             whole globe in EPSG:4326: upper-left corner (-180°, 90°), pixel size
             360/width x 180/height degrees. Such files are decoded into an in-memory GeoTIFF
             with overviews when the service opens.
+        raster_functions: named raster function templates (name -> a renderingRule object,
+            ``{"rasterFunction": ..., "rasterFunctionArguments": {...}}``) listed in the
+            service's ``rasterFunctionInfos`` and usable as ``{"rasterFunction": "<name>"}``;
+            they add to (or replace, by name) the defaults of
+            :func:`imageserver.functions.default_templates`. A request naming a template
+            whose rule is invalid gets the ArcGIS error of that rule.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -166,6 +174,21 @@ class ServiceSpec(BaseModel):
     description: str = ""
     copyright: str = ""
     plate_carree: bool = False
+    raster_functions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("raster_functions")
+    @classmethod
+    def _rules_name_a_function(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # The shape only: the function and its arguments are checked by the request that uses
+        # the template (imageserver.functions), which answers a bad one as ArcGIS does.
+        for name, rule in value.items():
+            function = rule.get("rasterFunction")
+            if not isinstance(function, str) or not function.strip():
+                raise ValueError(f"template {name!r}: rasterFunction (a name) is required")
+            arguments = rule.get("rasterFunctionArguments", {})
+            if not isinstance(arguments, dict):
+                raise ValueError(f"template {name!r}: rasterFunctionArguments must be a mapping")
+        return value
 
     @model_validator(mode="after")
     def _path_or_rasters(self) -> ServiceSpec:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from imageserver.functions import raster_function_infos
 from imageserver.mosaic import MosaicSource, service_fields
 from imageserver.params import DEFAULT_COMPRESSION_QUALITY, MAX_IMAGE_HEIGHT, MAX_IMAGE_WIDTH
 from imageserver.raster import RasterSource
@@ -124,7 +125,8 @@ def service_info(name: str, source: RasterSource) -> dict[str, Any]:
         "maxImageHeight": MAX_IMAGE_HEIGHT,
         "defaultResamplingMethod": "Bilinear",
         "defaultCompressionQuality": DEFAULT_COMPRESSION_QUALITY,
-        "allowRasterFunction": False,
+        "allowRasterFunction": True,
+        "rasterFunctionInfos": raster_function_infos(source),
         "exportTilesAllowed": False,
         "singleFusedMapCache": False,
     }

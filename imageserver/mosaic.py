@@ -58,7 +58,14 @@ from imageserver.config import ServiceSpec
 from imageserver.geometry import Geometry
 from imageserver.params import ParameterError
 from imageserver.pixels import Point, format_value, read_points, to_source_points
-from imageserver.raster import BandStatistics, RasterSource, Rendered, RenderRequest, grid_transform
+from imageserver.raster import (
+    QUANTILE_STEPS,
+    BandStatistics,
+    RasterSource,
+    Rendered,
+    RenderRequest,
+    grid_transform,
+)
 from imageserver.spatialref import spatial_reference_json
 
 OBJECT_ID_FIELD = "OBJECTID"
@@ -445,6 +452,7 @@ class MosaicSource(RasterSource):
             tuple(
                 float(np.mean(v)) for v in zip(*(s.statistics.std for s in sources), strict=True)
             ),
+            _pooled_quantiles([s.statistics.quantiles for s in sources]),
         )
 
     @classmethod
@@ -846,3 +854,13 @@ def _combine(
         if np.dtype(dtype).kind in "iu":
             combined = np.round(combined)
     return tuple(float(v) for v in combined), present
+
+
+def _pooled_quantiles(quantiles: Sequence[np.ndarray]) -> np.ndarray:
+    """The quantiles ``(bands, QUANTILE_STEPS + 1)`` of the rasters' pooled samples, each
+    raster weighing the same: every raster's quantiles are points of equal probability mass,
+    so the percentiles of their union are those of the equal-weight mixture."""
+    levels = np.linspace(0.0, 100.0, QUANTILE_STEPS + 1)
+    return np.stack(
+        [np.percentile(np.concatenate(bands), levels) for bands in zip(*quantiles, strict=True)]
+    )

@@ -12,7 +12,7 @@ import contextlib
 import math
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,8 @@ _STATS_SAMPLE_SIZE = 512
 _KERNEL_PAD = 3
 # Plate-carrée images are re-tiled into GeoTIFF blocks of this size, with overviews down to it.
 _BLOCK_SIZE = 256
+# Quantiles kept per band: every 0.05 %, so the usual clip percentages are exact.
+QUANTILE_STEPS = 2000
 # An output pixel is data when at least half of its resampling weight came from valid pixels.
 _VALID_ALPHA = 128
 
@@ -47,14 +49,24 @@ _plate_carree_guard = threading.Lock()
 class BandStatistics:
     """Per-band statistics of valid pixels, estimated from overviews or a decimated read.
 
-    Every attribute is a tuple with one value per band, in source units. Used for the
-    service's minValues/maxValues/... and for the min-max stretch of non-8-bit data.
+    ``minimum`` .. ``std`` are tuples with one value per band, in source units: the service's
+    minValues/maxValues/meanValues/stdvValues and the statistics of the Stretch raster
+    function (:mod:`imageserver.functions`). ``quantiles`` is ``(bands, QUANTILE_STEPS + 1)``:
+    the values at 0 %, 0.05 %, ..., 100 % of each band's valid sample (numpy's linear
+    percentile), for percent-clip stretches; see :meth:`percentile`.
     """
 
     minimum: tuple[float, ...]
     maximum: tuple[float, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    quantiles: np.ndarray = field(compare=False, repr=False)
+
+    def percentile(self, band: int, percent: float) -> float:
+        """The value below which ``percent`` % (0-100) of ``band``'s valid sample lies,
+        interpolated in :attr:`quantiles` (exact on multiples of 0.05 %)."""
+        levels = np.linspace(0.0, 100.0, QUANTILE_STEPS + 1)
+        return float(np.interp(percent, levels, self.quantiles[band]))
 
 
 @dataclass(frozen=True)
@@ -357,15 +369,18 @@ def _statistics(dataset: DatasetReader) -> BandStatistics:
     if sample.dtype.kind == "f":
         sample = np.ma.masked_invalid(sample)
     columns: list[tuple[float, float, float, float]] = []
-    for band in sample:
+    quantiles = np.zeros((dataset.count, QUANTILE_STEPS + 1))
+    levels = np.linspace(0.0, 100.0, QUANTILE_STEPS + 1)
+    for index, band in enumerate(sample):
         if band.count() == 0:
             columns.append((0.0, 0.0, 0.0, 0.0))
         else:
             columns.append(
                 (float(band.min()), float(band.max()), float(band.mean()), float(band.std()))
             )
+            quantiles[index] = np.percentile(band.compressed().astype(np.float64), levels)
     minimum, maximum, mean, std = (tuple(column) for column in zip(*columns, strict=True))
-    return BandStatistics(minimum, maximum, mean, std)
+    return BandStatistics(minimum, maximum, mean, std, quantiles)
 
 
 def _plate_carree_geotiff(path: Path) -> MemoryFile:

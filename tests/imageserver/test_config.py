@@ -65,6 +65,24 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     assert set(config.all_services()) == {"dtm"}
 
 
+def test_raster_function_templates_are_read(tmp_path: Path) -> None:
+    raster = tmp_path / "dtm.tif"
+    raster.write_bytes(data_path("dtm.tif").read_bytes())
+    config = load_config(
+        write(
+            tmp_path,
+            "services:\n"
+            "  dtm:\n"
+            "    path: dtm.tif\n"
+            "    raster_functions:\n"
+            "      Shaded: {rasterFunction: Hillshade, rasterFunctionArguments: {ZFactor: 2}}\n",
+        )
+    )
+    assert config.services["dtm"].raster_functions == {
+        "Shaded": {"rasterFunction": "Hillshade", "rasterFunctionArguments": {"ZFactor": 2}}
+    }
+
+
 def test_configured_service_replaces_a_builtin(tmp_path: Path, blue_marble_tif: Path) -> None:
     path = blue_marble_tif
     config = load_config(write(tmp_path, f"services:\n  bluemarble:\n    path: {path}\n"))
@@ -90,6 +108,12 @@ def test_empty_file_is_builtins_only(tmp_path: Path) -> None:
         ("- a\n", "mapping"),
         ("services: {x: [\n", "cannot read"),
         ("unknown: 1\n", "unknown"),
+        ("services:\n  x:\n    path: a.tif\n    raster_functions: {S: {Azimuth: 1}}\n", "S"),
+        (
+            "services:\n  x:\n    path: a.tif\n"
+            "    raster_functions: {S: {rasterFunction: Hillshade, rasterFunctionArguments: 3}}\n",
+            "rasterFunctionArguments",
+        ),
         ("security: {token_errors: loud}\n", "token_errors"),
         ("security: {token_lifetime: 0}\n", "token_lifetime"),
         ("security: {allowedOrigins: ['*']}\n", "allowedOrigins"),

@@ -277,24 +277,6 @@ async def test_paletted_raster_draws_its_colour_table(client: TestClient) -> Non
     assert (pixels[..., :3] == expected).all()
 
 
-async def test_non_8bit_data_is_min_max_stretched(client: TestClient) -> None:
-    path = data_path("mosaic_cog1.tif")
-    info = await (await client.get("/arcgis/rest/services/landsat/ImageServer?f=json")).json(
-        content_type=None
-    )
-    _, body = await export(client, "landsat", format="png32", **native_grid(path))
-    pixels = decode_png(body)
-    with rasterio.open(path) as dataset:
-        source = dataset.read().astype(float)
-    low = np.array(info["minValues"]).reshape(3, 1, 1)
-    high = np.array(info["maxValues"]).reshape(3, 1, 1)
-    expected = np.clip(np.rint((source - low) / (high - low) * 255), 0, 255)
-    valid = pixels[..., 3] == 255
-    diff = np.abs(np.moveaxis(pixels[..., :3], -1, 0) - expected)[:, valid]
-    assert diff.max() <= 1
-    assert valid.mean() > 0.5
-
-
 async def test_tiff_float32_keeps_values_and_nodata(client: TestClient) -> None:
     path = data_path("dtm.tif")
     content_type, body = await export(

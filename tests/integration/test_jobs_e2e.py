@@ -262,7 +262,7 @@ def expected_tile(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The 256 x 256 WebMercatorQuad ``tile`` of the mosaic of ``inputs`` (bottom first), from
     rasterio reads of the inputs reprojected to the tile's grid (bilinear, nodata 0): RGB
-    ``(256, 256, 3)`` uint8 after the ImageServer's min-max stretch of ``ranges`` per band
+    ``(256, 256, 3)`` uint8 after the ImageServer's linear stretch between ``ranges`` per band
     (``None``: 8-bit data, unstretched), each input's footprint ``(len(inputs), 256, 256)``
     bool, and the index of the input on top (-1 where none)."""
     left, bottom, right, top = GRID.xy_bounds(tile)
@@ -319,15 +319,21 @@ def probes(mask: np.ndarray, step: int = 4) -> np.ndarray:
 
 
 # Levels of 255 a tile pixel may differ from the rasterio read: the ImageServer reads the
-# mosaic's overviews and resamples its own way, then the stretch amplifies 16-bit steps.
+# mosaic's overviews and resamples its own way. For 8-bit data as is; stretched data scale it
+# by the stretch's gain (see stretch_tolerance), as the differences are in data units.
 TOLERANCE = 24
 
 
-def close_fraction(tile: np.ndarray, expected: np.ndarray, where: np.ndarray) -> float:
+def close_fraction(
+    tile: np.ndarray,
+    expected: np.ndarray,
+    where: np.ndarray,
+    tolerance: float | np.ndarray = TOLERANCE,
+) -> float:
     """Of the probe points ``where``, the fraction whose three channels all lie within
-    ``TOLERANCE`` of ``expected``."""
+    ``tolerance`` (one value, or one per channel) of ``expected``."""
     difference = np.abs(tile[where].astype(int) - expected[where].astype(int))
-    return float((difference <= TOLERANCE).all(axis=1).mean())
+    return float((difference <= tolerance).all(axis=1).mean())
 
 
 async def fetch_tile(client: TestClient, layer: str, tile: morecantile.Tile) -> np.ndarray:
@@ -340,13 +346,69 @@ async def fetch_tile(client: TestClient, layer: str, tile: morecantile.Tile) -> 
         return np.asarray(image.convert("RGBA"))
 
 
-async def service_ranges(client: TestClient, name: str) -> list[tuple[float, float]]:
-    """The (min, max) per band the ImageServer stretches ``name`` with, read through the
-    gateway's proxy (which adds the token)."""
-    response = await client.get(f"{HOSTED}/{name}/ImageServer", params={"f": "json"})
+# The ImageServer's default stretch of non-8-bit data: a percent clip of this much at each
+# end, from the dataset's statistics (imageserver.functions.DEFAULT_STRETCH).
+CLIP_PERCENT = 0.5
+
+
+def statistics_query(info: dict[str, Any]) -> dict[str, str]:
+    """computeStatisticsHistograms parameters covering a service's whole extent (from its
+    root ``info``), sampled about 512 pixels across as the ImageServer's own statistics are."""
+    extent = info["extent"]
+    side = max(extent["xmax"] - extent["xmin"], extent["ymax"] - extent["ymin"]) / 512
+    return {
+        "f": "json",
+        "geometry": json.dumps(extent),
+        "geometryType": "esriGeometryEnvelope",
+        "pixelSize": f"{side},{side}",
+    }
+
+
+def percent_clip_ranges(answer: dict[str, Any]) -> list[tuple[float, float]]:
+    """The (low, high) per band (first three) of the default stretch, from the histograms of
+    a computeStatisticsHistograms ``answer``: the CLIP_PERCENT and 100 - CLIP_PERCENT points
+    of each band's cumulative histogram, interpolated in their bins (a bin is 1/256 of the
+    data's range, well inside the tiles' tolerance)."""
+    ranges = []
+    for histogram in answer["histograms"][:3]:
+        counts = np.asarray(histogram["counts"], np.float64)
+        edges = np.linspace(histogram["min"], histogram["max"], counts.size + 1)
+        cumulative = np.concatenate([[0.0], np.cumsum(counts)]) / counts.sum()
+        low, high = np.interp([CLIP_PERCENT / 100, 1 - CLIP_PERCENT / 100], cumulative, edges)
+        ranges.append((float(low), float(high)))
+    return ranges
+
+
+async def service_stretch(
+    client: TestClient, name: str
+) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """The (low, high) per band the ImageServer stretches ``name`` with by default, from its
+    histograms read through the gateway's proxy (which adds the token), and the tolerance
+    per channel for its tiles (:func:`stretch_tolerance`)."""
+    service = f"{HOSTED}/{name}/ImageServer"
+    response = await client.get(service, params={"f": "json"})
     info = await response.json()
     assert response.status == 200 and "error" not in info, info
-    return list(zip(info["minValues"][:3], info["maxValues"][:3], strict=True))
+    response = await client.get(
+        f"{service}/computeStatisticsHistograms", params=statistics_query(info)
+    )
+    answer = await response.json()
+    assert response.status == 200 and "error" not in answer, answer
+    ranges = percent_clip_ranges(answer)
+    return ranges, stretch_tolerance(info, ranges)
+
+
+def stretch_tolerance(info: dict[str, Any], ranges: list[tuple[float, float]]) -> np.ndarray:
+    """Per channel, TOLERANCE levels of a stretch over the data's whole range (``minValues``
+    to ``maxValues`` of the service ``info``) expressed in levels of the ``ranges`` stretch:
+    the same difference in data units, amplified by the narrower stretch."""
+    spans = [
+        (high - low) / (maximum - minimum)
+        for (low, high), minimum, maximum in zip(
+            ranges, info["minValues"], info["maxValues"], strict=False
+        )
+    ]
+    return TOLERANCE / np.array(spans)
 
 
 def covering_tiles(inputs: list[Path], zoom: int) -> list[morecantile.Tile]:
@@ -417,7 +479,7 @@ async def test_two_scenes_submitted_waited_on_published_and_tiled_on_both_replic
     await eventually(lambda: served(first, "stlawrence"))
 
     # Its tiles show each input where it lies, and the later input in the overlap.
-    ranges = await service_ranges(first, "stlawrence")
+    ranges, tolerance = await service_stretch(first, "stlawrence")
     inputs = [raster_store / COG1, raster_store / COG2]
     checked = {"cog1 only": 0, "cog2 only": 0, "overlap": 0}
     for tile in covering_tiles(inputs, 7):
@@ -439,14 +501,14 @@ async def test_two_scenes_submitted_waited_on_published_and_tiled_on_both_replic
             if where.sum() < 20:
                 continue
             checked[region] += int(where.sum())
-            assert close_fraction(rgb, expected, where) > 0.9, (tile, region)
+            assert close_fraction(rgb, expected, where, tolerance) > 0.9, (tile, region)
         # In the overlap, where the two scenes differ, the later one shows.
         cog1_alone, _, _ = expected_tile(tile, inputs[:1], ranges)
-        apart = np.abs(cog1_alone.astype(int) - expected.astype(int)).max(axis=2) > 3 * TOLERANCE
+        apart = (np.abs(cog1_alone.astype(int) - expected.astype(int)) > 3 * tolerance).any(axis=2)
         where = probes(inner(regions["overlap"]), 1) & apart
         if where.sum() >= 20:
-            assert close_fraction(rgb, expected, where) > 0.9
-            assert close_fraction(rgb, cog1_alone, where) < 0.1
+            assert close_fraction(rgb, expected, where, tolerance) > 0.9
+            assert close_fraction(rgb, cog1_alone, where, tolerance) < 0.1
     assert all(count >= 100 for count in checked.values()), checked
 
     # The configured layer still serves beside the published one.
