@@ -586,7 +586,7 @@ def test_viewer_picks_a_style_and_a_date_of_the_demo_naip_layer(
     )
     why = describe(report, demo)
     assert_page_healthy(report, demo, "leaflet", layer="naip")
-    assert report["before"]["styles"] == ["natural", "infrared"], why
+    assert report["before"]["styles"] == ["natural", "infrared", "ndvi"], why
     assert report["before"]["times"] == ["2010-06-29", "2020-08-31"], why
     assert (report["stats"]["style"], report["stats"]["time"]) == ("infrared", "2010-06-29"), why
     query = "?style=infrared&time=2010-06-29"

@@ -1,5 +1,6 @@
-"""Variants against the reference ImageServer's own renderings: its time-enabled mosaic
-``naip_time`` of the 2010 and 2020 scenes. Each variant's tile must be what the upstream
+"""Variants against the reference ImageServer's own renderings: its raster functions
+(``renderingRule``) on the NAIP scene and its time-enabled mosaic ``naip_time`` of the 2010 and
+2020 scenes. Each variant's tile must be what the upstream
 paints for that bbox with that variant's parameters, and no two variants may share their
 pixels (a key that mixed variants up would serve one's bytes for another)."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 from typing import Any
 
 import aiohttp
@@ -92,3 +94,83 @@ async def test_time_variants_through_metatiles(
     client = await make_gateway({"naip": layer})
     tiles = {t: await gateway_tile(client, "naip", f"?time={t}") for t in ("2010-06-29", "")}
     all_different(tiles)
+
+
+STYLES = {
+    "natural": {"bandIds": [0, 1, 2]},
+    "falsecolor": {"rasterFunction": "False_Color"},
+    "ndvi": {"rasterFunction": "NDVI"},
+    "stretched": {
+        "renderingRule": {
+            "rasterFunction": "Stretch",
+            "rasterFunctionArguments": {"StretchType": 5, "Min": 0, "Max": 255, "DRA": True},
+        },
+        "bandIds": [0, 1, 2],
+    },
+}
+
+
+async def test_raster_function_styles_are_the_upstreams_renderings(
+    make_gateway: MakeGateway, imageserver_url: str
+) -> None:
+    service = f"{imageserver_url}/naip/ImageServer"
+    layer = {"url": service, "formats": ["png"], "meta_size": [1, 1], "styles": STYLES}
+    client = await make_gateway({"naip": layer})
+    tiles = {name: await gateway_tile(client, "naip", f"?style={name}") for name in STYLES}
+    for name, style in STYLES.items():
+        params: dict[str, str] = {}
+        if "rasterFunction" in style:
+            params["renderingRule"] = json.dumps({"rasterFunction": style["rasterFunction"]})
+        if "renderingRule" in style:
+            params["renderingRule"] = json.dumps(style["renderingRule"])
+        if "bandIds" in style:
+            params["bandIds"] = ",".join(str(band) for band in style["bandIds"])
+        assert np.array_equal(tiles[name], await upstream_tile(service, **params)), name
+    all_different(tiles)
+
+
+async def test_a_raster_function_at_a_date_of_the_mosaic(
+    make_gateway: MakeGateway, imageserver_url: str
+) -> None:
+    # Style and time together: the four variants of two styles at two dates, each the
+    # upstream's rendering of that function over that scene.
+    service = f"{imageserver_url}/naip_time/ImageServer"
+    layer = {
+        "url": service,
+        "formats": ["png"],
+        "meta_size": [1, 1],
+        "styles": {"natural": {}, "ndvi": {"rasterFunction": "NDVI"}},
+        "time": {"values": ["2010-06-29", "2020-08-31"]},
+    }
+    client = await make_gateway({"naip": layer})
+    tiles = {
+        f"{style} {date}": await gateway_tile(client, "naip", f"?style={style}&time={date}")
+        for style, date in itertools.product(("natural", "ndvi"), ("2010-06-29", "2020-08-31"))
+    }
+    ndvi = json.dumps({"rasterFunction": "NDVI"})
+    assert np.array_equal(
+        tiles["ndvi 2010-06-29"], await upstream_tile(service, renderingRule=ndvi, time=str(T2010))
+    )
+    assert np.array_equal(
+        tiles["natural 2020-08-31"], await upstream_tile(service, time=str(T2020))
+    )
+    all_different(tiles)
+
+
+async def test_an_unknown_raster_function_is_an_upstream_error_never_cached(
+    make_gateway: MakeGateway, imageserver_url: str
+) -> None:
+    layer = {
+        "url": f"{imageserver_url}/naip/ImageServer",
+        "formats": ["png"],
+        "meta_size": [1, 1],
+        "styles": {"natural": {}, "nope": {"rasterFunction": "Nope"}},
+    }
+    client = await make_gateway({"naip": layer})
+    for _ in range(2):
+        response = await client.get(f"/tiles/naip/{Z}/{X}/{Y}.png?style=nope")
+        assert response.status == 502
+        body = await response.json()
+        assert body["error"]["upstream"]["code"] == 400
+        assert response.headers["Cache-Control"] == "no-store"
+    assert (await client.get(f"/tiles/naip/{Z}/{X}/{Y}.png")).status == 200
