@@ -1,8 +1,9 @@
 """Real WMTS clients with a layer's styles and Time dimension (issue 13): OWSLib reads the
 Styles and the Dimension and asks a style at a date by KVP; GDAL's WMTS driver opens a style
 (``style=`` in the connection string) through the RESTful template with ``{Style}`` and
-``{Time}``. Pixels compare across styles: NAIP's false colour (NIR, R, G) carries the
-natural-colour red in its green band."""
+``{Time}``, which it fills with the Dimension's Default. The layer is the reference
+ImageServer's mosaic of the 2010 and 2020 NAIP scenes. Pixels compare across styles (NAIP's
+false colour, NIR, R, G, carries the natural-colour red in its green band) and dates."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import io
 import os
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from owslib.wmts import WebMapTileService
 from PIL import Image
 
 LAYER = {
-    "url": "${IMAGESERVER}/naip/ImageServer",
+    "url": "${IMAGESERVER}/naip_time/ImageServer",
     "formats": ["png"],
     "maxzoom": 16,
     "styles": {
@@ -68,6 +70,7 @@ def test_owslib_reads_styles_and_the_time_dimension(gateway: str) -> None:
     assert np.array_equal(false[..., 1], natural[..., 0])
     assert np.array_equal(false[..., 2], natural[..., 1])
     assert not np.array_equal(false[..., 0], natural[..., 0])
+    assert not np.array_equal(tile("natural", TIME="2020-08-31"), natural)
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,9 @@ def test_gdal_opens_each_style_through_the_restful_template(
     assert np.array_equal(false[1], natural[0])
     assert np.array_equal(false[2], natural[1])
     assert not np.array_equal(false[0], natural[0])
+    # {Time} took the Default, 2020-08-31: GDAL's window is the 2020 scene's tile.
+    for date, same in (("2020-08-31", True), ("2010-06-29", False)):
+        url = f"{gateway}/tiles/naip/{Z}/{COL}/{ROW}.png?time={date}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            xyz = np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+        assert np.array_equal(natural, xyz.transpose(2, 0, 1)) is same, date
