@@ -51,9 +51,8 @@ class Layer:
         self.client = client
         self.grids = {identifier: grids[identifier] for identifier in config.tile_matrix_sets}
         self.formats = tuple(config.formats)
+        # Styles and time: each variant's exportImage parameters (tiles.variants).
         self.variants = LayerVariants(config)
-        # The default variant's parameters: the layer's export, default style and time.
-        self.fixed_params = self.variants.params("")
         self.fingerprint_hash = self.fingerprint(config)
         self.purges = 0
         self.generation = f"{self.fingerprint_hash}.0"

@@ -24,6 +24,8 @@ from gateway.timevalues import TimeSpan, arcgis_time, key_part, parse_time
 # The style identifier WMTS clients send when they know no other (OWSLib, QGIS, 07-057r7
 # examples): always the layer's default style.
 DEFAULT_STYLE = "default"
+# The keyword for a Dimension's Default value (07-057r7 wmtsGetCapabilities_response.xsd).
+DEFAULT_TIME = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +117,7 @@ class LayerVariants:
             parts.append(f"s={style}")
             chosen_style = style
         span: TimeSpan | None = self._default_span
-        # "default" is the Dimension's Default (07-057r7 wmtsGetCapabilities_response.xsd).
-        if time and time != DEFAULT_STYLE:
+        if time and time != DEFAULT_TIME:
             if self._default_span is None:
                 raise VariantRefused(
                     f"time {time[:40]!r} is not offered: the layer has no time dimension",
