@@ -174,5 +174,16 @@ class LayerVariants:
         return list(dict.fromkeys(self.choose(s, t).token for s in styles for t in times))
 
     def params(self, token: str) -> Mapping[str, str]:
-        """The exportImage parameters of a variant ``token`` has made."""
-        return self._params[token]
+        """The exportImage parameters of a variant ``token`` has made (here, or on the layer
+        this one replaced while a request was under way: then they are made again from the
+        token, and those of a style or time this layer lacks are its default's)."""
+        found = self._params.get(token)
+        if found is not None:
+            return found
+        parts = dict(part.split("=", 1) for part in token.split(","))
+        style = parts.get("s", self.default_style)
+        start, _, end = parts["t"].partition("_") if "t" in parts else ("", "", "")
+        span = (int(start), int(end or start)) if start else self._default_span
+        if style not in self._config.styles or (span is not None and span not in self._spans):
+            return self._params[""]
+        return self._export(style, span)

@@ -16,6 +16,7 @@ from lxml import etree
 from PIL import Image
 
 from gateway.seed import SeedOptions, run_seed
+from gateway.services.http import PIPELINE
 from tests.conftest import MakeGateway, gateway_config
 from tests.integration import test_wmts
 from tests.integration.conftest import FakeUpstream
@@ -214,6 +215,26 @@ async def test_a_style_naming_a_function_the_service_lacks_is_logged(
         "layer v: style slope names the raster function 'Slope', which the service does not "
         "list (rasterFunctionInfos: Hillshade, None)"
     ]
+
+
+async def test_a_request_outliving_its_layer_gets_the_new_layers_parameters(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    # A layer replaced (published again under its name) while a request of a variant it
+    # served was under way: the new layer makes that variant's parameters from its token.
+    client = await make_gateway({"v": varied(fake_upstream.url)})
+    pipeline = client.app[PIPELINE]
+    old = pipeline.layers["v"]
+    tile = pipeline.resolve("v", "WebMercatorQuad", 3, 2, 4, "png", style="ndvi", time="2010-06-29")
+    pipeline.add_layer(pipeline.build_layer("v", old.config))
+    assert pipeline.layers["v"] is not old
+    result = await pipeline.get_tile(tile)
+    assert result.cache_status == "MISS"
+    assert fake_upstream.queries[-1]["time"] == str(T2010)
+    assert json.loads(fake_upstream.queries[-1]["renderingRule"])["rasterFunction"] == "NDVI"
+    # One the new layer lacks falls back to its default's.
+    other = pipeline.build_layer("v", old.config.model_copy(update={"styles": {}, "time": None}))
+    assert other.variants.params(tile.variant) == other.variants.params("")
 
 
 # -- WMTS: Styles, the Time Dimension, KVP and RESTful -----------------------------------------
