@@ -22,7 +22,7 @@ from gateway.logs import configure_logging
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
 from gateway.server import PortInUse, event_loop, run, serve
-from gateway.tiles import open_pipeline
+from gateway.tiles import load_service_info, open_pipeline
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -77,6 +77,11 @@ def _port(text: str) -> int:
 async def _purge(config: GatewayConfig, spec: PurgeSpec) -> int:
     async with open_pipeline(config, l1=False, agent="tile-gateway/0.1 (purge)") as pipeline:
         purger = Purger(pipeline)
+        layer = pipeline.layers.get(spec.layer)
+        time = None if layer is None else layer.config.time
+        if layer is not None and time is not None and time.from_service:
+            # The keys of its time variants follow the service's time values.
+            await load_service_info([layer], config.server.startup_timeout)
         try:
             purger.check(spec)
         except (UnknownLayer, UnknownTileMatrixSet, ValueError) as exc:

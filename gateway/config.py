@@ -362,12 +362,16 @@ class TimeConfig(_Strict):
 
     ``values`` are ISO 8601 instants (``2020-08-31`` or ``2020-08-31T12:00:00Z``; a date is
     its midnight UTC, a time without offset is UTC) or intervals ``<start>/<end>``, in the
-    order documents list them; ``default`` is one of them (the last one when unset), sent when
-    a request names no time. exportImage gets ``time`` as epoch milliseconds, ``t`` or
-    ``t1,t2`` (ArcGIS REST "Export Image").
+    order documents list them. Or ``from_service``: the distinct acquisition times of the
+    service's catalog, read at start-up (its ``timeInfo.startTimeField``, by a catalog
+    ``query``; ArcGIS REST "Query (Image Service)"). ``default`` is one of them (the last one
+    when unset, or when the service lists no such time), sent when a request names no time.
+    exportImage gets ``time`` as epoch milliseconds, ``t`` or ``t1,t2`` (ArcGIS REST "Export
+    Image").
     """
 
-    values: Annotated[list[str], Field(min_length=1)]
+    values: Annotated[list[str], Field(min_length=1)] | None = None
+    from_service: bool = False
     default: str | None = None
 
     @field_validator("values", "default", mode="before")
@@ -380,14 +384,18 @@ class TimeConfig(_Strict):
 
     @model_validator(mode="after")
     def _parsable(self) -> TimeConfig:
+        if (self.values is None) == (not self.from_service):
+            raise ValueError("give values, or from_service: true (not both)")
         seen: set[tuple[int, int]] = set()
-        for value in self.values:
+        for value in self.values or ():
             parsed = parse_time(value)
             if parsed in seen:
                 raise ValueError(f"time value {value!r} is listed twice")
             seen.add(parsed)
-        if self.default is not None and parse_time(self.default) not in seen:
-            raise ValueError(f"default {self.default!r} is not one of the values")
+        if self.default is not None:
+            span = parse_time(self.default)
+            if self.values is not None and span not in seen:
+                raise ValueError(f"default {self.default!r} is not one of the values")
         return self
 
 

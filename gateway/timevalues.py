@@ -54,3 +54,13 @@ def key_part(span: TimeSpan) -> str:
     """``span`` as a cache-key part: ``t`` or ``t1_t2`` (epoch milliseconds)."""
     start, end = span
     return str(start) if start == end else f"{start}_{end}"
+
+
+def iso_time(epoch_ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC: ``2020-08-31`` at midnight, else
+    ``2020-08-31T10:00:00Z`` (with milliseconds when there are some)."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    if moment.hour == moment.minute == moment.second == moment.microsecond == 0:
+        return moment.date().isoformat()
+    spec = "milliseconds" if moment.microsecond else "seconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"

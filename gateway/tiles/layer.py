@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.cache.codec import TileEntry, strong_etag
@@ -20,6 +20,7 @@ from gateway.imaging import EXPORT_FORMATS, empty_tile
 from gateway.sources.http import UpstreamPool
 from gateway.sources.imageserver import ImageServerClient, extent_wgs84
 from gateway.tiles.variants import LayerVariants
+from gateway.timevalues import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ class Layer:
         self._empty: dict[tuple[str, int], TileEntry] = {}
 
     @staticmethod
-    def fingerprint(config: LayerConfig) -> str:
-        """A short hash of everything that changes the bytes of this layer's tiles."""
+    def fingerprint(config: LayerConfig, times: Sequence[str] = ()) -> str:
+        """A short hash of everything that changes the bytes of this layer's tiles (``times``:
+        the time values read from the service, whose last is the default)."""
         identity: dict[str, Any] = {
             "pipeline": PIPELINE_VERSION,
             "url": config.service_url,
@@ -90,7 +92,9 @@ class Layer:
             identity["styles"] = {name: style.export() for name, style in config.styles.items()}
             identity["default_style"] = config.default_style
         if config.time is not None:
-            identity["time"] = config.time.model_dump()
+            identity["time"] = config.time.model_dump(exclude_defaults=True)
+            if times:
+                identity["time_values"] = list(times)
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
 
@@ -113,6 +117,25 @@ class Layer:
             self.bounds = extent_wgs84(info)
             self._limits.clear()
         self._check_raster_functions(info.get("rasterFunctionInfos"))
+        if self.config.time is not None and self.config.time.from_service:
+            await self._load_times(info.get("timeInfo"))
+
+    async def _load_times(self, time_info: object) -> None:
+        """The layer's time values from the service (``time.from_service``): the distinct
+        values of the catalog's ``timeInfo.startTimeField``, as ISO 8601 (a date when at
+        midnight UTC). The fingerprint takes them in: another list, or another default,
+        makes other keys. Raises ``UpstreamError`` when the catalog cannot be read."""
+        field = time_info.get("startTimeField") if isinstance(time_info, dict) else None
+        if not isinstance(field, str) or not field:
+            log.warning("layer %s: time.from_service, but the service has no timeInfo", self.name)
+            return
+        times = [iso_time(epoch) for epoch in await self.client.catalog_times(field)]
+        if not times:
+            log.warning("layer %s: the service's catalog lists no %s", self.name, field)
+            return
+        self.variants = LayerVariants(self.config, times)
+        self.fingerprint_hash = self.fingerprint(self.config, times)
+        self.generation = f"{self.fingerprint_hash}.{self.purges}"
 
     def _check_raster_functions(self, infos: object) -> None:
         """Warn about styles naming a raster function the service does not list in its

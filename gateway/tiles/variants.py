@@ -12,7 +12,7 @@ REST "Export Image").
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,23 +54,30 @@ class LayerVariants:
 
     ``styles`` lists the configured styles (empty: the layer has only its own rendering,
     ``default``); ``default_style`` is the one a request without ``style`` gets. ``times`` are
-    the configured time values as written, ``default_time`` the one sent when a request names
-    none (``None``: the layer is not time-enabled). ``params(token)`` gives a served variant's
+    the configured time values as written (or, with ``time.from_service``, the ``times`` read
+    from the service, ISO 8601), ``default_time`` the one sent when a request names none
+    (``None``: the layer is not time-enabled). ``params(token)`` gives a served variant's
     exportImage parameters as query strings; ``token`` makes new variants, at most
     ``max_variants`` besides the default one, and ``choose`` checks one without serving it.
     """
 
-    def __init__(self, config: LayerConfig) -> None:
+    def __init__(self, config: LayerConfig, times: Sequence[str] = ()) -> None:
         self._config = config
         self.styles = tuple(
             StyleOffer(name, style.title or name, style.abstract)
             for name, style in config.styles.items()
         )
         self.default_style = config.default_style or next(iter(config.styles), DEFAULT_STYLE)
+        # The configured values, or ``times`` read from the service (``time.from_service``;
+        # none yet: not time-enabled until they are read).
         time = config.time
-        self.times: tuple[str, ...] = () if time is None else tuple(time.values)
-        self._spans: dict[TimeSpan, str] = {parse_time(value): value for value in self.times}
-        self.default_time: str | None = None if time is None else (time.default or time.values[-1])
+        listed = () if time is None else tuple(time.values or times)
+        self.times: tuple[str, ...] = listed
+        self._spans: dict[TimeSpan, str] = {parse_time(value): value for value in listed}
+        self.default_time: str | None = None
+        if time is not None and listed:
+            wanted = None if time.default is None else parse_time(time.default)
+            self.default_time = self._spans.get(wanted, listed[-1]) if wanted else listed[-1]
         self._default_span = None if self.default_time is None else parse_time(self.default_time)
         self.max_variants = config.max_variants
         self._params: dict[str, dict[str, str]] = {

@@ -237,6 +237,18 @@ async def test_a_request_outliving_its_layer_gets_the_new_layers_parameters(
     assert other.variants.params(tile.variant) == other.variants.params("")
 
 
+async def test_time_from_a_service_without_time_info_is_no_dimension(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="gateway.tiles.layer"):
+        client = await make_gateway({"v": varied(fake_upstream.url, time={"from_service": True})})
+        refused = await client.get("/tiles/v/3/4/2.png?time=2020-08-31")
+    assert refused.status == 400
+    assert "no time dimension" in (await refused.json())["error"]["message"]
+    assert "time.from_service, but the service has no timeInfo" in caplog.text
+    assert fake_upstream.queries == []
+
+
 # -- WMTS: Styles, the Time Dimension, KVP and RESTful -----------------------------------------
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 import io
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+from lxml import etree
 from PIL import Image
 
-from tests.conftest import MakeGateway
+from gateway.seed import SeedOptions, run_seed
+from tests.conftest import MakeGateway, gateway_config
+from tests.integration.test_wmts import NS
 
 # A WebMercatorQuad tile inside the NAIP quarter-quad (47.02 N, 99.155 W), and its bbox.
 Z, X, Y = 15, 7358, 11522
@@ -94,6 +98,43 @@ async def test_time_variants_through_metatiles(
     client = await make_gateway({"naip": layer})
     tiles = {t: await gateway_tile(client, "naip", f"?time={t}") for t in ("2010-06-29", "")}
     all_different(tiles)
+
+
+async def test_time_values_read_from_the_service(
+    make_gateway: MakeGateway,
+    imageserver_url: str,
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    # time.from_service: the catalog's acquisition dates, as the WMTS Dimension lists them.
+    service = f"{imageserver_url}/naip_time/ImageServer"
+    layer = {
+        "url": service,
+        "formats": ["png"],
+        "meta_size": [1, 1],
+        "time": {"from_service": True},
+    }
+    client = await make_gateway({"naip": layer})
+    caps = etree.fromstring(await (await client.get("/wmts/1.0.0/WMTSCapabilities.xml")).read())
+    dimension = caps.find(".//wmts:Layer/wmts:Dimension", NS)
+    assert dimension is not None
+    assert [v.text for v in dimension.iterfind("wmts:Value", NS)] == ["2010-06-29", "2020-08-31"]
+    assert dimension.findtext("wmts:Default", namespaces=NS) == "2020-08-31"
+    tile = await gateway_tile(client, "naip", "?time=2010-06-29T00:00:00Z")
+    assert np.array_equal(tile, await upstream_tile(service, time=str(T2010)))
+    refused = await client.get(f"/tiles/naip/{Z}/{X}/{Y}.png?time=2015-01-01")
+    assert refused.status == 400
+    # A seed checks --time against the service's values too.
+    config = gateway_config({"naip": layer}, {"redis_url": redis_url, "prefix": key_prefix})
+    options = SeedOptions(
+        "naip",
+        (15, 15),
+        bbox=(-99.16, 47.015, -99.15, 47.02),
+        time="2010-06-29",
+        state=tmp_path / "seed.json",
+    )
+    assert await run_seed(config, options) == 0
 
 
 STYLES = {

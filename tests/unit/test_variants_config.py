@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
-from gateway.timevalues import arcgis_time, key_part, parse_time
+from gateway.timevalues import arcgis_time, iso_time, key_part, parse_time
 
 URL = "https://gis.example.org/arcgis/rest/services/naip/ImageServer"
 
@@ -34,6 +34,12 @@ def layer(**extra: Any) -> dict[str, Any]:
         ({"time": {"values": ["2020-08-31", "2020-08-31T00:00:00Z"]}}, "listed twice"),
         ({"time": {"values": ["2020-08-31"], "default": "2010-06-29"}}, "is not one of"),
         ({"max_variants": 0}, "layers.naip.max_variants"),
+        ({"time": {}}, "give values, or from_service: true (not both)"),
+        (
+            {"time": {"values": ["2020-08-31"], "from_service": True}},
+            "give values, or from_service: true (not both)",
+        ),
+        ({"time": {"from_service": True, "default": "soon"}}, "is not an ISO 8601"),
     ],
 )
 def test_bad_variants_name_the_field(extra: dict[str, Any], message: str) -> None:
@@ -65,6 +71,19 @@ def test_unquoted_yaml_dates_are_time_values(tmp_path: Path) -> None:
 )
 def test_time_values_in_epoch_milliseconds(text: str, span: tuple[int, int]) -> None:
     assert parse_time(text) == span
+
+
+@pytest.mark.parametrize(
+    ("epoch", "text"),
+    [
+        (1598832000000, "2020-08-31"),
+        (1598868000000, "2020-08-31T10:00:00Z"),
+        (1598868000250, "2020-08-31T10:00:00.250Z"),
+    ],
+)
+def test_iso_time_of_epoch_milliseconds(epoch: int, text: str) -> None:
+    assert iso_time(epoch) == text
+    assert parse_time(text) == (epoch, epoch)
 
 
 def test_arcgis_time_and_key_part() -> None:
