@@ -9,11 +9,14 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
+import yaml
 from lxml import etree
 from PIL import Image
 
@@ -135,6 +138,35 @@ async def test_time_values_read_from_the_service(
         state=tmp_path / "seed.json",
     )
     assert await run_seed(config, options) == 0
+
+
+def test_purge_of_a_date_read_from_the_service(
+    imageserver_url: str, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    # The purge command reads the service's time values before it checks --time.
+    config = {
+        "cache": {"redis_url": redis_url, "prefix": key_prefix},
+        "layers": {
+            "naip": {
+                "url": f"{imageserver_url}/naip_time/ImageServer",
+                "time": {"from_service": True},
+            }
+        },
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    base = [sys.executable, "-m", "gateway", "purge", "--config", str(path), "--layer", "naip"]
+    scope = ["--tms", "WebMercatorQuad", "--zoom", "15", "--bbox=-99.16,47.015,-99.15,47.02"]
+    done = subprocess.run(
+        [*base, *scope, "--time", "2010-06-29"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "keys computed for layer naip" in done.stdout
+    refused = subprocess.run(
+        [*base, *scope, "--time", "2015-01-01"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "is not one of 2010-06-29, 2020-08-31" in refused.stderr
 
 
 STYLES = {
