@@ -28,7 +28,7 @@ from gateway.logs import configure_logging
 from gateway.purge import Purger, PurgeSpec, PurgeTooLarge
 from gateway.seed import SeedOptions, run_seed
 from gateway.server import PortInUse, event_loop, run, serve
-from gateway.tiles import open_pipeline
+from gateway.tiles import load_service_info, open_pipeline
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -83,6 +83,11 @@ def _port(text: str) -> int:
 async def _purge(config: GatewayConfig, spec: PurgeSpec) -> int:
     async with open_pipeline(config, l1=False, agent="tile-gateway/0.1 (purge)") as pipeline:
         purger = Purger(pipeline)
+        layer = pipeline.layers.get(spec.layer)
+        time = None if layer is None else layer.config.time
+        if layer is not None and time is not None and time.from_service:
+            # The keys of its time variants follow the service's time values.
+            await load_service_info([layer], config.server.startup_timeout)
         try:
             purger.check(spec)
         except (UnknownLayer, UnknownTileMatrixSet, ValueError) as exc:
@@ -116,7 +121,7 @@ def _purge_command(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    spec = PurgeSpec(args.layer, args.tms, args.zoom, args.bbox)
+    spec = PurgeSpec(args.layer, args.tms, args.zoom, args.bbox, args.style, args.time)
     raise SystemExit(asyncio.run(_purge(config, spec)))
 
 
@@ -128,6 +133,8 @@ def _seed(args: argparse.Namespace) -> None:
         tms=args.tms,
         bbox=args.bbox,
         format=args.format,
+        style=args.style,
+        time=args.time,
         concurrency=args.concurrency,
         retries=args.retries,
         state=args.state,
@@ -241,6 +248,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=get_args(TileFormat),
         help="tile format, an elevation encoding included (default: the layer's first)",
     )
+    seed.add_argument("--style", help="one of the layer's styles (default: its default style)")
+    seed.add_argument(
+        "--time",
+        metavar="ISO8601",
+        help="one of the layer's time values, e.g. 2020-08-31 (default: its default time)",
+    )
     seed.add_argument(
         "--concurrency",
         type=_at_least(1),
@@ -284,10 +297,10 @@ def _parser() -> argparse.ArgumentParser:
         help="purge cached tiles of a layer (Redis cache)",
         description=(
             "Purge a whole layer (one generation step: old tiles age out by their TTL), or only "
-            "the tiles of a TileMatrixSet, zoom range and/or bbox (their keys are computed from "
-            "the grid and deleted in batches). Every replica drops them from its in-process "
-            "cache within cache.purge_poll seconds. Needs cache.redis_url; a memory cache is "
-            "purged through the serving process's POST /admin/purge."
+            "the tiles of a TileMatrixSet, zoom range, bbox, style and/or time value (their "
+            "keys are computed from the grid and deleted in batches). Every replica drops them "
+            "from its in-process cache within cache.purge_poll seconds. Needs cache.redis_url; "
+            "a memory cache is purged through the serving process's POST /admin/purge."
         ),
     )
     purge.add_argument("--config", required=True, help="path of the YAML configuration")
@@ -299,6 +312,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_argument(parse_bbox),
         metavar="W,S,E,N",
         help="only tiles meeting this area in degrees; write --bbox=-10,... when W is negative",
+    )
+    purge.add_argument(
+        "--style", help="only this style's tiles (default: every style of the layer)"
+    )
+    purge.add_argument(
+        "--time",
+        metavar="ISO8601",
+        help="only the tiles of this time value (default: every time value of the layer)",
     )
 
     check = commands.add_parser(

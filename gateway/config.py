@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -31,6 +32,7 @@ from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from gateway.redis_url import check_redis_url
+from gateway.timevalues import parse_time
 
 LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -318,6 +320,88 @@ class ExportParams(_Strict):
     pixelType: str | None = None
 
 
+STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StyleConfig(_Strict):
+    """One named rendering of a layer a client may choose (``?style=``, a WMTS ``Style``).
+
+    ``rasterFunction`` names a raster function of the upstream's ``rasterFunctionInfos`` (sent
+    as ``renderingRule={"rasterFunction": <name>}``); ``renderingRule`` is a whole
+    renderingRule JSON object instead (a template with ``rasterFunctionArguments``); either
+    may come with ``bandIds`` (0-based), or ``bandIds`` alone makes a band combination. What a
+    style sets replaces the layer's ``export`` value of the same name (ArcGIS REST "Export
+    Image": ``renderingRule``, ``bandIds``). ``title``/``abstract`` are shown in documents
+    (WMTS Style, the viewer).
+    """
+
+    title: str | None = None
+    abstract: str | None = None
+    rasterFunction: Annotated[str, Field(min_length=1)] | None = None
+    renderingRule: dict[str, Any] | None = None
+    bandIds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> StyleConfig:
+        if self.rasterFunction is not None and self.renderingRule is not None:
+            raise ValueError("give rasterFunction or renderingRule, not both")
+        return self
+
+    def export(self) -> dict[str, Any]:
+        """The exportImage parameters this style sets (``renderingRule``, ``bandIds``)."""
+        params: dict[str, Any] = {}
+        if self.rasterFunction is not None:
+            params["renderingRule"] = {"rasterFunction": self.rasterFunction}
+        elif self.renderingRule is not None:
+            params["renderingRule"] = self.renderingRule
+        if self.bandIds is not None:
+            params["bandIds"] = self.bandIds
+        return params
+
+
+class TimeConfig(_Strict):
+    """The time values a client may choose for a time-enabled layer (``?time=``, the WMTS
+    ``Time`` Dimension, OGC API ``datetime``).
+
+    ``values`` are ISO 8601 instants (``2020-08-31`` or ``2020-08-31T12:00:00Z``; a date is
+    its midnight UTC, a time without offset is UTC) or intervals ``<start>/<end>``, in the
+    order documents list them. Or ``from_service``: the distinct acquisition times of the
+    service's catalog, read at start-up (its ``timeInfo.startTimeField``, by a catalog
+    ``query``; ArcGIS REST "Query (Image Service)"). ``default`` is one of them (the last one
+    when unset, or when the service lists no such time), sent when a request names no time.
+    exportImage gets ``time`` as epoch milliseconds, ``t`` or ``t1,t2`` (ArcGIS REST "Export
+    Image").
+    """
+
+    values: Annotated[list[str], Field(min_length=1)] | None = None
+    from_service: bool = False
+    default: str | None = None
+
+    @field_validator("values", "default", mode="before")
+    @classmethod
+    def _yaml_dates(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2020-08-31 as a date: keep it as the ISO text it was.
+        if isinstance(value, list):
+            return [cls._yaml_dates(item) for item in value]
+        return value.isoformat() if isinstance(value, date | datetime) else value
+
+    @model_validator(mode="after")
+    def _parsable(self) -> TimeConfig:
+        if (self.values is None) == (not self.from_service):
+            raise ValueError("give values, or from_service: true (not both)")
+        seen: set[tuple[int, int]] = set()
+        for value in self.values or ():
+            parsed = parse_time(value)
+            if parsed in seen:
+                raise ValueError(f"time value {value!r} is listed twice")
+            seen.add(parsed)
+        if self.default is not None:
+            span = parse_time(self.default)
+            if self.values is not None and span not in seen:
+                raise ValueError(f"default {self.default!r} is not one of the values")
+        return self
+
+
 # Keys a YAML file might use for a secret in plain text; each has ``<key>_env`` and
 # ``<key>_file`` forms instead.
 PLAIN_SECRETS = ("password", "token", "client_secret")
@@ -519,6 +603,12 @@ class LayerConfig(_Strict):
     service's heights as Mapbox Terrain-RGB or Terrarium PNG tiles (``gateway.terrain``), from
     metatiles of float pixels whatever ``metatile_format`` says; a layer lists at least one map
     format (``png``, ``jpg``, ``webp``) too, for WMTS and OGC API - Tiles.
+
+    Variants a client may choose per request: ``styles`` (named renderings, ``StyleConfig``;
+    ``default_style`` is the one a request without ``style`` gets, the first when unset) and
+    ``time`` (``TimeConfig``). Each distinct (style, time) pair has its own cache entries; at
+    most ``max_variants`` pairs besides the default are served per process, further ones are
+    refused (400), so that a cache cannot be flooded with variants.
     """
 
     title: str | None = None
@@ -549,6 +639,10 @@ class LayerConfig(_Strict):
     credentials: str | None = None
     access: ResourceAccess | None = None
     use_service_cache: Literal["auto", "never"] = "auto"
+    styles: dict[str, StyleConfig] = {}
+    default_style: str | None = None
+    time: TimeConfig | None = None
+    max_variants: Annotated[int, Field(ge=1, le=10000)] = 32
 
     @field_validator("url")
     @classmethod
@@ -568,6 +662,15 @@ class LayerConfig(_Strict):
             west, south, east, north = self.bounds
             if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
                 raise ValueError("bounds must be [west, south, east, north] in degrees")
+        for name in self.styles:
+            if not STYLE_NAME.match(name):
+                raise ValueError(
+                    f"style name {name!r} must be letters, digits, '_', '-' or '.', "
+                    "starting with a letter or digit"
+                )
+        if self.default_style is not None and self.default_style not in self.styles:
+            known = ", ".join(self.styles) or "none are configured"
+            raise ValueError(f"default_style {self.default_style!r} is not a style ({known})")
         return self
 
     @model_validator(mode="after")

@@ -96,6 +96,24 @@ class TileOutOfRange(LookupError):
         return self.part
 
 
+class VariantRefused(ValueError):
+    """A style or time a layer does not offer, or a variant beyond the layer's
+    ``max_variants``: always a client mistake (400).
+
+    ``part`` is the offending parameter as WMTS spells its locator (``Style``, or ``Time``, the
+    Dimension identifier; 07-057r7 section 8.2.3); ``value`` what was sent, clipped;
+    ``offered`` the values the layer offers (empty when the variant count is the fault).
+    """
+
+    def __init__(
+        self, message: str, part: Literal["Style", "Time"], value: str, offered: tuple[str, ...]
+    ) -> None:
+        super().__init__(message[:_MAX_MESSAGE])
+        self.part = part
+        self.value = value[:80]
+        self.offered = offered
+
+
 class UpstreamError(Exception):
     """The upstream failed to give a usable answer.
 

@@ -37,17 +37,28 @@ class PurgeTooLarge(ValueError):
 @dataclass(frozen=True)
 class PurgeSpec:
     """What to purge: a ``layer``, optionally only TileMatrixSet ``tms``, TileMatrix levels
-    ``zoom`` (inclusive range) and the tiles meeting ``bbox`` (west, south, east, north,
-    degrees). A spec with none of the three options is a whole-layer purge."""
+    ``zoom`` (inclusive range), the tiles meeting ``bbox`` (west, south, east, north,
+    degrees), the variants of ``style`` and those at ``time`` (one of the layer's time
+    values; ``tiles.variants``). A spec with none of these options is a whole-layer purge,
+    every variant included; a partial one without ``style`` or ``time`` reaches every style
+    or time value the layer offers."""
 
     layer: str
     tms: str | None = None
     zoom: tuple[int, int] | None = None
     bbox: tuple[float, float, float, float] | None = None
+    style: str | None = None
+    time: str | None = None
 
     @classmethod
     def parse(
-        cls, layer: str, tms: str | None = None, zoom: str | None = None, bbox: str | None = None
+        cls,
+        layer: str,
+        tms: str | None = None,
+        zoom: str | None = None,
+        bbox: str | None = None,
+        style: str | None = None,
+        time: str | None = None,
     ) -> PurgeSpec:
         """A spec from command-line style text (see ``grids.parse_zoom``, ``grids.parse_bbox``).
 
@@ -58,12 +69,20 @@ class PurgeSpec:
             tms or None,
             parse_zoom(zoom) if zoom else None,
             parse_bbox(bbox) if bbox else None,
+            style or None,
+            time or None,
         )
 
     @property
     def whole_layer(self) -> bool:
         """Whether this purges every tile of the layer."""
-        return self.tms is None and self.zoom is None and self.bbox is None
+        return (
+            self.tms is None
+            and self.zoom is None
+            and self.bbox is None
+            and self.style is None
+            and self.time is None
+        )
 
 
 @dataclass(frozen=True)
@@ -91,7 +110,8 @@ class Purger:
         )
 
     def check(self, spec: PurgeSpec) -> None:
-        """Raise ``UnknownLayer``, ``UnknownTileMatrixSet`` or ``ValueError`` for a bad spec."""
+        """Raise ``UnknownLayer``, ``UnknownTileMatrixSet`` or ``ValueError`` (``VariantRefused``
+        for a style or time the layer does not offer) for a bad spec."""
         layer = self.pipeline.layers.get(spec.layer)
         if layer is None:
             raise UnknownLayer(spec.layer)
@@ -103,6 +123,7 @@ class Purger:
             west, south, east, north = spec.bbox
             if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
                 raise ValueError("bbox must be west,south,east,north in degrees")
+        layer.variants.tokens(spec.style, spec.time)
 
     def _ranges(self, spec: PurgeSpec) -> Iterator[tuple[Grid, int, tuple[int, int, int, int]]]:
         """``(base grid, TileMatrix, (min col, max col, min row, max row))`` of every tile block
@@ -132,22 +153,33 @@ class Purger:
 
     def keys(self, spec: PurgeSpec) -> Iterator[str]:
         """Every cache key of the tiles ``spec`` covers (see ``_ranges``), at scales 1 and 2,
-        in every format of the layer."""
+        in every format of the layer, in each variant it names (``LayerVariants.tokens``)."""
         layer = self.pipeline.layers[spec.layer]
         keys = self.pipeline.keys
+        variants = layer.variants.tokens(spec.style, spec.time)
         for grid, z, (col_min, col_max, row_min, row_max) in self._ranges(spec):
             for y in range(row_min, row_max + 1):
                 for x in range(col_min, col_max + 1):
                     for scale in (1, 2):
                         for ext in layer.config.formats:
-                            yield keys.tile(
-                                spec.layer, layer.generation, grid.identifier, z, x, y, scale, ext
-                            )
+                            for variant in variants:
+                                yield keys.tile(
+                                    spec.layer,
+                                    layer.generation,
+                                    grid.identifier,
+                                    z,
+                                    x,
+                                    y,
+                                    scale,
+                                    ext,
+                                    variant,
+                                )
 
     def count(self, spec: PurgeSpec) -> int:
         """How many keys ``keys(spec)`` gives, computed from the tile blocks without listing
         them (a purge's size is known before any key is made)."""
-        per_tile = 2 * len(self.pipeline.layers[spec.layer].config.formats)
+        layer = self.pipeline.layers[spec.layer]
+        per_tile = 2 * len(layer.config.formats) * len(layer.variants.tokens(spec.style, spec.time))
         return per_tile * sum(
             (col_max - col_min + 1) * (row_max - row_min + 1)
             for _grid, _z, (col_min, col_max, row_min, row_max) in self._ranges(spec)
@@ -227,6 +259,8 @@ class Purger:
                 event.get("tms"),
                 tuple(event["zoom"]) if event.get("zoom") else None,
                 tuple(event["bbox"]) if event.get("bbox") else None,
+                event.get("style"),
+                event.get("time"),
             )
             if spec.layer in self.pipeline.layers:
                 for batch in _batched(self.keys(spec), _BATCH):

@@ -40,9 +40,14 @@ class TileEntry:
     upstream_time: float | None = None
 
 
-def strong_etag(data: bytes) -> str:
-    """A strong ETag for ``data``: a quoted 128-bit BLAKE2b digest of the bytes (hex)."""
-    return '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
+def strong_etag(data: bytes, variant: str = "") -> str:
+    """A strong ETag for ``data``: a quoted 128-bit BLAKE2b digest (hex) of the bytes, and of
+    the ``variant`` token when there is one, so that two variants of a tile never share an
+    ETag, even where their bytes happen to be equal."""
+    digest = hashlib.blake2b(data, digest_size=16)
+    if variant:
+        digest.update(b"\0" + variant.encode())
+    return '"' + digest.hexdigest() + '"'
 
 
 def encode_entry(entry: TileEntry) -> bytes:

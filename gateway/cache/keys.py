@@ -2,8 +2,9 @@
 
 Every key starts with the configured prefix:
 
-    <prefix>:<layer>:<generation>:<tms>:<z>:<x>:<y>:<scale>.<ext>          a tile
-    <prefix>:lock:<layer>:<generation>:<tms>:<z>:<col0>:<row0>:<scale>.<ext> a metatile's lock
+    <prefix>:<layer>:<generation>[+<variant>]:<tms>:<z>:<x>:<y>:<scale>.<ext>   a tile
+    <prefix>:lock:<layer>:<generation>[+<variant>]:<tms>:<z>:<col0>:<row0>:<scale>.<ext>
+                                          a metatile's lock
     <prefix>:purge:generation:<layer>     whole-layer purges of the layer (a counter)
     <prefix>:purge:seq                    every purge (a counter)
     <prefix>:purge:log                    the last partial purges (a list of JSON events)
@@ -21,6 +22,9 @@ layer name (layer names start with a letter or digit), so a purge of a layer nev
 proxy entries; nor does it reach ``_job`` entries. ``<jobId>`` is the upstream's job id,
 letters, digits, ``_`` and ``-`` only (checked by the jobs relay).
 
+``<variant>`` is the normalised token of a style and time other than the layer's default
+(``s=<style>``, ``t=<epoch ms>[_<epoch ms>]``, joined by ``,``; ``tiles.variants``): absent
+for the default, so a layer's default tiles keep the keys they had before variants.
 ``generation`` is the layer's fingerprint and purge count, so a change of what the upstream is
 asked for, or a purge, never serves the old bytes. A key holds no token and no client identity.
 """
@@ -37,10 +41,22 @@ class KeyLayout:
     prefix: str
 
     def tile(
-        self, layer: str, generation: str, tms: str, z: int, x: int, y: int, scale: int, ext: str
+        self,
+        layer: str,
+        generation: str,
+        tms: str,
+        z: int,
+        x: int,
+        y: int,
+        scale: int,
+        ext: str,
+        variant: str = "",
     ) -> str:
         """A tile's key: TileMatrixSet ``tms`` (a base set, never a ``_2x`` one), TileMatrix
-        ``z``, TileCol ``x``, TileRow ``y``, ``scale`` 1 or 2 and extension ``ext``."""
+        ``z``, TileCol ``x``, TileRow ``y``, ``scale`` 1 or 2, extension ``ext`` and the
+        ``variant`` token (empty for the layer's default)."""
+        if variant:
+            generation = f"{generation}+{variant}"
         return f"{self.prefix}:{layer}:{generation}:{tms}:{z}:{x}:{y}:{scale}.{ext}"
 
     def lock(
@@ -53,9 +69,12 @@ class KeyLayout:
         row0: int,
         scale: int,
         ext: str,
+        variant: str = "",
     ) -> str:
         """The coalescing lock of the metatile whose first tile is TileCol ``col0``, TileRow
-        ``row0`` of TileMatrix ``z``."""
+        ``row0`` of TileMatrix ``z``, in ``variant`` (see ``tile``)."""
+        if variant:
+            generation = f"{generation}+{variant}"
         return f"{self.prefix}:lock:{layer}:{generation}:{tms}:{z}:{col0}:{row0}:{scale}.{ext}"
 
     def proxy(self, path: str, service: str, read: str) -> str:

@@ -21,7 +21,8 @@ class SeedOptions:
 
     ``zoom`` is an inclusive TileMatrix range; ``bbox`` ``(west, south, east, north)`` in degrees
     (``None``: the layer's data extent, else the whole matrix); ``format`` any layer format
-    (``None``: the layer's first). At most ``concurrency`` metatiles are fetched from the upstream
+    (``None``: the layer's first); ``style`` and ``time`` one of the layer's variants (``None``:
+    its default style and time). At most ``concurrency`` metatiles are fetched from the upstream
     at once (exportImage calls in flight; never more than ``server.max_concurrent_exports``,
     see ``runner.run_seed``), while as many more are cut and stored; a
     failed metatile is tried ``retries`` more times, waiting ``backoff`` seconds, then twice
@@ -35,6 +36,8 @@ class SeedOptions:
     tms: str = WEB_MERCATOR_QUAD
     bbox: tuple[float, float, float, float] | None = None
     format: str | None = None
+    style: str | None = None
+    time: str | None = None
     concurrency: int = 4
     retries: int = 3
     backoff: float = 1.0

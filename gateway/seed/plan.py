@@ -6,7 +6,13 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, replace
 
-from gateway.errors import TileOutOfRange, UnknownLayer, UnknownTileMatrixSet, UnsupportedFormat
+from gateway.errors import (
+    TileOutOfRange,
+    UnknownLayer,
+    UnknownTileMatrixSet,
+    UnsupportedFormat,
+    VariantRefused,
+)
 from gateway.grids import MetaTile, TileLimits
 from gateway.seed.options import SeedError, SeedOptions
 from gateway.tiles import TilePipeline, TileRequest
@@ -32,18 +38,25 @@ class _Level:
 
 def seed_request(pipeline: TilePipeline, options: SeedOptions) -> TileRequest:
     """Check ``options`` against the configuration, without I/O; the request of the first
-    TileMatrix's tile 0/0 (base TileMatrixSet, scale and extension resolved) that every
-    metatile of the seed is addressed from.
+    TileMatrix's tile 0/0 (base TileMatrixSet, scale, extension and variant resolved) that
+    every metatile of the seed is addressed from.
 
-    Raises ``SeedError`` for an unknown layer or TileMatrixSet, a format the layer does not
-    offer, or a zoom range outside the layer's.
+    Raises ``SeedError`` for an unknown layer or TileMatrixSet, a format, style or time the
+    layer does not offer, or a zoom range outside the layer's.
     """
     first, last = options.zoom
     if first > last:
         raise SeedError(f"zoom {first}-{last}: the first level must not be above the second")
     try:
         template = pipeline.resolve(
-            options.layer, options.tms, first, 0, 0, lambda formats: options.format or formats[0]
+            options.layer,
+            options.tms,
+            first,
+            0,
+            0,
+            lambda formats: options.format or formats[0],
+            style=options.style,
+            time=options.time,
         )
     except UnknownLayer:
         known = ", ".join(pipeline.layers)
@@ -57,6 +70,8 @@ def seed_request(pipeline: TilePipeline, options: SeedOptions) -> TileRequest:
         raise SeedError(str(exc)) from None
     except TileOutOfRange as exc:
         raise _outside(options, exc.low, exc.high) from None
+    except VariantRefused as exc:
+        raise SeedError(f"layer {options.layer!r}: {exc}") from None
     layer = pipeline.layers[options.layer]
     low, high = layer.zoom_range(layer.grids[options.tms])
     if last > high:

@@ -27,7 +27,7 @@ from gateway.seed.plan import SeedPlan, seed_request
 from gateway.seed.state import SeedState, default_state_path
 from gateway.seed.stats import SeedStats
 from gateway.sources.http import ExportLimit
-from gateway.tiles import TilePipeline, TileRequest, load_service_info, open_pipeline
+from gateway.tiles import Layer, TilePipeline, TileRequest, load_service_info, open_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,10 @@ async def run_seed(
         upstream_connections=options.concurrency,
         exports=ExportLimit(options.concurrency),
     ) as pipeline:
+        layer = pipeline.layers.get(options.layer)
+        if layer is not None and _times_from_service(layer):
+            # Its time values are the service's: read before --time is checked against them.
+            await load_service_info([layer], config.server.startup_timeout)
         try:
             template = seed_request(pipeline, options)
         except SeedError as exc:
@@ -259,7 +263,8 @@ async def run_seed(
         purger = Purger(pipeline)
         await purger.start()  # seed under the generation the serving replicas use
         layer = pipeline.layers[options.layer]
-        await load_service_info([layer], config.server.startup_timeout)
+        if not _times_from_service(layer):
+            await load_service_info([layer], config.server.startup_timeout)
         plan = SeedPlan(pipeline, template, options.zoom, options.bbox)
         identity = {
             "layer": options.layer,
@@ -267,11 +272,15 @@ async def run_seed(
             "format": template.ext,
             "zoom": list(options.zoom),
             "bbox": None if options.bbox is None else list(options.bbox),
+            # The normalised variant: equal styles and times share a state file.
+            **({"variant": template.variant} if template.variant else {}),
             "cache": f"{cache.description} prefix {pipeline.keys.prefix}",
             "meta_size": list(plan.meta_size),
             "metatiles": plan.total,
         }
-        path = options.state or default_state_path(options, template.ext, identity["cache"])
+        path = options.state or default_state_path(
+            options, template.ext, identity["cache"], template.variant
+        )
         generation = layer.generation
         try:
             state = SeedState.open(path, identity, generation, options.resume)
@@ -325,3 +334,8 @@ async def run_seed(
     path.unlink(missing_ok=True)  # nothing left to resume
     print(summary(seeder.stats, state.complete, plan.total, title, "complete"))
     return EXIT_OK
+
+
+def _times_from_service(layer: Layer) -> bool:
+    """Whether ``layer`` reads its time values from the service (``time.from_service``)."""
+    return layer.config.time is not None and layer.config.time.from_service

@@ -17,12 +17,14 @@ from gateway.seed.output import note
 STATE_VERSION = 1
 
 
-def default_state_path(options: SeedOptions, ext: str, cache: str) -> Path:
+def default_state_path(options: SeedOptions, ext: str, cache: str, variant: str = "") -> Path:
     """``$XDG_STATE_HOME/tile-gateway/seed/<layer>-<tms>-z<a>-<b>-<ext>-<hash>.json`` (else
-    under ``~/.local/state``); the hash covers the bbox and the ``cache`` (backend and prefix),
-    so seeds of other areas or other caches never share a file."""
+    under ``~/.local/state``); the hash covers the bbox, the ``cache`` (backend and prefix) and
+    the ``variant`` token (style and time), so seeds of other areas, variants or caches never
+    share a file."""
     root = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    identity = [options.layer, options.tms, list(options.zoom), ext, options.bbox, cache]
+    identity: list[object] = [options.layer, options.tms, list(options.zoom), ext, options.bbox]
+    identity += [cache, variant] if variant else [cache]
     digest = hashlib.blake2b(json.dumps(identity).encode(), digest_size=4).hexdigest()
     first, last = options.zoom
     name = f"{options.layer}-{options.tms}-z{first}-{last}-{ext}-{digest}.json"

@@ -107,9 +107,10 @@ async def _json_body(request: web.Request, named: str, shape: str) -> dict[str, 
 
 async def purge(request: web.Request) -> web.Response:
     """Purge a layer, or part of it: JSON body ``{"layer": L, "tms"?: T, "zoom"?: "a-b" or
-    [a, b], "bbox"?: "W,S,E,N" or [W, S, E, N]}`` (degrees).
+    [a, b], "bbox"?: "W,S,E,N" or [W, S, E, N] (degrees), "style"?: S, "time"?: ISO 8601}``.
 
-    200 with what was done; 400 bad body; 401/403 without the token; 404 unknown layer/TMS;
+    200 with what was done; 400 bad body (a style or time the layer does not offer included);
+    401/403 without the token; 404 unknown layer/TMS;
     413 for a partial purge too large to compute.
     """
     body = await _json_body(request, "layer", '{"layer": ..., ...}')
@@ -117,7 +118,12 @@ async def purge(request: web.Request) -> web.Response:
         return body
     try:
         spec = PurgeSpec.parse(
-            body["layer"], _text(body, "tms"), _text(body, "zoom"), _text(body, "bbox")
+            body["layer"],
+            _text(body, "tms"),
+            _text(body, "zoom"),
+            _text(body, "bbox"),
+            _text(body, "style"),
+            _text(body, "time"),
         )
         result = await request.app[PURGER].purge(spec)
     except (UnknownLayer, UnknownTileMatrixSet) as exc:

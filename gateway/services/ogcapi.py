@@ -10,6 +10,11 @@
     /ogcapi/collections/<layer>/map/tiles/<tms>      tileset metadata (20-057 /req/tileset)
     /ogcapi/collections/<layer>/map/tiles/<tms>/<tileMatrix>/<tileRow>/<tileCol>   a tile
                                                      (20-057 /req/core; row before column)
+    /ogcapi/collections/<layer>/styles/<style>/map/tiles[/...]   the same, of one of the
+                                                     layer's styles (20-057 styled map tiles)
+
+A tile takes ``datetime`` (20-057 /req/datetime) for a time-enabled layer: one of its time
+values, an ISO 8601 instant or interval; without it the layer's default time.
 
 Documents are JSON only: ``f=json`` or no ``f``; another ``f`` is a 400, and an ``Accept``
 header that rules out ``application/json`` a 406. A tile's format is ``f=png|jpg|webp`` when given,
@@ -41,6 +46,7 @@ from gateway.errors import (
     UnknownLayer,
     UnknownTileMatrixSet,
     UpstreamError,
+    VariantRefused,
 )
 from gateway.grids import Grid
 from gateway.services.http import (
@@ -161,10 +167,12 @@ def landing_page(service: ServiceConfig, base: str) -> dict[str, Any]:
     }
 
 
-def conformance(formats: set[str]) -> dict[str, Any]:
+def conformance(formats: set[str], datetime: bool = False) -> dict[str, Any]:
     """The conformance classes of 20-057 and 17-083r4 implemented; PNG and JPEG only when a
-    layer offers that format. No ``oas30``: there is no OpenAPI document."""
+    layer offers that format, ``datetime`` when a layer is time-enabled. No ``oas30``: there
+    is no OpenAPI document."""
     tiles = ["core", "tileset", "tilesets-list", "geodata-tilesets"]
+    tiles += ["datetime"] if datetime else []
     tiles += [_FORMAT_CONFORMANCE[ext] for ext in ("png", "jpg") if ext in formats]
     tms = ["tilematrixset", "json-tilematrixset", "tilesetmetadata", "json-tilesetmetadata"]
     tms += ["tilematrixsetlimits", "json-tilematrixsetlimits"]
@@ -203,7 +211,39 @@ def collection(layer: Layer, base: str) -> dict[str, Any]:
         link("self", href, JSON, "This collection"),
         link(REL_TILESETS_MAP, f"{href}/map/tiles", JSON, "Map tilesets"),
     ]
+    variants = layer.variants
+    if variants.styles:
+        # As OGC API - Styles describes a collection's styles: ids, titles and their tiles.
+        document["styles"] = [
+            {
+                "id": style.name,
+                "title": style.title,
+                "links": [
+                    link(
+                        REL_TILESETS_MAP,
+                        f"{href}/styles/{style.name}/map/tiles",
+                        JSON,
+                        f"Map tilesets, style {style.name}",
+                    )
+                ],
+            }
+            for style in variants.styles
+        ]
+        document["defaultStyle"] = variants.default_style
+    if variants.default_time is not None:
+        # The values a tile's datetime may take, the default (sent without one) last.
+        document["extent"] = {
+            **document.get("extent", {}),
+            "temporal": {"interval": [_interval(value) for value in variants.times]},
+        }
+        document["datetime"] = {"values": list(variants.times), "default": variants.default_time}
     return document
+
+
+def _interval(value: str) -> list[str]:
+    """A time value as an OGC API temporal interval ``[start, end]``."""
+    start, _, end = value.partition("/")
+    return [start, end or start]
 
 
 def collections(layers: dict[str, Layer], base: str) -> dict[str, Any]:
@@ -214,13 +254,23 @@ def collections(layers: dict[str, Layer], base: str) -> dict[str, Any]:
     }
 
 
-def tileset_summary(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
+def _tiles_href(layer: Layer, base: str, style: str | None) -> str:
+    """The map tilesets of ``layer``, of ``style`` when given (20-057 styled map tiles)."""
+    styled = "" if style is None else f"/styles/{style}"
+    return f"{base}/ogcapi/collections/{layer.name}{styled}/map/tiles"
+
+
+def tileset_summary(
+    layer: Layer, grid: Grid, base: str, style: str | None = None
+) -> dict[str, Any]:
     """The part of a tileset's metadata that the tilesets list repeats: ``title``,
     ``dataType``, ``crs``, ``tileMatrixSetURI`` (registered sets only; 20-057
-    /req/tileset/description C), a ``self`` link and the ``tiling-scheme`` link (D)."""
-    href = f"{base}/ogcapi/collections/{layer.name}/map/tiles/{grid.identifier}"
+    /req/tileset/description C), a ``self`` link and the ``tiling-scheme`` link (D); of
+    ``style`` when given."""
+    href = f"{_tiles_href(layer, base, style)}/{grid.identifier}"
+    styled = "" if style is None else f", style {style}"
     summary: dict[str, Any] = {
-        "title": f"{_title(layer)}, {grid.identifier}",
+        "title": f"{_title(layer)}, {grid.identifier}{styled}",
         "dataType": "map",
         "crs": grid.definition.crs.model_dump(mode="json"),
     }
@@ -239,24 +289,26 @@ def tileset_summary(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
     return summary
 
 
-def tilesets(layer: Layer, base: str) -> dict[str, Any]:
-    """The tilesets list of a layer: one map tileset per TileMatrixSet it is served in."""
-    href = f"{base}/ogcapi/collections/{layer.name}/map/tiles"
+def tilesets(layer: Layer, base: str, style: str | None = None) -> dict[str, Any]:
+    """The tilesets list of a layer (of ``style`` when given): one map tileset per
+    TileMatrixSet it is served in."""
+    href = _tiles_href(layer, base, style)
     return {
         "links": [link("self", href, JSON, "This document")],
-        "tilesets": [tileset_summary(layer, grid, base) for grid in layer.grids.values()],
+        "tilesets": [tileset_summary(layer, grid, base, style) for grid in layer.grids.values()],
     }
 
 
-def tileset(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
+def tileset(layer: Layer, grid: Grid, base: str, style: str | None = None) -> dict[str, Any]:
     """The tileset metadata (17-083r4 /req/json-tilesetmetadata) of ``layer`` in ``grid``.
 
     ``tileMatrixSetLimits`` lists every TileMatrix of the layer's zoom range that holds data,
     with the inclusive TileRow/TileCol range inside the data extent; ``boundingBox`` is the data
     extent in CRS84 (lon/lat) when known. One templated ``item`` link per format, with ``f`` in
-    the URL so each template names one media type (20-057 /req/tileset/description E-G).
+    the URL so each template names one media type (20-057 /req/tileset/description E-G);
+    the tiles of ``style`` when given.
     """
-    document = tileset_summary(layer, grid, base)
+    document = tileset_summary(layer, grid, base, style)
     document["tileMatrixSetLimits"] = [
         {
             "tileMatrix": str(z),
@@ -284,6 +336,12 @@ def tileset(layer: Layer, grid: Grid, base: str) -> dict[str, Any]:
         for ext in formats
     ]
     return document
+
+
+def _timed(pipeline: TilePipeline, name: str) -> bool:
+    """Whether layer ``name`` is time-enabled (has a temporal extent)."""
+    layer = pipeline.layers.get(name)
+    return layer is not None and layer.variants.default_time is not None
 
 
 class OgcApiService:
@@ -320,8 +378,9 @@ class OgcApiService:
         """``GET /ogcapi/conformance``."""
         layers = request.app[PIPELINE].layers.values()
         formats = {ext for layer in layers for ext in layer.config.formats}
+        timed = any(layer.variants.default_time is not None for layer in layers)
         return self._document(
-            request, ("conformance",), lambda _: conformance(formats), absolute=False
+            request, ("conformance",), lambda _: conformance(formats, timed), absolute=False
         )
 
     async def tile_matrix_sets(self, request: web.Request) -> web.Response:
@@ -360,26 +419,51 @@ class OgcApiService:
             return json_error(404, f"unknown collection {name!r}")
         return self._document(request, (kind, name), lambda base: build(layer, base))
 
+    @staticmethod
+    def _styled(request: web.Request) -> tuple[Layer, str | None] | web.Response:
+        """The request's layer and style (``None`` on unstyled paths), or the 404 answer for
+        an unknown layer or a style it does not offer."""
+        name, style = request.match_info["layer"], request.match_info.get("style")
+        layer = request.app[PIPELINE].layers.get(name)
+        if layer is None:
+            return json_error(404, f"unknown collection {name!r}")
+        if style is not None and style not in layer.variants.style_names:
+            offered = ", ".join(layer.variants.style_names)
+            return json_error(404, f"{name!r} has the styles {offered}, not {style!r}")
+        return layer, style
+
     async def collection(self, request: web.Request) -> web.Response:
         """``GET /ogcapi/collections/<layer>``; 404 for an unknown layer."""
         return self._layer_document(request, "collection", collection)
 
     async def tilesets(self, request: web.Request) -> web.Response:
-        """``GET /ogcapi/collections/<layer>/map/tiles``; 404 for an unknown layer."""
-        return self._layer_document(request, "tilesets", tilesets)
+        """``GET /ogcapi/collections/<layer>[/styles/<style>]/map/tiles``; 404 for an unknown
+        layer or style."""
+        found = self._styled(request)
+        if isinstance(found, web.Response):
+            return found
+        layer, style = found
+        return self._document(
+            request,
+            ("tilesets", layer.name, style or ""),
+            lambda base: tilesets(layer, base, style),
+        )
 
     async def tileset(self, request: web.Request) -> web.Response:
-        """``GET /ogcapi/collections/<layer>/map/tiles/<tms>``; 404 for an unknown layer or a
-        TileMatrixSet the layer is not served in."""
-        name, identifier = request.match_info["layer"], request.match_info["tms"]
-        layer = request.app[PIPELINE].layers.get(name)
-        if layer is None:
-            return json_error(404, f"unknown collection {name!r}")
+        """``GET /ogcapi/collections/<layer>[/styles/<style>]/map/tiles/<tms>``; 404 for an
+        unknown layer or style, or a TileMatrixSet the layer is not served in."""
+        found = self._styled(request)
+        if isinstance(found, web.Response):
+            return found
+        layer, style = found
+        identifier = request.match_info["tms"]
         grid = layer.grids.get(identifier)
         if grid is None:
-            return json_error(404, f"{name!r} has no tileset in TileMatrixSet {identifier!r}")
+            return json_error(404, f"{layer.name!r} has no tileset in TileMatrixSet {identifier!r}")
         return self._document(
-            request, ("tileset", name, identifier), lambda base: tileset(layer, grid, base)
+            request,
+            ("tileset", layer.name, identifier, style or ""),
+            lambda base: tileset(layer, grid, base, style),
         )
 
     async def tile(self, request: web.Request) -> web.Response:
@@ -389,7 +473,9 @@ class OgcApiService:
         the layer's zoom range or its ``tileMatrixSetLimits`` (/req/core/tc-error A); 400 for a
         non-numeric address or a bad ``f``; 406 for an unsatisfiable ``Accept``; 502/504 when
         the upstream fails. The image is tileWidth x tileHeight of the set (/req/core/tc-success
-        C). Without ``f`` the answer varies with ``Accept``, and says so in ``Vary``.
+        C). Without ``f`` the answer varies with ``Accept``, and says so in ``Vary``. The
+        path's style (404 when the layer has no such style) and ``datetime`` (400 for a value
+        the layer does not offer) choose the variant.
         """
         pipeline = request.app[PIPELINE]
         info = request.match_info
@@ -397,6 +483,7 @@ class OgcApiService:
         f = request.query.get("f")
         accept = request.headers.get("Accept")
         address = (info["tile_matrix"], info["tile_row"], info["tile_col"])
+        style = info.get("style")
         try:
             tile = pipeline.resolve(
                 name,
@@ -404,6 +491,9 @@ class OgcApiService:
                 *address,
                 lambda formats: tile_format(f, accept, formats),
                 within_limits=True,
+                style=style,
+                # A collection without a temporal extent ignores datetime.
+                time=request.query.get("datetime") if _timed(pipeline, name) else None,
             )
         except UnknownLayer:
             return json_error(404, f"unknown collection {name!r}")
@@ -420,6 +510,10 @@ class OgcApiService:
                     404, f"tile {z}/{row}/{col} is outside the tileMatrixSetLimits of {name!r}"
                 )
             return json_error(404, str(exc))
+        except VariantRefused as exc:
+            if exc.part == "Style":
+                return json_error(404, f"{name!r} has no style {style!r}")
+            return json_error(400, f"datetime: {exc}", offered=list(exc.offered))
         try:
             return await serve_tile(
                 request,
@@ -435,10 +529,12 @@ class OgcApiService:
         """The route table, relative to ``/ogcapi``; ``/ogcapi/`` is the landing page too,
         because OWSLib asks for the landing page URL with a trailing slash."""
         prefix = "/collections/{layer}/map/tiles"
+        styled = "/collections/{layer}/styles/{style}/map/tiles"
         return [
             # First: aiohttp tries the routes under /collections in this order, and tiles are
             # what is asked most (no path matches two of these patterns).
             web.get(prefix + "/{tms}/{tile_matrix}/{tile_row}/{tile_col}", self.tile),
+            web.get(styled + "/{tms}/{tile_matrix}/{tile_row}/{tile_col}", self.tile),
             web.get("", self.landing),
             web.get("/", self.landing),
             web.get("/conformance", self.conformance),
@@ -448,6 +544,8 @@ class OgcApiService:
             web.get("/collections/{layer}", self.collection),
             web.get(prefix, self.tilesets),
             web.get(prefix + "/{tms}", self.tileset),
+            web.get(styled, self.tilesets),
+            web.get(styled + "/{tms}", self.tileset),
         ]
 
 

@@ -12,6 +12,10 @@ tiling scheme). Query parameters, both optional:
 ``scale``   ``1`` or ``2``: with 2 the template asks for ``{y}@2x.<ext>``, 512-pixel tiles over
             the bbox of the 256-pixel ones, for high-density screens. TileJSON has no tile size
             field: a client keeps treating the tiles as 256 CSS pixels (MapLibre ``tileSize: 256``).
+``style``   one of the layer's styles, and
+``time``    one of its time values: the ``tiles`` template then carries ``?style=&time=`` (the
+            style's identifier and the time value as the layer lists it; the default ones are
+            left out), so the document describes the tiles of that variant.
 
 The documents are built once per (layer, format, scale, public base URL) and kept in a bounded
 ``DocumentCache`` (``services.http``), gzip-compressed once for clients that accept it.
@@ -22,10 +26,12 @@ from __future__ import annotations
 import html
 import math
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from gateway.config import ELEVATION_FORMATS
+from gateway.errors import VariantRefused
 from gateway.grids import WEB_MERCATOR_QUAD, Grid
 from gateway.services.http import (
     CONFIG,
@@ -87,12 +93,19 @@ def bounds_and_center(layer: Layer, grid: Grid) -> tuple[list[float], list[float
 
 
 def tilejson(
-    layer: Layer, grid: Grid, base: str, ext: str, scale: int, description: str
+    layer: Layer,
+    grid: Grid,
+    base: str,
+    ext: str,
+    scale: int,
+    description: str,
+    query: str = "",
 ) -> dict[str, Any]:
     """The TileJSON 3.0.0 document of ``layer``'s XYZ tiles in ``grid`` (WebMercatorQuad).
 
     ``base`` is the public base URL (no trailing slash) the absolute ``tiles`` template starts
-    with (TileJSON 3.0.0 section 3.2), ``ext`` the tile extension, ``scale`` 1 or 2 (``@2x``).
+    with (TileJSON 3.0.0 section 3.2), ``ext`` the tile extension, ``scale`` 1 or 2 (``@2x``),
+    ``query`` what the template ends with (``?style=...``, a variant's) or ``""``.
     ``vector_layers`` (section 3.3) is required by the TileJSON JSON schema although the text
     exempts raster tilesets: an empty list satisfies both. Clients may render ``attribution`` as
     HTML (section 3.4), so the configured plain text is escaped. For an elevation format
@@ -109,7 +122,7 @@ def tilejson(
         "tilejson": TILEJSON_VERSION,
         "name": layer.config.title or layer.name,
         "description": description,
-        "tiles": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}{retina}.{suffix}"],
+        "tiles": [f"{base}/tiles/{path}/{{z}}/{{x}}/{{y}}{retina}.{suffix}{query}"],
         "vector_layers": [],
         "scheme": "xyz",
         "minzoom": low,
@@ -133,11 +146,12 @@ class TileJSONService:
         self._documents = DocumentCache()
 
     async def get(self, request: web.Request) -> web.Response:
-        """Answer ``GET /tiles/<layer>/tilejson.json[?format=<format>][&scale=1|2]``.
+        """Answer ``GET /tiles/<layer>/tilejson.json[?format=<format>][&scale=1|2][&style=]
+        [&time=]``.
 
         Errors are JSON (architecture.md): 404 for an unknown layer or one not served in
         WebMercatorQuad (or in none of its levels), 400 for a ``format`` the layer does not
-        offer or a ``scale`` other than 1 or 2.
+        offer, a ``scale`` other than 1 or 2, or a style or time it does not offer.
         """
         pipeline = request.app[PIPELINE]
         name = request.match_info["layer"]
@@ -160,15 +174,34 @@ class TileJSONService:
         scale_text = request.query.get("scale", "1")
         if scale_text not in ("1", "2"):
             return json_error(400, f"scale must be 1 or 2, not {scale_text!r}")
+        try:
+            choice = layer.variants.choose(request.query.get("style"), request.query.get("time"))
+        except VariantRefused as exc:
+            return json_error(
+                400,
+                f"layer {name!r}: {exc}",
+                parameter=exc.part.lower(),
+                offered=list(exc.offered),
+            )
+        query = _variant_query(layer, choice.style, choice.time) if choice.token else ""
         description = request.app[CONFIG].service.abstract
         # Clients must honour the documents' short freshness (TileJSON 3.0.0 section 5); the
         # tile URLs inside depend on the request's host (json_answer varies with it). A layer
         # published again under its name is another layer: the layers' version is in the key.
         return self._documents.json_answer(
             request,
-            (name, ext, scale_text, pipeline.layers_version),
-            lambda base: tilejson(layer, grid, base, ext, int(scale_text), description),
+            (name, ext, scale_text, choice.token, pipeline.layers_version),
+            lambda base: tilejson(layer, grid, base, ext, int(scale_text), description, query),
         )
+
+
+def _variant_query(layer: Layer, style: str, time: str | None) -> str:
+    """The query naming a variant in tile URLs: its non-default style and time."""
+    variants = layer.variants
+    pairs = [("style", style)] if style != variants.default_style else []
+    if time is not None and time != variants.default_time:
+        pairs.append(("time", time))
+    return "?" + urlencode(pairs)
 
 
 def routes() -> list[web.RouteDef]:

@@ -113,11 +113,15 @@ async def vendored(request: web.Request) -> web.Response:
 
 
 async def layers(request: web.Request) -> web.Response:
-    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles, terrain}]}``.
+    """``{"layers": [{name, title, formats, minzoom, maxzoom, attribution, tiles, terrain,
+    styles, default_style, times, default_time}]}``.
 
     ``tiles`` is an XYZ URL template relative to the gateway's root, in the layer's first map
-    format (png, jpg, webp); ``terrain`` its first elevation encoding (``terrain-rgb`` or
-    ``terrarium``, which the viewer's MapLibre map shows as 3D terrain), else ``None``.
+    format (png, jpg, webp) and default variant; ``terrain`` its first elevation encoding
+    (``terrain-rgb`` or ``terrarium``, which the viewer's MapLibre map shows as 3D terrain),
+    else ``None``. ``styles`` lists the layer's styles (``[{name, title}]``, empty when it has
+    none) and ``times`` its time values (empty when it is not time-enabled), which the viewer
+    offers to pick (``?style=``, ``?time=`` of the tile URLs).
     """
     pipeline = request.app[PIPELINE]
     body = [
@@ -130,6 +134,12 @@ async def layers(request: web.Request) -> web.Response:
             "attribution": layer.config.attribution,
             "tiles": f"tiles/{name}/{{z}}/{{x}}/{{y}}.{_first(layer.formats, MAP_FORMATS)}",
             "terrain": _first(layer.formats, ELEVATION_FORMATS),
+            "styles": [
+                {"name": style.name, "title": style.title} for style in layer.variants.styles
+            ],
+            "default_style": layer.variants.default_style,
+            "times": list(layer.variants.times),
+            "default_time": layer.variants.default_time,
         }
         for name, layer in pipeline.layers.items()
         # The viewer's maps are Web Mercator XYZ.

@@ -6,7 +6,8 @@ scheme of MapLibre's ``raster-dem``; the layout of the AWS Terrain Tiles, ``terr
 
 ``z/x/y`` is TileMatrix/TileCol/TileRow with the row counted from the top (the Google/OSM
 scheme that Leaflet, OpenLayers and MapLibre use). ``@2x`` gives twice the pixels over the
-same bbox for high-density screens. Errors are the gateway's JSON.
+same bbox for high-density screens. ``?style=<name>&time=<ISO 8601>`` choose one of the
+layer's variants (``LayerConfig.styles``, ``LayerConfig.time``). Errors are the gateway's JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway.errors import (
     UnknownTileMatrixSet,
     UnsupportedFormat,
     UpstreamError,
+    VariantRefused,
 )
 from gateway.grids import RETINA, WEB_MERCATOR_QUAD
 from gateway.services.http import (
@@ -36,8 +38,8 @@ _ADDRESS = "a tile address is /tiles/<layer>[/<TileMatrixSet>]/<z>/<x>/<y>[@2x].
 
 async def get_tile(request: web.Request) -> web.Response:
     """Answer one XYZ tile; errors are JSON (404 unknown layer, TileMatrixSet or tile, 400 bad
-    extension or coordinates, 502/504 upstream failure, 503 with ``Retry-After`` when the
-    upstream is busy)."""
+    extension or coordinates, a style or time the layer does not offer, 502/504 upstream
+    failure, 503 with ``Retry-After`` when the upstream is busy)."""
     pipeline = request.app[PIPELINE]
     info = request.match_info
     layer, tms = info["layer"], info.get("tms", WEB_MERCATOR_QUAD)
@@ -56,8 +58,20 @@ async def get_tile(request: web.Request) -> web.Response:
                 400, f"a {tms} tile address is /tiles/<layer>/{tms}/<z>/<x>/<y>[@2x].png"
             )
         tms, ext = WEB_MERCATOR_QUAD, tms
+    # Most tile URLs carry no query: they skip parsing one.
+    query = request.query if request.query_string else None
     try:
-        tile = pipeline.resolve(layer, tms, info["z"], row, info["x"], ext, 2 if retina else 1)
+        tile = pipeline.resolve(
+            layer,
+            tms,
+            info["z"],
+            row,
+            info["x"],
+            ext,
+            2 if retina else 1,
+            style=None if query is None else query.get("style"),
+            time=None if query is None else query.get("time"),
+        )
     except (UnknownLayer, UnknownTileMatrixSet, TileOutOfRange) as exc:
         return json_error(404, str(exc))
     except UnsupportedFormat as exc:
@@ -68,6 +82,10 @@ async def get_tile(request: web.Request) -> web.Response:
         return json_error(400, f"unknown tile extension {given_ext!r}; use png, jpg or webp")
     except InvalidTileAddress:
         return json_error(400, _ADDRESS)
+    except VariantRefused as exc:
+        return json_error(
+            400, f"layer {layer!r}: {exc}", parameter=exc.part.lower(), offered=list(exc.offered)
+        )
     if retina and tms.endswith(RETINA):
         return json_error(400, f"{tms} already has 512-pixel tiles: ask without @2x")
     try:

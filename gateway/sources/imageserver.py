@@ -160,8 +160,40 @@ class ImageServerClient:
 
         Raises ``UpstreamError`` (502/504) when it cannot be read or is an error JSON.
         """
-        response = await self.upstream.get(self.service_url, {"f": "json"})
-        return _json_object(response.status, response.body, "service info")
+        return await self._json(self.service_url, {"f": "json"}, "service info")
+
+    async def catalog_times(self, field: str) -> list[int]:
+        """The distinct values of the catalog's time ``field`` (epoch milliseconds), sorted:
+        one ``query`` of the image service's catalog (ArcGIS REST "Query (Image Service)")
+        with ``where=1=1``, ``outFields=<field>``, ``returnGeometry=false``.
+
+        Raises ``UpstreamError`` (502/504) when it cannot be read or is an error JSON, and
+        (502) when the catalog holds more rasters than one answer gives
+        (``exceededTransferLimit``): the list would be incomplete.
+        """
+        answer = await self._json(
+            f"{self.service_url}/query",
+            {"where": "1=1", "outFields": field, "returnGeometry": "false", "f": "json"},
+            "catalog query",
+        )
+        if answer.get("exceededTransferLimit"):
+            raise UpstreamError(502, None, "the catalog holds more rasters than one query gives")
+        features = answer.get("features")
+        times = {
+            feature["attributes"][field]
+            for feature in (features if isinstance(features, list) else ())
+            if isinstance(feature, dict)
+            and isinstance(feature.get("attributes"), dict)
+            and isinstance(feature["attributes"].get(field), int)
+        }
+        return sorted(times)
+
+    async def _json(self, url: str, params: Mapping[str, str], what: str) -> dict[str, Any]:
+        """The JSON object at ``url`` with ``params`` (``what`` names it in errors). Raises
+        ``UpstreamError`` (502/504) when it cannot be read, is an ArcGIS error or is not a JSON
+        object."""
+        response = await self.upstream.get(url, dict(params))
+        return _json_object(response.status, response.body, what)
 
 
 def _json_object(status: int, body: bytes, what: str) -> dict[str, Any]:

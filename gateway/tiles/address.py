@@ -38,8 +38,9 @@ _MAX_DIGITS = 12
 class TileRequest:
     """One tile of one layer: the base TileMatrixSet ``tms`` (never a ``_2x`` variant: those are
     ``scale`` 2 of their base), TileMatrix ``z``, TileCol ``x``, TileRow ``y``, extension
-    ``ext`` (``png``/``jpg``) and ``scale`` (1 for the set's own tile size, 2 for twice the
-    pixels over the same bbox)."""
+    ``ext`` (``png``/``jpg``), ``scale`` (1 for the set's own tile size, 2 for twice the
+    pixels over the same bbox) and ``variant``, the normalised token of its style and time
+    (``tiles.variants``; empty for the layer's default)."""
 
     layer: str
     tms: str
@@ -48,6 +49,7 @@ class TileRequest:
     y: int
     ext: str
     scale: int = 1
+    variant: str = ""
 
 
 def shown_number(given: int | str) -> str:
@@ -89,6 +91,8 @@ class TileAddresses:
         *,
         within_limits: bool = False,
         wmts: bool = False,
+        style: str | None = None,
+        time: str | None = None,
     ) -> TileRequest:
         """The checked ``TileRequest`` of a tile address.
 
@@ -102,14 +106,16 @@ class TileAddresses:
         negotiation), which may raise a front's own error. With ``within_limits`` the tile must
         lie inside the layer's TileMatrixSetLimits (the tiles holding data, which WMTS and OGC API
         - Tiles advertise); without, any tile of the layer's matrices is valid (XYZ serves empty
-        tiles outside).
+        tiles outside). ``style`` and ``time`` choose a variant (``LayerVariants.token``);
+        ``None`` or empty for the default.
 
         Checks in this order and raises, for the first fault: ``UnknownLayer``;
         ``UnknownTileMatrixSet`` (with ``within_limits`` also for a set where the layer has no
         data at all); ``UnsupportedFormat``; ``InvalidTileAddress`` (TileMatrix, TileRow, TileCol
         that are not whole numbers, in that order); ``TileOutOfRange`` for the TileMatrix (outside
         the layer's zoom range, or with no data), then the TileRow, then the TileCol (outside the
-        matrix, then outside the limits).
+        matrix, then outside the limits); then ``VariantRefused`` for a style or time the
+        layer does not offer.
         """
         found = self.layers.get(layer)
         if found is None:
@@ -157,7 +163,8 @@ class TileAddresses:
         cols = None if limits is None else (limits[0], limits[1])
         y = _index("TileRow", row, tile_row, height, rows, z, layer)
         x = _index("TileCol", col, tile_col, width, cols, z, layer)
-        return TileRequest(layer, grid.base, z, x, y, ext, grid.scale * scale)
+        variant = "" if style is None and time is None else found.variants.token(style, time)
+        return TileRequest(layer, grid.base, z, x, y, ext, grid.scale * scale, variant)
 
 
 def _index(

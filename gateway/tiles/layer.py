@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gateway import terrain
 from gateway.cache.codec import TileEntry, strong_etag
@@ -17,9 +19,11 @@ from gateway.errors import UpstreamError
 from gateway.grids import Grid, GridRegistry, TileLimits
 from gateway.imaging import MEDIA_TYPES, empty_tile
 from gateway.sources.http import UpstreamPool
-from gateway.sources.imageserver import ImageServerClient, export_params, extent_wgs84
+from gateway.sources.imageserver import ImageServerClient, extent_wgs84
 from gateway.tiles.servicecache import cache_levels
+from gateway.tiles.variants import LayerVariants
 from gateway.tiles.zooms import FALLBACK_MAXZOOM, native_resolution, native_zoom
+from gateway.timevalues import iso_time
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,8 @@ class Layer:
         self.client = client
         self.grids = {identifier: grids[identifier] for identifier in config.tile_matrix_sets}
         self.formats = tuple(config.formats)
-        self.fixed_params = export_params(config.export.model_dump(exclude_none=True))
+        # Styles and time: each variant's exportImage parameters (tiles.variants).
+        self.variants = LayerVariants(config)
         self.fingerprint_hash = self.fingerprint(config)
         self.purges = 0
         self.generation = f"{self.fingerprint_hash}.0"
@@ -78,9 +83,10 @@ class Layer:
         self._empty: dict[tuple[str, int], TileEntry] = {}
 
     @staticmethod
-    def fingerprint(config: LayerConfig) -> str:
-        """A short hash of everything that changes the bytes of this layer's tiles."""
-        identity = {
+    def fingerprint(config: LayerConfig, times: Sequence[str] = ()) -> str:
+        """A short hash of everything that changes the bytes of this layer's tiles (``times``:
+        the time values read from the service, whose last is the default)."""
+        identity: dict[str, Any] = {
             "pipeline": PIPELINE_VERSION,
             "url": config.service_url,
             "wkid": config.web_mercator_wkid,
@@ -94,6 +100,14 @@ class Layer:
                 config.webp_quality,
             ],
         }
+        # Styles and time only where declared: a layer without variants keeps its fingerprint.
+        if config.styles:
+            identity["styles"] = {name: style.export() for name, style in config.styles.items()}
+            identity["default_style"] = config.default_style
+        if config.time is not None:
+            identity["time"] = config.time.model_dump(exclude_defaults=True)
+            if times:
+                identity["time_values"] = list(times)
         text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
 
@@ -104,8 +118,9 @@ class Layer:
 
     async def load_service_info(self) -> None:
         """Read the data extent (unless configured), maxImageWidth/maxImageHeight, the pixel size
-        (default zoom range) and the tile cache from the upstream's service info (ArcGIS REST
-        "Image Service" resource).
+        (default zoom range), the time values (``time.from_service``) and the tile cache from the
+        upstream's service info (ArcGIS REST "Image Service" resource); warn about styles naming
+        a raster function the service does not offer.
 
         Raises ``UpstreamError`` when the upstream cannot be read; nothing changes then.
         """
@@ -122,8 +137,12 @@ class Layer:
             self.max_image = (width, height)
         if self.config.bounds is None:
             self.bounds = extent_wgs84(info)
-        # A cache holds the service's default rendering: export parameters would differ.
-        if self.config.use_service_cache == "auto" and not self.fixed_params:
+        self._check_raster_functions(info.get("rasterFunctionInfos"))
+        if self.config.time is not None and self.config.time.from_service:
+            await self._load_times(info.get("timeInfo"))
+        # A cache holds the service's default rendering: export parameters, a style or a
+        # time would differ (only the default variant of a layer with none reads it).
+        if self.config.use_service_cache == "auto" and not self.variants.params(""):
             self.service_cache = {
                 identifier: levels
                 for identifier, grid in self.grids.items()
@@ -138,11 +157,48 @@ class Layer:
                     max(levels),
                 )
 
-    def cache_level(self, tms: str, z: int, scale: int) -> int | None:
+    async def _load_times(self, time_info: object) -> None:
+        """The layer's time values from the service (``time.from_service``): the distinct
+        values of the catalog's ``timeInfo.startTimeField``, as ISO 8601 (a date when at
+        midnight UTC). The fingerprint takes them in: another list, or another default,
+        makes other keys. Raises ``UpstreamError`` when the catalog cannot be read."""
+        field = time_info.get("startTimeField") if isinstance(time_info, dict) else None
+        if not isinstance(field, str) or not field:
+            log.warning("layer %s: time.from_service, but the service has no timeInfo", self.name)
+            return
+        times = [iso_time(epoch) for epoch in await self.client.catalog_times(field)]
+        if not times:
+            log.warning("layer %s: the service's catalog lists no %s", self.name, field)
+            return
+        self.variants = LayerVariants(self.config, times)
+        self.fingerprint_hash = self.fingerprint(self.config, times)
+        self.generation = f"{self.fingerprint_hash}.{self.purges}"
+
+    def _check_raster_functions(self, infos: object) -> None:
+        """Warn about styles naming a raster function the service does not list in its
+        ``rasterFunctionInfos`` (ArcGIS REST "Image Service"): ArcGIS answers their tiles with
+        an error. Nothing is said when the service lists none."""
+        if not isinstance(infos, list):
+            return
+        offered = {info.get("name") for info in infos if isinstance(info, dict)}
+        for name, style in self.config.styles.items():
+            if style.rasterFunction is not None and style.rasterFunction not in offered:
+                log.warning(
+                    "layer %s: style %s names the raster function %r, which the service does "
+                    "not list (rasterFunctionInfos: %s)",
+                    self.name,
+                    name,
+                    style.rasterFunction,
+                    ", ".join(sorted(str(item) for item in offered)) or "none",
+                )
+
+    def cache_level(self, tms: str, z: int, scale: int, variant: str = "") -> int | None:
         """The level of the upstream's tile cache that holds TileMatrix ``z`` of ``tms`` at
-        ``scale``, or ``None`` when such tiles are rendered with exportImage (the tiles of a
-        cache have one size: scale 1 only)."""
-        return self.service_cache.get(tms, {}).get(z) if scale == 1 else None
+        ``scale`` for ``variant``, or ``None`` when such tiles are rendered with exportImage
+        (the tiles of a cache have one size: scale 1 only; it holds the default variant)."""
+        if scale != 1 or variant:
+            return None
+        return self.service_cache.get(tms, {}).get(z)
 
     def meta_size(self, grid: Grid, scale: int) -> tuple[int, int]:
         """Columns and rows of this layer's metatiles in ``grid`` at ``scale``: the configured
@@ -167,16 +223,18 @@ class Layer:
             return chosen
         return "jpg" if ext == "jpg" and self.config.background.lower() == "#000000" else "png"
 
-    def metatile_params(self, fmt: str) -> dict[str, str]:
-        """The fixed exportImage parameters of a metatile fetched as ``fmt``: a JPEG one
+    def metatile_params(self, fmt: str, variant: str = "") -> Mapping[str, str]:
+        """The exportImage parameters of a metatile of ``variant`` (a token of
+        ``variants.token``; the default variant when empty) fetched as ``fmt``: a JPEG one
         carries ``compressionQuality`` (arcgis-rest.md section 1.1), the ``export`` one when
         configured, else ``metatile_jpeg_quality``; a TIFF one asks float heights
         (``terrain.export_params``)."""
+        params = self.variants.params(variant)
         if fmt == "tif":
-            return {**self.fixed_params, **terrain.export_params()}
-        if fmt != "jpg" or "compressionQuality" in self.fixed_params:
-            return self.fixed_params
-        return {**self.fixed_params, "compressionQuality": str(self.config.metatile_jpeg_quality)}
+            return {**params, **terrain.export_params()}
+        if fmt != "jpg" or "compressionQuality" in params:
+            return params
+        return {**params, "compressionQuality": str(self.config.metatile_jpeg_quality)}
 
     def wkid_for(self, grid: Grid) -> int:
         """The WKID sent as bboxSR/imageSR for ``grid`` (Web Mercator's is configurable)."""

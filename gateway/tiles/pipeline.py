@@ -122,10 +122,10 @@ class TilePipeline:
 
     def _place(
         self, request: TileRequest, col: int, row: int, generation: str | None
-    ) -> tuple[str, str, str, int, int, int, int, str]:
+    ) -> tuple[str, str, str, int, int, int, int, str, str]:
         """What a key of ``request`` at TileCol ``col``, TileRow ``row`` is made of: layer,
         generation (the layer's current one when ``None``), TileMatrixSet, TileMatrix, col,
-        row, scale, extension."""
+        row, scale, extension, variant token."""
         return (
             request.layer,
             generation or self.generation(request),
@@ -135,6 +135,7 @@ class TilePipeline:
             row,
             request.scale,
             request.ext,
+            request.variant,
         )
 
     def key(self, request: TileRequest, generation: str | None = None) -> str:
@@ -272,7 +273,7 @@ class TilePipeline:
         Raises ``UpstreamError`` (see ``export`` and ``ImageServerClient.tile``).
         """
         layer = self.layers[request.layer]
-        level = layer.cache_level(request.tms, request.z, request.scale)
+        level = layer.cache_level(request.tms, request.z, request.scale, request.variant)
         # A cache holds pictures: heights (terrain encodings) always come from exportImage.
         if level is not None and request.ext not in terrain.ENCODINGS:
             cached = await self._read_service_cache(request, meta, level)
@@ -368,7 +369,7 @@ class TilePipeline:
         content_type = MEDIA_TYPES[request.ext]
         return {
             self.key(replace(request, x=col, y=row), generation): TileEntry(
-                data, content_type, strong_etag(data), now, last_modified
+                data, content_type, strong_etag(data, request.variant), now, last_modified
             )
             for (col, row, _), (data, last_modified) in zip(meta.crops(), tiles, strict=True)
         }
@@ -404,7 +405,9 @@ class TilePipeline:
                     layer.wkid_for(grid),
                     (meta.width, meta.height),
                     fmt,
-                    layer.fixed_params if single else layer.metatile_params(fmt),
+                    layer.variants.params(request.variant)
+                    if single
+                    else layer.metatile_params(fmt, request.variant),
                 )
             except UpstreamError as exc:
                 call.outcome = (

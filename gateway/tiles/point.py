@@ -22,7 +22,7 @@ from gateway.errors import UpstreamError
 from gateway.tiles.layer import Layer
 
 # The export parameters that identify takes too (ArcGIS REST "Identify (Image Service)").
-IDENTIFY_PARAMETERS = ("renderingRule", "mosaicRule")
+IDENTIFY_PARAMETERS = ("renderingRule", "mosaicRule", "time")
 NO_DATA = "nodata"
 
 
@@ -76,14 +76,15 @@ def band_values(value: Any, band_count: int | None) -> list[int | float | None] 
     return [_band_value(part) for part in value.split(",")]
 
 
-async def pixel_values(layer: Layer, lon: float, lat: float) -> dict[str, Any]:
-    """The point answer of ``layer`` at ``lon``, ``lat`` (module docstring).
+async def pixel_values(layer: Layer, lon: float, lat: float, variant: str = "") -> dict[str, Any]:
+    """The point answer of ``layer`` at ``lon``, ``lat`` (module docstring) for ``variant`` (a
+    token of ``LayerVariants.choose``; the default when empty): its ``renderingRule``,
+    ``mosaicRule`` and ``time`` go to identify.
 
     Raises ``UpstreamError`` (502/504) when identify fails.
     """
-    fixed = {
-        name: layer.fixed_params[name] for name in IDENTIFY_PARAMETERS if name in layer.fixed_params
-    }
+    params = layer.variants.params(variant)
+    fixed = {name: params[name] for name in IDENTIFY_PARAMETERS if name in params}
     with metrics.upstream_call(layer.name, "identify") as call:
         try:
             answer = await layer.client.identify(lon, lat, fixed)

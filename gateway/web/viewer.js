@@ -1,8 +1,9 @@
 "use strict";
 // The viewer: one layer at a time in Leaflet (XYZ tiles), OpenLayers (WMTS, set up from the
-// capabilities, in the TileMatrixSet chosen) or MapLibre GL (TileJSON), and copy-paste
-// snippets for those three, QGIS and GDAL. Plain script, no build step. A layer with an
-// elevation encoding (layers.json "terrain") is shown by MapLibre as 3D terrain.
+// capabilities, in the TileMatrixSet chosen) or MapLibre GL (TileJSON), in the style and at
+// the date chosen when the layer has styles or time values, and copy-paste snippets for those
+// three, QGIS and GDAL. Plain script, no build step. A layer with an elevation encoding
+// (layers.json "terrain") is shown by MapLibre as 3D terrain.
 //
 // The libraries come from the gateway itself (vendor/, the default) or from a CDN, as the
 // page's tile-gateway-libraries meta tag says (viewer.libraries in the config). Both hold the
@@ -62,6 +63,8 @@ const state = {
   layer: null,
   client: "leaflet",
   tms: "WebMercatorQuad",
+  style: null, // of the layer's styles; null: its default
+  time: null, // of the layer's time values; null: its default
   crs: "EPSG:3857", // of the TileMatrixSet, for the QGIS snippet
   view: { lon: 0, lat: 20, zoom: 2 },
   map: null, // { view(): {lon, lat, zoom}, destroy() } of the map shown
@@ -70,6 +73,8 @@ const state = {
 const loading = new Map(); // memoised promises: libraries, capabilities, TileJSON documents
 const statusLine = document.getElementById("status");
 const tmsSelect = document.getElementById("tms");
+const styleSelect = document.getElementById("style");
+const timeSelect = document.getElementById("time");
 
 function once(key, make) {
   if (!loading.has(key)) loading.set(key, make());
@@ -109,14 +114,25 @@ function capabilities() {
   });
 }
 
+// The chosen style and time as tile URLs carry them ("?style=...&time=..."); the layer's
+// defaults are left out, so a default view's URLs are the plain ones.
+function variantQuery(layer) {
+  const params = new URLSearchParams();
+  if (state.style && state.style !== layer.default_style) params.set("style", state.style);
+  if (state.time && state.time !== layer.default_time) params.set("time", state.time);
+  const query = params.toString();
+  return query ? `?${query}` : "";
+}
+
 function tileJsonUrl(layer) {
-  return `${BASE}tiles/${layer.name}/tilejson.json`;
+  return `${BASE}tiles/${layer.name}/tilejson.json${variantQuery(layer)}`;
 }
 
 function tileJson(layer) {
   // null when the gateway has none: the viewer then keeps its view.
-  return once(`tilejson:${layer.name}`, () =>
-    fetchOk(tileJsonUrl(layer)).then((response) => response.json()).catch(() => null));
+  const url = tileJsonUrl(layer);
+  return once(`tilejson:${url}`, () =>
+    fetchOk(url).then((response) => response.json()).catch(() => null));
 }
 
 // The layer's first map format (its elevation encodings are PNG files of heights).
@@ -125,12 +141,19 @@ function mapFormat(layer) {
 }
 
 function xyzTemplate(layer, retina = "") {
-  return `${BASE}tiles/${layer.name}/{z}/{x}/{y}${retina}.${mapFormat(layer)}`;
+  return `${BASE}tiles/${layer.name}/{z}/{x}/{y}${retina}.${mapFormat(layer)}` +
+    variantQuery(layer);
 }
 
-// The TileJSON of the layer's elevation tiles, which carries MapLibre's raster-dem encoding.
+// The TileJSON of the layer's elevation tiles, which carries MapLibre's raster-dem encoding
+// (heights have no style: the default variant).
 function demTileJsonUrl(layer) {
-  return `${tileJsonUrl(layer)}?format=${layer.terrain}`;
+  return `${BASE}tiles/${layer.name}/tilejson.json?format=${layer.terrain}`;
+}
+
+// The chosen style's identifier (the layer's default when none is chosen).
+function styleOf(layer) {
+  return state.style ?? layer.default_style;
 }
 
 // The TileMatrixSets a layer's capabilities link to, with the CRS each is in.
@@ -188,11 +211,14 @@ function leafletMap(element, layer, view) {
 }
 
 function openLayersMap(element, layer, view, caps) {
+  // OpenLayers finds a style by its Title, which the gateway sets to the identifier.
   const options = ol.source.WMTS.optionsFromCapabilities(caps, {
     layer: layer.name, matrixSet: state.tms, format: MIME[mapFormat(layer)],
-    crossOrigin: "anonymous",
+    style: styleOf(layer), crossOrigin: "anonymous",
   });
   if (!options) throw new Error(`the capabilities have no ${state.tms} for ${layer.name}`);
+  // The Time dimension starts at its Default; the chosen date replaces it.
+  if (state.time) options.dimensions = { ...options.dimensions, Time: state.time };
   const source = new ol.source.WMTS(options);
   source.on("tileloadend", tileLoaded);
   source.on("tileloaderror", tileFailed);
@@ -292,10 +318,19 @@ function snippets(layer) {
   const name = layer.name;
   const ext = mapFormat(layer);
   const caps = `${BASE}wmts/1.0.0/WMTSCapabilities.xml`;
-  const gdal = `WMTS:${caps},layer=${name},tilematrixset=${state.tms}`;
+  const style = styleOf(layer);
+  const time = state.time ?? layer.default_time;
+  // GDAL's WMTS driver takes the style in the connection string; a Time dimension keeps its
+  // Default there, so a chosen date goes through the XYZ URL instead (TMS minidriver).
+  const gdalStyle = layer.styles.length ? `,style=${style}` : "";
+  const gdal = `WMTS:${caps},layer=${name},tilematrixset=${state.tms}${gdalStyle}`;
   const { lon, lat, zoom } = state.view;
   const center = `[${lon.toFixed(4)}, ${lat.toFixed(4)}]`;
+  const olStyle = layer.styles.length ? `\n  style: "${style}",` : "";
+  const olTime = time ? `\noptions.dimensions = { ...options.dimensions, Time: "${time}" };` : "";
+  const qgisTime = time ? `&tileDimensions=Time%3D${encodeURIComponent(time)}` : "";
   return [
+    ["url", "Tile URL (XYZ)", xyzTemplate(layer)],
     ["leaflet", "Leaflet (XYZ)", `L.tileLayer("${xyzTemplate(layer, "{r}")}", {
   minZoom: ${layer.minzoom},
   maxZoom: ${layer.maxzoom},
@@ -306,8 +341,8 @@ const capabilities = new ol.format.WMTSCapabilities().read(await response.text()
 const options = ol.source.WMTS.optionsFromCapabilities(capabilities, {
   layer: "${name}",
   matrixSet: "${state.tms}",
-  format: "${MIME[ext]}",
-});
+  format: "${MIME[ext]}",${olStyle}
+});${olTime}
 new ol.Map({
   target: "map",
   layers: [new ol.layer.Tile({ source: new ol.source.WMTS(options) })],
@@ -321,8 +356,8 @@ new ol.Map({
       mapLibreSnippet(layer, center, zoom)],
     ["qgis", "QGIS", `# Python console; or Layer > Add WMS/WMTS Layer with the capabilities URL
 iface.addRasterLayer(
-    "crs=${state.crs}&format=${MIME[ext]}&layers=${name}&styles=default"
-    "&tileMatrixSet=${state.tms}&url=${caps}",
+    "crs=${state.crs}&format=${MIME[ext]}&layers=${name}&styles=${style}"
+    "&tileMatrixSet=${state.tms}${qgisTime}&url=${caps}",
     "${name}", "wms")
 # XYZ Tiles > New Connection, URL: ${xyzTemplate(layer)}`],
     ["gdal", "GDAL", `gdalinfo "${gdal}"
@@ -335,7 +370,7 @@ function showSnippets(layer) {
   box.replaceChildren();
   for (const [client, title, text] of snippets(layer)) {
     const details = document.createElement("details");
-    details.open = client === state.client;
+    details.open = client === state.client || client === "url";
     const summary = document.createElement("summary");
     summary.textContent = title;
     const pre = document.createElement("pre");
@@ -397,11 +432,14 @@ async function show({ fit = false } = {}) {
     state.map = null;
   }
   window.viewerStats = freshStats(layer.name, client);
+  window.viewerStats.style = styleOf(layer);
+  window.viewerStats.time = state.time ?? layer.default_time;
   for (const button of document.querySelectorAll("#layers button")) {
     button.setAttribute("aria-pressed", String(button.dataset.layer === layer.name));
   }
   document.querySelector(`input[name=client][value=${client}]`).checked = true;
   document.getElementById("tms-field").hidden = client !== "openlayers";
+  showVariantPickers(layer);
   statusLine.textContent = `loading ${LIBRARIES[client].title}…`;
   try {
     await loadLibrary(client);
@@ -432,10 +470,25 @@ async function show({ fit = false } = {}) {
   }
 }
 
+// The style and date pickers of the layer shown: hidden when it has no styles or times.
+function showVariantPickers(layer) {
+  const pick = (select, field, values, chosen) => {
+    document.getElementById(field).hidden = values.length === 0;
+    select.replaceChildren(...values.map(([value, title]) => new Option(title, value)));
+    if (values.length) select.value = chosen;
+  };
+  pick(styleSelect, "style-field", layer.styles.map(({ name, title }) => [name, title]),
+    styleOf(layer));
+  pick(timeSelect, "time-field", layer.times.map((value) => [value, value]),
+    state.time ?? layer.default_time);
+}
+
 for (const radio of document.querySelectorAll("input[name=client]")) {
   radio.addEventListener("change", () => { state.client = radio.value; show(); });
 }
 tmsSelect.addEventListener("change", () => { state.tms = tmsSelect.value; show(); });
+styleSelect.addEventListener("change", () => { state.style = styleSelect.value; show(); });
+timeSelect.addEventListener("change", () => { state.time = timeSelect.value; show(); });
 
 // #<layer>[/<client>[/<TileMatrixSet>]] picks what is shown first.
 fetchOk("layers.json").then((response) => response.json()).then(({ layers }) => {
@@ -447,7 +500,12 @@ fetchOk("layers.json").then((response) => response.json()).then(({ layers }) => 
     button.type = "button";
     button.textContent = layer.title;
     button.dataset.layer = layer.name;
-    button.addEventListener("click", () => { state.layer = layer; show({ fit: true }); });
+    button.addEventListener("click", () => {
+      // Another layer has other styles and times: start on its defaults.
+      if (state.layer !== layer) state.style = state.time = null;
+      state.layer = layer;
+      show({ fit: true });
+    });
     item.append(button);
     list.append(item);
   }

@@ -3,6 +3,10 @@
 // JSON line on stdout (see driver.mjs). Driven by test_viewer.py; also usable by hand:
 //
 //   node check_viewer.mjs http://127.0.0.1:8080/ /tmp/viewer.png [--dpr 2] [--hash LAYER/CLIENT]
+//       [--style NAME] [--time VALUE]
+//
+// With --style or --time, the page is read once settled ("before" in the report), then the
+// style and/or date are picked in the panel's selects as a user would, and read again.
 
 import { parseArgs, printReport, runPage } from "./driver.mjs";
 
@@ -20,7 +24,7 @@ const PLACES = [
 function usage(message) {
   process.stderr.write(
     `${message}\nusage: node check_viewer.mjs <viewer-url> <screenshot.png> ` +
-      "[--dpr N] [--hash LAYER[/CLIENT[/TILEMATRIXSET]]]\n",
+      "[--dpr N] [--hash LAYER[/CLIENT[/TILEMATRIXSET]]] [--style NAME] [--time VALUE]\n",
   );
   process.exit(2);
 }
@@ -102,6 +106,12 @@ function readPanel() {
     ),
     mapRect: [box.left, box.top, box.width, box.height],
     tileMatrixSets: [...document.querySelectorAll("#tms option")].map((option) => option.value),
+    styles: document.getElementById("style-field").hidden
+      ? []
+      : [...document.querySelectorAll("#style option")].map((option) => option.value),
+    times: document.getElementById("time-field").hidden
+      ? []
+      : [...document.querySelectorAll("#time option")].map((option) => option.value),
     snippets: Object.fromEntries(
       [...document.querySelectorAll("#snippets pre")].map((pre) => [
         pre.dataset.client,
@@ -112,7 +122,11 @@ function readPanel() {
 }
 
 printReport("check_viewer.mjs", async () => {
-  const options = parseArgs(process.argv.slice(2), { dpr: "1", hash: "" }, usage);
+  const options = parseArgs(
+    process.argv.slice(2),
+    { dpr: "1", hash: "", style: "", time: "" },
+    usage,
+  );
   if (options.positional.length !== 2) usage("expected a viewer URL and a screenshot path");
   const dpr = Number(options.dpr);
   if (!(dpr > 0)) usage("--dpr must be a positive number");
@@ -127,6 +141,34 @@ printReport("check_viewer.mjs", async () => {
     viewport: { width: 1024, height: 768 },
     ready: viewerSettled,
     inspect: async (page, report) => {
+      if (options.style || options.time) {
+        report.before = {
+          stats: await page.evaluate(() => ({ ...window.viewerStats })),
+          ...(await page.evaluate(readPanel)),
+        };
+        // One pick at a time, each left to settle, as a user looks before picking again
+        // (a pick made while tiles load replaces the map, and the browser aborts them).
+        const picks = [["#style", "style", options.style], ["#time", "time", options.time]];
+        for (const [select, field, value] of picks.filter(([, , value]) => value)) {
+          await page.selectOption(select, value);
+          try {
+            await page.waitForFunction(
+              ([name, wanted]) => {
+                const stats = window.viewerStats;
+                return stats[name] === wanted &&
+                  ((stats.idle && stats.loaded > 0) || stats.errors > 0);
+              },
+              [field, value],
+              { timeout: 30000, polling: 100 },
+            );
+            // Let the last tiles' requests finish (Leaflet fades tiles in).
+            await page.waitForTimeout(600);
+          } catch (error) {
+            report.timedOut = `after picking ${field} ${value}: ${error.message.split("\n")[0]}`;
+            break;
+          }
+        }
+      }
       report.stats = await page.evaluate(() => ({ ...window.viewerStats }));
       Object.assign(report, await page.evaluate(readPanel));
       report.samples =

@@ -410,10 +410,10 @@ def test_viewer_openlayers_wmts_in_epsg_4326(
 def test_viewer_snippets_use_working_absolute_urls(
     demo: DemoProcess, openlayers_report: dict[str, Any]
 ) -> None:
-    """The five snippets are there, name the chosen TileMatrixSet and its CRS, and every
+    """The six snippets are there, name the chosen TileMatrixSet and its CRS, and every
     gateway URL in them is absolute and answers 200 (tile templates filled in)."""
     snippets = openlayers_report["snippets"]
-    assert set(snippets) == {"leaflet", "openlayers", "maplibre", "qgis", "gdal"}, snippets
+    assert set(snippets) == {"url", "leaflet", "openlayers", "maplibre", "qgis", "gdal"}, snippets
     assert 'matrixSet: "WGS1984Quad"' in snippets["openlayers"]
     assert "tileMatrixSet=WGS1984Quad" in snippets["qgis"] and "crs=EPSG:4326" in snippets["qgis"]
     assert "tilematrixset=WGS1984Quad" in snippets["gdal"]
@@ -597,3 +597,25 @@ def test_viewer_asks_the_cdn_when_configured(
     stats = report["stats"]
     assert (stats["client"], stats["loaded"], stats["errors"]) == (client, 0, 1), why
     assert "cannot load " + base in report["status"], why
+
+
+def test_viewer_picks_a_style_and_a_date_of_the_demo_naip_layer(
+    demo: DemoProcess, tmp_path: Path
+) -> None:
+    """Issue 13, acceptance 1, in the demo: on the NAIP layer a user picks the colour-infrared
+    style and the 2010 date; the map loads that variant's tiles and the tile URL snippet is the
+    URL to use."""
+    screenshot = tmp_path / "viewer-naip.png"
+    report = run_viewer(
+        demo, screenshot, "--hash", "naip/leaflet", "--style", "infrared", "--time", "2010-06-29"
+    )
+    why = describe(report, demo)
+    assert_page_healthy(report, demo, "leaflet", layer="naip")
+    assert report["before"]["styles"] == ["natural", "infrared", "ndvi"], why
+    assert report["before"]["times"] == ["2010-06-29", "2020-08-31"], why
+    assert (report["stats"]["style"], report["stats"]["time"]) == ("infrared", "2010-06-29"), why
+    query = "?style=infrared&time=2010-06-29"
+    url = f"{demo.url}tiles/naip/{{z}}/{{x}}/{{y}}.png{query}"
+    assert report["snippets"]["url"] == url, why
+    picked = [r for r in gateway_requests(report, demo) if r["query"] == query]
+    assert picked and all(r["status"] == 200 for r in picked), why

@@ -74,6 +74,8 @@ LAYERS = ("bluemarble", "rgb", "dtm", "nosuch")
 # Path segments of the elevation tiles, /tiles/<layer>/<encoding>/<z>/<x>/<y>.png.
 ENCODINGS = ("terrarium", "terrain-rgb")
 TMS_IDS = ("WebMercatorQuad", "WebMercatorQuad_2x", "WorldCRS84Quad", "WGS1984Quad", "Nope")
+# Style and time values: the rgb layer's, the keywords, and what no layer offers.
+VARIANT_VALUES = ("natural", "swapped", "nope", "2010-06-29", "2020-08-31T00:00:00Z", "2015/2010")
 # Header values: what a field value may hold (RFC 9110 section 5.5: VCHAR, SP, HTAB and
 # obs-text, the bytes 0x80-0xFF that need not be UTF-8).
 VALUE_BYTES = (9, *range(32, 127), *range(128, 256))
@@ -286,8 +288,8 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
         )
         q = draw(
             query(
-                ("format", "scale", "f"),
-                ("png", "jpg", "jpeg", "webp", *ENCODINGS, "1", "2", "0", "²"),
+                ("format", "scale", "f", "style", "time"),
+                ("png", "jpg", "jpeg", "webp", *ENCODINGS, "1", "2", "0", "²", *VARIANT_VALUES),
             )
         )
     elif group == "wmts":
@@ -322,6 +324,7 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                     "TileCol",
                     "AcceptVersions",
                     "Sections",
+                    "TIME",
                 ),
                 (
                     "WMTS",
@@ -338,6 +341,7 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                     "Contents,ServiceIdentification",
                     "All",
                     ",",
+                    *VARIANT_VALUES,
                 ),
             )
         )
@@ -359,7 +363,9 @@ def requests(draw: st.DrawFn, group: str, port: int) -> Request:
                 path_of("/ogcapi/", words),
             )
         )
-        q = draw(query(("f",), ("json", "png", "jpg", "jpeg", "html", "")))
+        q = draw(
+            query(("f", "datetime"), ("json", "png", "jpg", "jpeg", "html", "", *VARIANT_VALUES))
+        )
     elif group == "admin":
         path = draw(
             st.one_of(
@@ -434,7 +440,14 @@ def gateway_port(imageserver_url: str, redis_url: str) -> Iterator[int]:
                 "formats": ["png", "jpg"],
                 "maxzoom": 3,
             },
-            "rgb": {"url": f"{imageserver_url}/rgb/ImageServer", "formats": ["png"]},
+            "rgb": {
+                "url": f"{imageserver_url}/rgb/ImageServer",
+                "formats": ["png"],
+                # Variants: the style and time parameters reach a layer that has some.
+                "styles": {"natural": {"bandIds": [0, 1, 2]}, "swapped": {"bandIds": [2, 1, 0]}},
+                "time": {"values": ["2010-06-29", "2020-08-31"]},
+                "max_variants": 4,
+            },
             "dtm": {
                 "url": f"{imageserver_url}/dtm/ImageServer",
                 "formats": ["png", "webp", "terrarium", "terrain-rgb"],

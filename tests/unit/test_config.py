@@ -135,7 +135,7 @@ def test_environment_substitution() -> None:
 def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("IMAGESERVER_URL", raising=False)
     demo = load_config(REPO / "config" / "demo.yaml")
-    assert set(demo.layers) == {"bluemarble", "shadedrelief", "etopo", "jacksboro"}
+    assert set(demo.layers) == {"bluemarble", "shadedrelief", "etopo", "jacksboro", "naip"}
     monkeypatch.setenv("ARCGIS_URL", "https://gis.example.org/arcgis")
     monkeypatch.setenv("REDIS_URL", "rediss://gw:secret@redis.example.org:6380/2")
     example = load_config(REPO / "config" / "example.yaml")

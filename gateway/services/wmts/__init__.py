@@ -7,8 +7,11 @@ Routes (under ``/wmts``):
   the ServiceMetadata (capabilities) document. A bare ``/wmts`` and
   ``SERVICE=WMS&REQUEST=GetCapabilities`` (what QGIS asks a bare endpoint) get it too.
 - ``GET /wmts?SERVICE=WMTS&REQUEST=GetTile&...`` (KVP, 07-057r7 section 8) and
-  ``GET /wmts/1.0.0/<layer>/<Style>/<TileMatrixSet>/<TileMatrix>/<TileRow>/<TileCol>.<png|jpg>``
-  (RESTful, section 10): one tile, through the same ``TilePipeline`` (and cache entries) as XYZ.
+  ``GET /wmts/1.0.0/<layer>/<Style>[/<Time>]/<TileMatrixSet>/<TileMatrix>/<TileRow>/<TileCol>.png``
+  (or ``.jpg``; RESTful, section 10): one tile, through the same ``TilePipeline`` (and cache
+  entries) as XYZ.
+  A layer's styles are its WMTS Styles and its time values the ``Time`` Dimension
+  (KVP ``TIME=``).
 
 Errors are OWS 1.1 ExceptionReports (06-121r3 section 8) with the exceptionCode, locator and HTTP
 status the OGC ETS (ets-wmts10) checks: 400 for KVP requests, 404 for RESTful misses and any
@@ -26,7 +29,7 @@ from aiohttp import web
 from gateway import errors
 from gateway.services.http import PIPELINE, negotiate, serve_tile
 from gateway.services.wmts import kvp as kvp_encoding
-from gateway.services.wmts.capabilities import CAPABILITIES_PATH, MEDIA_TYPES, STYLE, contents_of
+from gateway.services.wmts.capabilities import CAPABILITIES_PATH, MEDIA_TYPES, TIME, contents_of
 from gateway.services.wmts.ows import (
     VERSION,
     OwsException,
@@ -54,13 +57,16 @@ def locate(
     tile_matrix: str,
     tile_row: str,
     tile_col: str,
+    time: str | None = None,
 ) -> TileRequest:
     """The pipeline's ``TileRequest`` for a GetTile (07-057r7 section 7.2) whose values are
     still text, checked against what the document advertises (the layer's
-    TileMatrixSetLimits).
+    TileMatrixSetLimits, Styles and Time Dimension values; ``time`` ``None``, or the keyword
+    ``default``, is the Dimension's Default).
 
     Raises ``WmtsError`` (400) with InvalidParameterValue for an unknown Layer, Style, Format,
-    TileMatrixSet or TileMatrix identifier or a non-integer TileRow/TileCol, and TileOutOfRange
+    TileMatrixSet or TileMatrix identifier, Time value or a non-integer TileRow/TileCol, and
+    TileOutOfRange
     (locator ``TileRow`` or ``TileCol``) for a tile outside the layer's TileMatrixSetLimits,
     even when the matrix itself holds it.
     """
@@ -76,6 +82,9 @@ def locate(
             _EXTENSIONS.get(media_type, ""),
             within_limits=True,
             wmts=True,
+            # WMTS clients send the style even when there is one: resolve checks it.
+            style=style,
+            time=time if _timed(request, layer) else None,
         )
     except errors.UnknownLayer:
         raise WmtsError(400, invalid("Layer", f"no layer {layer!r}")) from None
@@ -117,9 +126,17 @@ def locate(
                 f"TileMatrix {tile_matrix} of {tile_matrix_set}",
             ),
         ) from None
-    if style != STYLE:
-        raise WmtsError(400, invalid("Style", f"layer {layer!r} has only style {STYLE!r}"))
+    except errors.VariantRefused as exc:
+        raise WmtsError(400, invalid(exc.part, f"layer {layer!r}: {exc}")) from None
     return tile
+
+
+def _timed(request: web.Request, layer: str) -> bool:
+    """Whether ``layer`` has a Time Dimension: without one, a TIME parameter is a parameter
+    the layer does not know, which a GetTile ignores as it ignores any other
+    (ogc-interop.md section 1.4)."""
+    found = request.app[PIPELINE].layers.get(layer)
+    return found is not None and found.variants.default_time is not None
 
 
 async def _serve(request: web.Request, tile: TileRequest) -> web.StreamResponse:
@@ -184,6 +201,7 @@ async def kvp(request: web.Request) -> web.StreamResponse:
                 found["tilematrix"],
                 found["tilerow"],
                 found["tilecol"],
+                found.get(TIME.lower()),
             )
             return await _serve(request, tile)
         if operation == "GetFeatureInfo":
@@ -220,17 +238,23 @@ async def rest_capabilities(request: web.Request) -> web.Response:
 
 
 async def rest_tile(request: web.Request) -> web.StreamResponse:
-    """``GET /wmts/1.0.0/<layer>/<Style>/<TileMatrixSet>/<TileMatrix>/<TileRow>/<TileCol>.<ext>``
-    (07-057r7 section 10.2). A tile the KVP encoding would refuse with 400 is 404 here, with
+    """``GET /wmts/1.0.0/<layer>/<Style>[/<Time>]/<TileMatrixSet>/<TileMatrix>/<TileRow>/<TileCol>
+    .<ext>`` (07-057r7 section 10.2; ``<Time>`` for a time-enabled layer, else its default).
+    A tile the KVP encoding would refuse with 400 is 404 here, with
     the same exceptionCode and locator (section 10.2.5: illegal path values are 404); upstream
     failures keep their 502/503/504."""
-    match = _REST_TILE_NAME.fullmatch(request.match_info["name"])
+    info = request.match_info
+    if "time" in info:
+        found = request.app[PIPELINE].layers.get(info["layer"])
+        if found is None or found.variants.default_time is None:
+            # Without a Time dimension the path has one part too many: no such resource.
+            return render_error(request, 404, "")
+    match = _REST_TILE_NAME.fullmatch(info["name"])
     try:
         if match is None:
             raise WmtsError(
                 404, invalid("TileCol", "a tile is <TileCol>.<png|jpg|webp>, e.g. 17.png")
             )
-        info = request.match_info
         try:
             tile = locate(
                 request,
@@ -241,6 +265,7 @@ async def rest_tile(request: web.Request) -> web.StreamResponse:
                 info["matrix"],
                 info["row"],
                 match["col"],
+                info.get("time"),
             )
         except WmtsError as error:
             raise WmtsError(404, *error.exceptions) from None
@@ -256,4 +281,8 @@ def routes() -> list[web.RouteDef]:
         web.get("", kvp),
         web.get(CAPABILITIES_PATH.removeprefix("/wmts"), rest_capabilities),
         web.get(f"/{VERSION}/{{layer}}/{{style}}/{{tms}}/{{matrix}}/{{row}}/{{name}}", rest_tile),
+        web.get(
+            f"/{VERSION}/{{layer}}/{{style}}/{{time}}/{{tms}}/{{matrix}}/{{row}}/{{name}}",
+            rest_tile,
+        ),
     ]

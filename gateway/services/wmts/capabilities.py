@@ -29,6 +29,7 @@ from gateway.services.http import (
 )
 from gateway.services.wmts.ows import OWS_NS, VERSION, XLINK_NS, XSI_NS, child, ows, serialise
 from gateway.tiles import Layer, TilePipeline
+from gateway.tiles.variants import DEFAULT_STYLE, StyleOffer
 
 WMTS_NS: Final = "http://www.opengis.net/wmts/1.0"
 _NSMAP: Final = {None: WMTS_NS, "ows": OWS_NS, "xlink": XLINK_NS, "xsi": XSI_NS}
@@ -36,7 +37,9 @@ _CAPABILITIES_SCHEMA: Final = (
     f"{WMTS_NS} http://schemas.opengis.net/wmts/1.0/wmtsGetCapabilities_response.xsd"
 )
 
-STYLE: Final = "default"
+STYLE: Final = DEFAULT_STYLE
+# The identifier of the time Dimension (07-057r7 Annex B), also its KVP parameter name.
+TIME: Final = "Time"
 CAPABILITIES_PATH: Final = f"/wmts/{VERSION}/WMTSCapabilities.xml"
 # The sections a GetCapabilities ``Sections`` parameter may name (06-121r3 section 7.3.3, plus
 # WMTS Themes), in document order; this service has no Themes to list.
@@ -230,8 +233,11 @@ def _operations_metadata(root: etree._Element, base: str) -> None:
 
 def _layer(contents: etree._Element, base: str, name: str, offer: LayerOffer) -> None:
     """One ``Layer`` (07-057r7 section 7.1, LayerType): Title, WGS84BoundingBox (lon/lat),
-    Identifier, the default Style (Title = Identifier: OpenLayers matches styles by Title),
-    Formats, TileMatrixSetLinks with limits, one RESTful ResourceURL per Format."""
+    Identifier, its Styles (the layer's styles, else ``default``; Title = Identifier:
+    OpenLayers matches styles by Title, the configured title is the Abstract; the default one
+    ``isDefault``), Formats, the ``Time`` Dimension of a time-enabled layer (its values and
+    default), TileMatrixSetLinks with limits, one RESTful ResourceURL per Format (with
+    ``{Time}`` after ``{Style}`` for a time-enabled layer)."""
     element = child(contents, _wmts("Layer"))
     child(element, ows("Title"), offer.layer.config.title or name)
     west, south, east, north = offer.wgs84
@@ -245,11 +251,33 @@ def _layer(contents: etree._Element, base: str, name: str, offer: LayerOffer) ->
         box = child(element, ows("BoundingBox"), crs=crs)
         child(box, ows("LowerCorner"), _coordinates(xmin, ymin, swap=lat_first))
         child(box, ows("UpperCorner"), _coordinates(xmax, ymax, swap=lat_first))
-    style = child(element, _wmts("Style"), isDefault="true")
-    child(style, ows("Title"), STYLE)
-    child(style, ows("Identifier"), STYLE)
+    variants = offer.layer.variants
+    for style_offer in variants.styles or (StyleOffer(STYLE, STYLE, None),):
+        default = style_offer.name == variants.default_style
+        style = child(element, _wmts("Style"), **({"isDefault": "true"} if default else {}))
+        # Title = Identifier: OpenLayers' optionsFromCapabilities finds a style by its Title.
+        child(style, ows("Title"), style_offer.name)
+        described = " ".join(
+            text
+            for text in (
+                None if style_offer.title == style_offer.name else style_offer.title,
+                style_offer.abstract,
+            )
+            if text
+        )
+        if described:
+            child(style, ows("Abstract"), described)
+        child(style, ows("Identifier"), style_offer.name)
     for media_type in offer.formats:
         child(element, _wmts("Format"), media_type)
+    if variants.default_time is not None:
+        # 07-057r7 section 7.2.4.6.2 (Dimension) and Annex B: ISO 8601 time values.
+        dimension = child(element, _wmts("Dimension"))
+        child(dimension, ows("Identifier"), TIME)
+        child(dimension, ows("UOM"), "ISO8601")
+        child(dimension, _wmts("Default"), variants.default_time)
+        for value in variants.times:
+            child(dimension, _wmts("Value"), value)
     for identifier, matrices in offer.links.items():
         link = child(element, _wmts("TileMatrixSetLink"))
         child(link, _wmts("TileMatrixSet"), identifier)
@@ -261,6 +289,9 @@ def _layer(contents: etree._Element, base: str, name: str, offer: LayerOffer) ->
             child(limits, _wmts("MaxTileRow"), str(max_row))
             child(limits, _wmts("MinTileCol"), str(min_col))
             child(limits, _wmts("MaxTileCol"), str(max_col))
+    # The dimension's value follows the style in the path, as 07-057r7 section 10.2.1 lays a
+    # tile's resource out: layer, style, each dimension, TileMatrixSet, TileMatrix, row, col.
+    time = "" if variants.default_time is None else f"{{{TIME}}}/"
     for media_type, ext in offer.formats.items():
         child(
             element,
@@ -268,7 +299,7 @@ def _layer(contents: etree._Element, base: str, name: str, offer: LayerOffer) ->
             format=media_type,
             resourceType="tile",
             template=(
-                f"{base}/wmts/{VERSION}/{name}/{{Style}}/{{TileMatrixSet}}/{{TileMatrix}}"
+                f"{base}/wmts/{VERSION}/{name}/{{Style}}/{time}{{TileMatrixSet}}/{{TileMatrix}}"
                 f"/{{TileRow}}/{{TileCol}}.{ext}"
             ),
         )
