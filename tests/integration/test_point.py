@@ -44,6 +44,12 @@ async def client(
         # A layer locked to one scene: its mosaicRule goes with identify too.
         rule = {"mosaicMethod": "esriMosaicLockRaster", "lockRasterIds": [object_id]}
         layers[f"y{year}"] = {"url": f"{root}/years/ImageServer", "export": {"mosaicRule": rule}}
+    # Variants: a style of the service's NDVI template and the two dates.
+    layers["years"] = {
+        "url": f"{root}/years/ImageServer",
+        "styles": {"natural": {"bandIds": [0, 1, 2]}, "ndvi": {"rasterFunction": "NDVI"}},
+        "time": {"values": ["2010-06-29", "2020-08-31"], "default": "2020-08-31"},
+    }
     return await make_gateway(layers)
 
 
@@ -110,6 +116,30 @@ async def test_the_layers_mosaic_rule_picks_the_scene(client: TestClient) -> Non
             assert answers[year] == [int(v) for v in expected], year
         differ += answers["2010"] != answers["2020"]
     assert differ > 0  # the two scenes tell apart
+
+
+async def test_style_and_time_choose_what_identify_answers(client: TestClient) -> None:
+    with rasterio.open(NAIP) as dataset:
+        height, width = dataset.shape
+    pixels = [(height // 3, width // 4), (height // 2, width // 2)]
+    for lon, lat, _ in centres(NAIP, pixels):
+        for time, path in (("2010-06-29", NAIP), ("2020-08-31", NAIP_2020), (None, NAIP_2020)):
+            with rasterio.open(path) as dataset:
+                (x,), (y,) = transform("EPSG:4326", dataset.crs, [lon], [lat])
+                row, col = dataset.index(x, y)
+                red, _, _, nir = dataset.read(window=((row, row + 1), (col, col + 1)))[:, 0, 0]
+            query = {"lon": lon, "lat": lat, "style": "ndvi", **({"time": time} if time else {})}
+            response = await client.get("/tiles/years/point", params=query)
+            assert response.status == 200, await response.text()
+            (value,) = (await response.json())["values"]
+            # ArcGIS's NDVI function: U8 (NDVI * 100) + 100 (imageserver/functions.py).
+            ndvi = (float(nir) - float(red)) / (float(nir) + float(red))
+            assert value == pytest.approx(ndvi * 100 + 100, abs=1), (time, lon, lat)
+    refused = await client.get(
+        "/tiles/years/point", params={"lon": lon, "lat": lat, "style": "nope"}
+    )
+    assert refused.status == 400
+    assert "nope" in (await refused.json())["error"]["message"]
 
 
 @pytest.mark.parametrize(
