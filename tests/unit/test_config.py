@@ -228,7 +228,7 @@ def test_check_config_names_an_unset_variable_and_how_to_set_it() -> None:
 def test_check_config_cli(tmp_path: Path) -> None:
     good = run_cli("check-config", str(REPO / "config" / "demo.yaml"))
     assert good.returncode == 0, good.stderr
-    assert "4 layer(s)" in good.stdout
+    assert "5 layer(s)" in good.stdout
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"layers:\n  a:\n    url: {URL}\n    ttl: -5\n")
