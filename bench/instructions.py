@@ -55,7 +55,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str, seconds: float = 300.0) -> None:
+def wait_for(url: str, seconds: float = 900.0) -> None:
     """Until ``url`` answers 200 (a process under callgrind starts 50 times slower)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
