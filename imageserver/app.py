@@ -257,15 +257,24 @@ def _service_name(request: web.Request) -> str:
     return name if folder is None else f"{folder}/{name}"
 
 
-async def _handle_service(request: web.Request) -> web.Response:
-    params = await request_params(request)
+def _open_service(
+    request: web.Request, params: Mapping[str, str]
+) -> tuple[str, RasterSource] | web.Response:
+    """The service a request names (``<folder>/<name>`` in a folder) and its source, once the
+    caller may use it (``security.guard``); else the answer: service not found, or refused."""
     name = _service_name(request)
     found = find_source(request.app, name)
     if found is None or request.match_info["kind"].lower() != "imageserver":
         return _service_not_found(params, name)
     refused = guard(request, params, found[0])
-    if refused is not None:
-        return refused
+    return found if refused is None else refused
+
+
+async def _handle_service(request: web.Request) -> web.Response:
+    params = await request_params(request)
+    found = _open_service(request, params)
+    if isinstance(found, web.Response):
+        return found
     return json_response(service_info(*found), params)
 
 
@@ -274,13 +283,9 @@ Operation = Callable[[web.Request, Mapping[str, str], str, RasterSource], Any]
 
 async def _handle_operation(request: web.Request) -> web.StreamResponse:
     params = await request_params(request)
-    name = _service_name(request)
-    found = find_source(request.app, name)
-    if found is None or request.match_info["kind"].lower() != "imageserver":
-        return _service_not_found(params, name)
-    refused = guard(request, params, found[0])
-    if refused is not None:
-        return refused
+    found = _open_service(request, params)
+    if isinstance(found, web.Response):
+        return found
     operation = _OPERATIONS.get(request.match_info["operation"].lower())
     if operation is None:
         return error_response(params, 400, "Requested operation is not supported by this service.")
@@ -331,13 +336,9 @@ async def _handle_tile(request: web.Request) -> web.Response:
     tile's bytes, or HTTP 404 with an error JSON when the cache does not hold it, as ArcGIS
     answers a missing tile (``docs/arcgis-rest.md`` §2.1)."""
     params = await request_params(request)
-    name = request.match_info["name"]
-    found = find_source(request.app, name)
-    if found is None or request.match_info["kind"].lower() != "imageserver":
-        return _service_not_found(params, name)
-    refused = guard(request, params, found[0])
-    if refused is not None:
-        return refused
+    found = _open_service(request, params)
+    if isinstance(found, web.Response):
+        return found
     service, source = found
     spec = source.spec.cache
     if spec is None:

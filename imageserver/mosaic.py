@@ -57,7 +57,7 @@ from rasterio.warp import transform
 from imageserver.config import ServiceSpec
 from imageserver.geometry import Geometry
 from imageserver.params import ParameterError
-from imageserver.pixels import Point, format_value, read_points, to_source_points
+from imageserver.pixels import Point, format_value, read_points, sample_points, to_source_points
 from imageserver.raster import (
     QUANTILE_STEPS,
     BandStatistics,
@@ -634,13 +634,7 @@ def samples(source: MosaicSource, geometry: Geometry) -> dict[str, Any]:
     Raises:
         ValueError: a polyline, polygon or envelope (points and multipoints only).
     """
-    if geometry.kind == "point":
-        points = [tuple(geometry.geojson["coordinates"])]
-    elif geometry.kind == "multipoint":
-        points = [tuple(p) for p in geometry.geojson["coordinates"]]
-    else:
-        raise ValueError("this server samples points and multipoints only")
-    located = to_source_points(source, [(p[0], p[1]) for p in points], geometry.crs)
+    located = to_source_points(source, sample_points(geometry), geometry.crs)
     items = source.ordered()
     per_item = [read_points(item.source, located) for item in items]
     spatial_reference = spatial_reference_json(source.crs)

@@ -32,6 +32,22 @@ HISTOGRAM_SIZE = 256
 Point = tuple[float, float]
 
 
+def sample_points(geometry: Geometry) -> list[tuple[float, float]]:
+    """The ``(x, y)`` points getSamples reads, in ``geometry.crs``: a point's, or a
+    multipoint's each.
+
+    Raises:
+        ValueError: a polyline, polygon or envelope (sampling along lines or areas is not
+            implemented by this server).
+    """
+    if geometry.kind == "point":
+        x, y, *_ = geometry.geojson["coordinates"]
+        return [(x, y)]
+    if geometry.kind == "multipoint":
+        return [(p[0], p[1]) for p in geometry.geojson["coordinates"]]
+    raise ValueError("this server samples points and multipoints only")
+
+
 def to_source_points(source: RasterSource, points: Sequence[Point], crs: CRS | None) -> list[Point]:
     """``points`` given in ``crs`` (``None``: the service SR) projected to the raster's CRS."""
     if crs is None or crs == source.crs or not points:
@@ -109,13 +125,7 @@ def samples(source: RasterSource, geometry: Geometry) -> dict[str, Any]:
         ValueError: a polyline, polygon or envelope (sampling along lines or areas is not
             implemented by this server).
     """
-    if geometry.kind == "point":
-        points = [tuple(geometry.geojson["coordinates"])]
-    elif geometry.kind == "multipoint":
-        points = [tuple(p) for p in geometry.geojson["coordinates"]]
-    else:
-        raise ValueError("this server samples points and multipoints only")
-    located = to_source_points(source, [(p[0], p[1]) for p in points], geometry.crs)
+    located = to_source_points(source, sample_points(geometry), geometry.crs)
     spatial_reference = spatial_reference_json(source.crs)
     return {
         "samples": [

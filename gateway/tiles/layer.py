@@ -8,7 +8,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from gateway import terrain
@@ -17,7 +18,7 @@ from gateway.config import GatewayConfig, LayerConfig
 from gateway.credentials import CredentialProviders
 from gateway.errors import UpstreamError
 from gateway.grids import Grid, GridRegistry, TileLimits
-from gateway.imaging import MEDIA_TYPES, empty_tile
+from gateway.imaging import MEDIA_TYPES, cut_metatile, empty_tile
 from gateway.sources.http import UpstreamPool
 from gateway.sources.imageserver import ImageServerClient, extent_wgs84
 from gateway.tiles.servicecache import cache_levels
@@ -208,6 +209,25 @@ class Layer:
         columns = max(1, min(self.config.meta_size[0], (self.max_image[0] - buffer) // tile_px))
         rows = max(1, min(self.config.meta_size[1], (self.max_image[1] - buffer) // tile_px))
         return columns, rows
+
+    def cutter(
+        self, image: bytes, size: tuple[int, int], boxes: list[tuple[int, int, int, int]], ext: str
+    ) -> Callable[[], list[bytes]]:
+        """``imaging.cut_metatile`` of ``image`` (``size`` pixels) into the tiles of ``boxes``
+        encoded as ``ext`` with this layer's settings (``png8``, ``jpeg_quality``,
+        ``background``, ``webp_quality``), as a call for a worker thread. It raises
+        ``UndecodableImage`` there."""
+        return partial(
+            cut_metatile,
+            image,
+            size,
+            boxes,
+            ext,
+            png8=self.config.png8,
+            jpeg_quality=self.config.jpeg_quality,
+            background=self.config.background,
+            webp_quality=self.config.webp_quality,
+        )
 
     def metatile_format(self, ext: str) -> str:
         """The format (``png``/``jpg``/``tif``) metatiles of ``ext`` tiles are asked in: float

@@ -31,7 +31,6 @@ from gateway.imaging import (
     MEDIA_TYPES,
     UndecodableImage,
     check_image,
-    cut_metatile,
     sniff_format,
 )
 from gateway.logs import EXCHANGE
@@ -338,18 +337,7 @@ class TilePipeline:
                 await loop.run_in_executor(None, check_image, data, size)
                 return data
             (encoded,) = await loop.run_in_executor(
-                None,
-                partial(
-                    cut_metatile,
-                    data,
-                    size,
-                    [(0, 0, *size)],
-                    request.ext,
-                    png8=layer.config.png8,
-                    jpeg_quality=layer.config.jpeg_quality,
-                    background=layer.config.background,
-                    webp_quality=layer.config.webp_quality,
-                ),
+                None, layer.cutter(data, size, [(0, 0, *size)], request.ext)
             )
         except UndecodableImage as exc:
             log.info("layer %s: cached tile %d/%d/%d: %s", request.layer, level, row, col, exc)
@@ -440,18 +428,7 @@ class TilePipeline:
                 )
             else:
                 tiles = await loop.run_in_executor(
-                    None,
-                    partial(
-                        cut_metatile,
-                        image.data,
-                        size,
-                        [box for _, _, box in crops],
-                        request.ext,
-                        png8=layer.config.png8,
-                        jpeg_quality=layer.config.jpeg_quality,
-                        background=layer.config.background,
-                        webp_quality=layer.config.webp_quality,
-                    ),
+                    None, layer.cutter(image.data, size, [box for _, _, box in crops], request.ext)
                 )
         except UndecodableImage as exc:
             raise UpstreamError(
