@@ -89,7 +89,16 @@ async def test_a_burst_beyond_the_pool_waits_on_every_deployment(
     # for its lock at the same time. A pool that failed at once would read as an outage, and
     # then both replicas would fetch.
     fake_upstream.behaviour = "slow_ok"
-    cache = {"redis_url": deployment_url, "prefix": key_prefix, "max_connections": 3}
+    # The pool waits up to cache.timeout for a connection. 240 requests through 3 connections
+    # can need more than the default 0.5 s on a loaded machine (then each replica, seeing an
+    # outage, fetched everything itself: 80 calls); 5 s still tells a waiting pool from one
+    # that fails at once.
+    cache = {
+        "redis_url": deployment_url,
+        "prefix": key_prefix,
+        "max_connections": 3,
+        "timeout": 5,
+    }
     layer = {"url": fake_upstream.url, "formats": ["png"], "ttl": 600, "meta_size": [1, 1]}
     replicas = [await make_gateway({"fake": layer}, cache) for _ in range(2)]
     paths = [f"/tiles/fake/6/{x}/{y}.png" for x in range(8) for y in range(5)]
