@@ -21,7 +21,15 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from gateway.access.gate import Admission, Gate, Refusal, Resource, admission_of, client_address
+from gateway.access.gate import (
+    EXPOSED_HEADERS,
+    Admission,
+    Gate,
+    Refusal,
+    Resource,
+    admission_of,
+    client_address,
+)
 from gateway.access.keys import ApiKeys
 from gateway.access.logs import access_logger, redactor, secret_params
 from gateway.access.rates import RateLimits, limiter_storage
@@ -29,6 +37,7 @@ from gateway.access.tokens import JwtVerifier
 from gateway.config import GatewayConfig, ResourceAccess
 
 __all__ = [
+    "EXPOSED_HEADERS",
     "Access",
     "Admission",
     "Gate",

@@ -19,7 +19,9 @@ from gateway.config import AccessConfig, GroupAccess, ResourceAccess
 # The request's admission, kept in its state so that the root's check and the front's are one
 # (aiohttp copies the state into a clone).
 _ADMISSION = web.RequestKey("admission", "Admission")
-_EXPOSED = "ETag, X-Cache, Content-Length"
+EXPOSED_HEADERS = "ETag, X-Cache, Content-Length, Retry-After, X-Request-Id"
+"""The answer headers a cross-origin script may read (Fetch standard, CORS-exposed headers):
+the cache's validators and result, and when to try again after a 429 or 503."""
 _REALM = 'realm="tile-gateway"'
 
 Resource = Callable[[web.Request], ResourceAccess | None]
@@ -130,7 +132,7 @@ class Gate:
         the one configured origin, or the request's ``Origin`` when it is one of several
         (then ``Vary: Origin``, and no ``Access-Control-Allow-Origin`` for another)."""
         headers = response.headers
-        headers["Access-Control-Expose-Headers"] = _EXPOSED
+        headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         if self._origin is not None:
             headers["Access-Control-Allow-Origin"] = self._origin
             return

@@ -422,6 +422,9 @@ async def test_over_the_rate_is_429_with_retry_after_in_each_fronts_format(
     over = await get(XYZ.format(layer="open"), headers)
     assert over.status == 429
     assert 1 <= int(over.headers["Retry-After"]) <= 60
+    # A page on another origin may read it (Fetch standard, CORS-exposed headers).
+    exposed = {name.strip() for name in over.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"Retry-After", "X-Request-Id"} <= exposed
     assert over.json()["error"]["code"] == 429
     wmts = await get(WMTS.format(layer="open"), headers)
     assert wmts.status == 429

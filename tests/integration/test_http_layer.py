@@ -70,6 +70,10 @@ async def test_each_front_answers_unknown_paths_in_its_own_format(
         assert exception is not None and exception.get("exceptionCode") == "NoApplicableCode"
     else:
         assert (await response.json())["error"]["code"] == status
+    if status == 405:
+        # RFC 9110 section 15.5.6: a 405 lists the methods the resource has.
+        allowed = {name.strip() for name in response.headers["Allow"].split(",")}
+        assert allowed and method not in allowed
 
 
 async def test_control_characters_in_an_unknown_wmts_path_are_escaped(
@@ -336,3 +340,4 @@ async def test_ready_answers_are_for_reads_only(
     posted = await client.post(path)
     assert posted.status == 405
     assert (await posted.json())["error"]["code"] == 405
+    assert {name.strip() for name in posted.headers["Allow"].split(",")} >= {"GET", "HEAD"}

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from cachetools import LRUCache
 
 from gateway import metrics
-from gateway.access import Gate
+from gateway.access import EXPOSED_HEADERS, Gate
 from gateway.config import GatewayConfig, ServerConfig
 from gateway.errors import UpstreamBusy, UpstreamError
 from gateway.logs import EXCHANGE, EXCHANGES, Exchange, printable, request_id
@@ -199,7 +199,7 @@ def cors_headers(allow_origin: str) -> dict[str, str]:
     scripts may read."""
     return {
         "Access-Control-Allow-Origin": allow_origin,
-        "Access-Control-Expose-Headers": "ETag, X-Cache, Content-Length",
+        "Access-Control-Expose-Headers": EXPOSED_HEADERS,
     }
 
 
@@ -298,7 +298,11 @@ async def _admitted(
             else:
                 gate.cors(request, exc)
             raise
-        return render(request, exc.status, exc.reason)
+        rendered = render(request, exc.status, exc.reason)
+        if "Allow" in exc.headers:
+            # A 405 says which methods the resource has (RFC 9110 section 15.5.6).
+            rendered.headers["Allow"] = exc.headers["Allow"]
+        return rendered
     except BadRequestHeader as exc:
         return render(request, 400, str(exc))
     except web.RequestPayloadError:
