@@ -31,6 +31,23 @@ Poll = Callable[[str], Awaitable[dict[str, Any]]]
 """The upstream job JSON of a job id (tokens removed). Raises ``GPUnavailable``."""
 # Backoff factor between polls that found no change.
 _BACKOFF = 1.5
+# The stages of a GP job's life (arcgis-rest.md section 5.1; ArcGIS REST "GP job"): a job
+# never goes back to an earlier one, so an answer of an earlier stage than the one kept is a
+# poll that was overtaken (a replica whose lease lapsed while its call was under way) and is
+# not kept. Statuses outside this table are kept as changes.
+_STAGES = {
+    "esriJobNew": 0,
+    "esriJobSubmitted": 1,
+    "esriJobWaiting": 2,
+    "esriJobExecuting": 3,
+    "esriJobCancelling": 4,
+    "esriJobSucceeded": 5,
+    "esriJobFailed": 5,
+    "esriJobTimedOut": 5,
+    "esriJobCancelled": 5,
+    "esriJobDeleting": 6,
+    "esriJobDeleted": 7,
+}
 
 
 class _Watch:
@@ -42,6 +59,9 @@ class _Watch:
         self.waiters = 0
         self.changed = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
+        # Set once its loop has ended: a waiter that came later needs a new watch, or it
+        # would see this one end under it and answer without a change.
+        self.closing = False
 
     async def adopt(self, state: JobState) -> None:
         """Take ``state`` when its status differs from the one held, and wake the waiters."""
@@ -78,7 +98,7 @@ class Watches:
     @contextlib.asynccontextmanager
     async def _joined(self, job_id: str) -> AsyncIterator[_Watch]:
         watch = self._watches.get(job_id)
-        if watch is None or watch.task is None or watch.task.done():
+        if watch is None or watch.closing or watch.task is None or watch.task.done():
             watch = self._watches[job_id] = _Watch(job_id)
             watch.task = asyncio.create_task(self._run(watch))
         watch.waiters += 1
@@ -185,6 +205,7 @@ class Watches:
                             watch.changed.wait_for(lambda: watch.waiters == 0), pause
                         )
         finally:
+            watch.closing = True
             if held:
                 with contextlib.suppress(StoreUnavailable):
                     await self._store.release_lease(watch.job_id, token)
@@ -195,12 +216,15 @@ class Watches:
 
     async def record(self, job_id: str, job: dict[str, Any]) -> bool:
         """Keep the job JSON ``job`` (tokens removed) as the job's state when its status
-        differs from the one kept, with the next version, and hand it to this replica's
-        watch of the job; a change is counted by its status (``metrics.job_status``, a status
-        outside ``STATUSES`` as ``other``). Whether it changed. Raises ``StoreUnavailable``."""
+        differs from the one kept and is not of an earlier stage (``_STAGES``: a stale poll),
+        with the next version, and hand it to this replica's watch of the job; a change is
+        counted by its status (``metrics.job_status``, a status outside ``STATUSES`` as
+        ``other``). Whether it changed. Raises ``StoreUnavailable``."""
         stored = await self._store.state(job_id)
         state = JobState(1 if stored is None else stored.version + 1, job, time.time())
-        changed = stored is None or stored.status != state.status
+        changed = stored is None or (
+            stored.status != state.status and not _earlier(state.status, stored.status)
+        )
         if changed:
             await self._store.put_state(job_id, state)
             metrics.job_status(state.status if state.status in STATUSES else "other")
@@ -218,3 +242,9 @@ class Watches:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _earlier(status: str, than: str) -> bool:
+    """Whether ``status`` is a stage of a job's life before ``than`` (``_STAGES``)."""
+    stage, other = _STAGES.get(status), _STAGES.get(than)
+    return stage is not None and other is not None and stage < other
