@@ -128,6 +128,11 @@ class UpstreamError(Exception):
         self.code = code
         self.message = message[:_MAX_MESSAGE]
 
+    @property
+    def outcome(self) -> str:
+        """The call's outcome in ``metrics.upstream_call``: ``timeout`` (504) or ``error``."""
+        return "timeout" if self.status == 504 else "error"
+
 
 class UpstreamBusy(UpstreamError):
     """The upstream's concurrency limit is reached: no exportImage slot came free within the
@@ -138,6 +143,11 @@ class UpstreamBusy(UpstreamError):
     (RFC 9110 section 10.2.3). An ``UpstreamError``, so that a stale copy inside
     ``stale_if_error`` stands in for it and nothing is cached.
     """
+
+    @property
+    def outcome(self) -> str:
+        """``busy``: the call never reached the upstream."""
+        return "busy"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(503, None, message)

@@ -165,16 +165,17 @@ def answered(front: str, status: int) -> None:
 def upstream_call(layer: str, operation: str) -> Iterator[UpstreamCall]:
     """Time an upstream ``operation`` of ``layer`` for the body of the ``with``, counted in
     flight meanwhile; its outcome is ``ok`` unless the body sets ``call.outcome`` or raises
-    (then ``error``)."""
+    (then the exception's ``outcome`` when it has one, as ``errors.UpstreamError`` does:
+    ``timeout``, ``busy``; else ``error``)."""
     call = UpstreamCall()
     in_flight = UPSTREAM_IN_FLIGHT.labels(layer)
     in_flight.inc()
     start = time.perf_counter()
     try:
         yield call
-    except BaseException:
+    except BaseException as exc:
         if call.outcome == "ok":
-            call.outcome = "error"
+            call.outcome = getattr(exc, "outcome", "error")
         raise
     finally:
         call.seconds = time.perf_counter() - start

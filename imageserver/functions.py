@@ -321,14 +321,21 @@ def _numbers(function: RasterFunction, name: str) -> list[float] | None:
 _STRETCH_TYPES = {0: "None", 3: "StandardDeviation", 5: "MinMax", 6: "PercentClip"}
 
 
-def _check_stretch(function: RasterFunction) -> None:
-    kind = _integer(function, "StretchType", 0)
-    if kind not in _STRETCH_TYPES:
+def _choice(function: RasterFunction, name: str, default: int, supported: Mapping[int, str]) -> int:
+    """The integer argument ``name`` (``default`` when absent), one of ``supported`` (value ->
+    name). Raises ``ParameterError`` naming the values this server supports."""
+    value = _integer(function, name, default)
+    if value not in supported:
         raise _argument_error(
             function,
-            f"StretchType {kind} is not supported; use "
-            + ", ".join(f"{k} ({v})" for k, v in _STRETCH_TYPES.items()),
+            f"{name} {value} is not supported; use "
+            + ", ".join(f"{k} ({v})" for k, v in supported.items()),
         )
+    return value
+
+
+def _check_stretch(function: RasterFunction) -> None:
+    _choice(function, "StretchType", 0, _STRETCH_TYPES)
     if _number(function, "NumberOfStandardDeviations", 2) <= 0:
         raise _argument_error(function, "NumberOfStandardDeviations must be positive")
     low, high = (
@@ -382,13 +389,7 @@ _METHODS = {0: "user defined", 1: "NDVI", 11: "SR"}
 
 
 def _check_band_arithmetic(function: RasterFunction) -> None:
-    method = _integer(function, "Method", 0)
-    if method not in _METHODS:
-        raise _argument_error(
-            function,
-            f"Method {method} is not supported; use "
-            + ", ".join(f"{k} ({v})" for k, v in _METHODS.items()),
-        )
+    method = _choice(function, "Method", 0, _METHODS)
     indexes = function.arguments.get("bandindexes")
     if not isinstance(indexes, str) or not indexes.strip():
         raise _argument_error(function, "BandIndexes (a string) is required")

@@ -240,8 +240,15 @@ def _refused(request: web.Request, params: Mapping[str, str]) -> web.Response | 
     return guard(request, params, GP_SERVICE)
 
 
-def _is_our_task(request: web.Request) -> bool:
-    return request.match_info["task"].casefold() == TASK.casefold()
+def _task_refusal(request: web.Request, params: Mapping[str, str]) -> web.Response | None:
+    """The answer to give instead of the task's when the token is refused (``guard``) or the
+    path names another task (404); ``None`` to go on."""
+    refused = _refused(request, params)
+    if refused is not None:
+        return refused
+    if request.match_info["task"].casefold() != TASK.casefold():
+        return _task_not_found(request, params)
+    return None
 
 
 async def _handle_service(request: web.Request) -> web.Response:
@@ -265,11 +272,9 @@ async def _handle_service(request: web.Request) -> web.Response:
 
 async def _handle_task(request: web.Request) -> web.Response:
     params = await request_params(request)
-    refused = _refused(request, params)
+    refused = _task_refusal(request, params)
     if refused is not None:
         return refused
-    if not _is_our_task(request):
-        return _task_not_found(request, params)
     parameters: list[dict[str, Any]] = [
         {
             "name": name,
@@ -312,11 +317,9 @@ async def _handle_task(request: web.Request) -> web.Response:
 
 async def _handle_submit(request: web.Request) -> web.Response:
     params = await request_params(request)
-    refused = _refused(request, params)
+    refused = _task_refusal(request, params)
     if refused is not None:
         return refused
-    if not _is_our_task(request):
-        return _task_not_found(request, params)
     app = request.app
     runner = app[RUNNER]
     try:
@@ -349,11 +352,9 @@ async def _handle_submit(request: web.Request) -> web.Response:
 def _find_job(request: web.Request, params: Mapping[str, str]) -> Job | web.Response:
     """The request's job, or the answer to give instead (token refused, unknown task or
     job: ArcGIS's "Invalid or missing input parameters")."""
-    refused = _refused(request, params)
+    refused = _task_refusal(request, params)
     if refused is not None:
         return refused
-    if not _is_our_task(request):
-        return _task_not_found(request, params)
     job_id = request.match_info["job_id"]
     job = request.app[RUNNER].jobs.get(job_id)
     if job is None:

@@ -24,7 +24,7 @@ from gateway.cache.keys import KeyLayout
 from gateway.cache.store import TileCache
 from gateway.config import GatewayConfig, LayerConfig
 from gateway.credentials import CredentialProviders
-from gateway.errors import UpstreamBusy, UpstreamError
+from gateway.errors import UpstreamError
 from gateway.grids import GridRegistry, MetaTile, metatile
 from gateway.imaging import (
     EXPORT_FORMATS,
@@ -319,11 +319,7 @@ class TilePipeline:
         """
         layer = self.layers[request.layer]
         with metrics.upstream_call(request.layer, "tile") as call:
-            try:
-                data = await layer.client.tile(level, row, col)
-            except UpstreamError as exc:
-                call.outcome = "timeout" if exc.status == 504 else "error"
-                raise
+            data = await layer.client.tile(level, row, col)
         exchange = EXCHANGE.get()
         if exchange is not None:
             exchange.upstream_seconds += call.seconds
@@ -387,25 +383,15 @@ class TilePipeline:
         )
         fmt = request.ext if single else layer.metatile_format(request.ext)
         with metrics.upstream_call(request.layer, "exportImage") as call:
-            try:
-                image = await layer.client.export_image(
-                    meta.bbox,
-                    layer.wkid_for(grid),
-                    (meta.width, meta.height),
-                    fmt,
-                    layer.variants.params(request.variant)
-                    if single
-                    else layer.metatile_params(fmt, request.variant),
-                )
-            except UpstreamError as exc:
-                call.outcome = (
-                    "busy"
-                    if isinstance(exc, UpstreamBusy)
-                    else "timeout"
-                    if exc.status == 504
-                    else "error"
-                )
-                raise
+            image = await layer.client.export_image(
+                meta.bbox,
+                layer.wkid_for(grid),
+                (meta.width, meta.height),
+                fmt,
+                layer.variants.params(request.variant)
+                if single
+                else layer.metatile_params(fmt, request.variant),
+            )
         metrics.metatile_fetched(request.layer, len(image.data))
         exchange = EXCHANGE.get()
         if exchange is not None:

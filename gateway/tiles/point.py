@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway import metrics
-from gateway.errors import UpstreamError
 from gateway.tiles.layer import Layer
 
 # The export parameters that identify takes too (ArcGIS REST "Identify (Image Service)").
@@ -85,12 +84,8 @@ async def pixel_values(layer: Layer, lon: float, lat: float, variant: str = "") 
     """
     params = layer.variants.params(variant)
     fixed = {name: params[name] for name in IDENTIFY_PARAMETERS if name in params}
-    with metrics.upstream_call(layer.name, "identify") as call:
-        try:
-            answer = await layer.client.identify(lon, lat, fixed)
-        except UpstreamError as exc:
-            call.outcome = "timeout" if exc.status == 504 else "error"
-            raise
+    with metrics.upstream_call(layer.name, "identify"):
+        answer = await layer.client.identify(lon, lat, fixed)
     return {
         "layer": layer.name,
         "lon": lon,
